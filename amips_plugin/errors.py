@@ -1,0 +1,13 @@
+"""Typed errors: the CLI turns them into one clear line on stderr, the API lets callers catch them."""
+
+
+class AmipsError(Exception):
+    """Base class of every error amips raises on purpose."""
+
+
+class InputError(AmipsError):
+    """An input file or array is missing, malformed, or inconsistent with another input."""
+
+
+class ArtifactError(AmipsError):
+    """A model artifact is corrupt, truncated, tampered with, or of an unknown version."""

@@ -1,0 +1,20 @@
+"""Amortized-MIPS models: KeyNet (regress the key) and SupportNet (convex support function)."""
+from .activations import SoftLeakyReLU
+from .base import MODEL_KINDS, MIPSModel, ModelConfig
+from .factory import build_model
+from .keynet import KeyNet
+from .sizing import count_parameters, params_fraction, width_for_budget
+from .supportnet import SupportNet
+
+__all__ = [
+    "MODEL_KINDS",
+    "KeyNet",
+    "MIPSModel",
+    "ModelConfig",
+    "SoftLeakyReLU",
+    "SupportNet",
+    "build_model",
+    "count_parameters",
+    "params_fraction",
+    "width_for_budget",
+]

@@ -1,0 +1,93 @@
+"""What every amortized-MIPS model offers, and the configuration that rebuilds it.
+
+A model maps a query x ∈ R^d to a predicted support value σ̂(x) ≈ σ(x) = max_i <x, y_i> and a
+predicted optimal key ŷ(x) ≈ y*(x) = argmax_i <x, y_i>. It reads only its own parameters: the
+keys are never consulted at prediction time.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("keynet", "supportnet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model's architecture (its weights live elsewhere).
+
+    kind: "keynet" or "supportnet"; dim: d; width: hidden units per layer; depth: hidden layers L;
+    reinject_every: the raw input is added back into hidden layer l when l % k == 0 (l ≥ 1);
+    heads: c outputs (c > 1 is the routing variant: one support value per key cluster);
+    slope/sharpness: the soft leaky ReLU's α and β.
+    """
+
+    kind: str
+    dim: int
+    width: int
+    depth: int = 2
+    reinject_every: int = 4
+    heads: int = 1
+    slope: float = 0.1
+    sharpness: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; expected one of {MODEL_KINDS}")
+        for name in ("dim", "width", "depth", "reinject_every", "heads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+def reinjects_input(layer: int, every: int) -> bool:
+    """Hidden layer `layer` (0-based; layer 0 always reads x) gets the raw input added back."""
+    return layer > 0 and layer % every == 0
+
+
+class MIPSModel(nn.Module, abc.ABC):
+    """Base class: subclasses implement `score_and_key`."""
+
+    config: ModelConfig
+
+    @abc.abstractmethod
+    def score_and_key(self, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (σ̂(x), ŷ(x)) with shapes (B,) and (B, d) for a single-head model.
+
+        `create_graph=True` keeps the graph through ŷ so a loss on ŷ can be back-propagated
+        (SupportNet's ŷ is itself a gradient, so training needs double backprop).
+        """
+
+    @abc.abstractmethod
+    def head_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head support values σ̂_c(x), shape (B, heads)."""
+
+    @abc.abstractmethod
+    def flops_per_query(self) -> int:
+        """Multiply-adds × 2 of one query's prediction (ŷ), the serving cost."""
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def predict_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """ŷ(x) for inference: no graph is kept beyond what computing ŷ itself needs."""
+        _, keys = self.score_and_key(x, create_graph=False)
+        return keys.detach()
+
+    def _require_single_head(self) -> None:
+        if self.config.heads != 1:
+            raise ValueError("keys are defined for single-head models; use head_scores() for routing heads")

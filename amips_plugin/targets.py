@@ -1,0 +1,58 @@
+"""Exact MIPS targets: σ(x) = max_i <x, y_i> and y*(x) = argmax_i <x, y_i> over all keys.
+
+Queries are processed in chunks so that no N×M score matrix is ever held: at most
+`max_scores` floats per chunk. On a GPU the chunks are scored with a matmul there; on CPU FAISS's
+exact IndexFlatIP does the same search with its own blocked BLAS kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+DEFAULT_MAX_SCORES = 1 << 24  # 16M floats = 64 MiB per chunk
+
+
+@dataclass(frozen=True)
+class Targets:
+    index: np.ndarray  # (M,) int64: argmax key per query
+    score: np.ndarray  # (M,) float32: σ(x)
+
+
+def _chunk_rows(num_keys: int, max_scores: int) -> int:
+    return max(1, max_scores // max(1, num_keys))
+
+
+def exact_top1(
+    keys: np.ndarray,
+    queries: np.ndarray,
+    device: torch.device | None = None,
+    max_scores: int = DEFAULT_MAX_SCORES,
+) -> Targets:
+    """Exact top-1 by inner product for every query (float32 arithmetic)."""
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if keys.ndim != 2 or queries.ndim != 2 or keys.shape[1] != queries.shape[1]:
+        raise ValueError(f"keys {keys.shape} and queries {queries.shape} must be 2-D with equal width")
+    if len(keys) == 0:
+        raise ValueError("no keys: the exact maximum inner product is undefined")
+    rows = _chunk_rows(len(keys), max_scores)
+    index = np.empty(len(queries), dtype=np.int64)
+    score = np.empty(len(queries), dtype=np.float32)
+    if device is not None and device.type == "cuda":
+        keys_t = torch.from_numpy(keys).to(device)
+        for start in range(0, len(queries), rows):
+            chunk = torch.from_numpy(queries[start : start + rows]).to(device)
+            best, arg = (chunk @ keys_t.T).max(dim=1)
+            index[start : start + rows] = arg.cpu().numpy()
+            score[start : start + rows] = best.cpu().numpy()
+        return Targets(index=index, score=score)
+    flat = faiss.IndexFlatIP(keys.shape[1])
+    flat.add(keys)
+    for start in range(0, len(queries), rows):
+        best, arg = flat.search(queries[start : start + rows], 1)
+        index[start : start + rows] = arg[:, 0]
+        score[start : start + rows] = best[:, 0]
+    return Targets(index=index, score=score)

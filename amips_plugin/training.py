@@ -1,0 +1,192 @@
+"""Train a model on one collection's keys and a sample of its queries.
+
+The recipe (DESIGN.md §1): Adam; global gradient-norm clipping; linear warm-up then cosine decay;
+an exponential moving average (EMA) of the weights, which is what is evaluated, early-stopped on
+and returned; noise augmentation with exact targets; validation on held-out *base* queries.
+Seeded and deterministic on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .data import TargetedQueries, augment, is_unit_norm, split_by_base_query
+from .inference import predict_keys, resolve_device
+from .losses import KEY_WEIGHT, SCORE_WEIGHT, amortized_mips_loss
+from .metrics import Quality, evaluate_predictions
+from .models import MIPSModel, ModelConfig, build_model, width_for_budget
+
+MAX_VALIDATION_QUERIES = 2000
+CALIBRATION_STEPS = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults come from the squad-dev sweep recorded in bench/README.md."""
+
+    model: str = "keynet"
+    params_fraction: float = 0.2
+    width: int | None = None  # overrides params_fraction when given
+    depth: int = 2
+    reinject_every: int = 4
+    steps: int = 6000
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    noise_copies: int = 8
+    noise_std: float = 0.02
+    score_weight: float = SCORE_WEIGHT
+    key_weight: float = KEY_WEIGHT
+    validation_fraction: float = 0.1
+    eval_every: int = 250
+    patience: int = 6
+    time_budget: float | None = None  # seconds for the optimisation loop
+    seed: int = 0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    model: MIPSModel  # EMA weights of the best validation checkpoint
+    config: TrainConfig
+    validation: Quality
+    steps_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Linear warm-up over the first `warmup_fraction` of steps, then cosine decay to zero."""
+    warmup = max(1, int(warmup_fraction * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def model_config_for(config: TrainConfig, num_keys: int, dim: int) -> ModelConfig:
+    """The architecture: explicit width, or the largest width within ρ·N·d parameters."""
+    base = ModelConfig(kind=config.model, dim=dim, width=config.width or 1, depth=config.depth,
+                       reinject_every=config.reinject_every)
+    if config.width is not None:
+        return base
+    budget = int(config.params_fraction * num_keys * dim)
+    return replace(base, width=width_for_budget(base, budget))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -> Quality:
+    queries = validation.queries.cpu().numpy()
+    predicted = predict_keys(model, queries)
+    return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
+
+
+def fit(
+    keys: np.ndarray,
+    queries: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train a model for `keys` (N, d) on training queries (M, d); both float32."""
+    started = time.perf_counter()
+    _seed_everything(config.seed)
+    device = resolve_device(config.device)
+    rng = np.random.default_rng(config.seed)
+
+    train_ids, validation_ids = split_by_base_query(len(queries), config.validation_fraction, config.seed)
+    validation_ids = validation_ids[:MAX_VALIDATION_QUERIES]
+    train_queries = augment(queries[train_ids], config.noise_copies, config.noise_std, is_unit_norm(keys), rng)
+    train = TargetedQueries.build(keys, train_queries, device)
+    validation = TargetedQueries.build(keys, queries[validation_ids], device)
+    keys_t = torch.from_numpy(keys).to(device)
+
+    model = build_model(model_config_for(config, len(keys), keys.shape[1])).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    total_steps = config.steps
+    best: tuple[float, float] = (-1.0, math.inf)  # (match rate, E_rel) of the best checkpoint
+    best_state: dict[str, torch.Tensor] | None = None
+    best_quality: Quality | None = None
+    evals_without_gain = 0
+    history: list[dict[str, float]] = []
+    order = torch.randperm(len(train), generator=generator)
+    cursor = 0
+    loop_started = time.perf_counter()
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    step = 0
+    while step < total_steps:
+        if cursor + config.batch_size > len(train):
+            order, cursor = torch.randperm(len(train), generator=generator), 0
+        batch = order[cursor : cursor + config.batch_size].to(device)
+        cursor += config.batch_size
+
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate_at(step, total_steps, config.learning_rate, config.warmup_fraction)
+        model.train()
+        scores, predicted = model.score_and_key(train.queries[batch], create_graph=True)
+        loss = amortized_mips_loss(
+            scores, predicted, train.target_scores[batch], keys_t[train.target_index[batch]],
+            config.score_weight, config.key_weight,
+        )
+        optimiser.zero_grad(set_to_none=True)
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimiser.step()
+        ema.update_parameters(model)
+        step += 1
+        bar.update(1)
+
+        if step == CALIBRATION_STEPS and config.time_budget is not None:
+            per_step = (time.perf_counter() - loop_started) / CALIBRATION_STEPS
+            affordable = int(0.9 * config.time_budget / per_step)  # 10% for validation passes
+            total_steps = max(step + 1, min(total_steps, affordable))
+            bar.total = total_steps
+            bar.refresh()
+
+        if step % config.eval_every == 0 or step == total_steps:
+            quality = _validate(ema.module, keys, validation)
+            record = {"step": step, "loss": loss.total.item(), "key_loss": loss.key.item(),
+                      "score_loss": loss.score.item(), "val_match_rate": quality.match_rate,
+                      "val_e_rel": quality.e_rel, "seconds": time.perf_counter() - started}
+            history.append(record)
+            if on_log is not None:
+                on_log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", val_match=f"{quality.match_rate:.3f}",
+                            val_e_rel=f"{quality.e_rel:.3f}")
+            candidate = (quality.match_rate, quality.e_rel)
+            if candidate[0] > best[0] or (candidate[0] == best[0] and candidate[1] < best[1]):
+                best, best_quality, evals_without_gain = candidate, quality, 0
+                best_state = copy.deepcopy(ema.module.state_dict())
+            else:
+                evals_without_gain += 1
+                if evals_without_gain >= config.patience:
+                    break
+    bar.close()
+
+    final = ema.module
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    assert best_quality is not None  # at least one validation pass runs (step == total_steps)
+    return FitResult(model=final, config=config, validation=best_quality, steps_run=step,
+                     seconds=time.perf_counter() - started, history=history)

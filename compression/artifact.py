@@ -1,0 +1,193 @@
+"""The model artifact: data only — a header and tensors — never code, never pickle (DESIGN.md §5).
+
+File layout (all integers little-endian):
+
+    magic      8 bytes   b"\\x89AMIPS\\r\\n"
+    version    u32       FORMAT_VERSION
+    length     u64       byte length of the compressed body
+    body       zstd frame of:  u32 header length | header (UTF-8 JSON) | tensor bytes
+    checksum   32 bytes  SHA-256 of everything before it
+
+The JSON header holds the architecture ("model"), the tensor table (name, dtype, shape, offset
+and size of values and scales inside the tensor bytes) and free-form metadata (training settings,
+fingerprint of the training keys, metrics at training time, library versions). The reader checks
+magic, version, length, checksum, decompressed size, and that the tensor table tiles the tensor
+bytes exactly and matches the architecture, before any weight reaches a model. Every failure is
+an ArtifactError with one line that says what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zstandard
+
+from amips_plugin.errors import ArtifactError
+from amips_plugin.models import MIPSModel, ModelConfig, build_model
+
+from .quantization import STORAGE_DTYPES, decode_tensor, encode_tensor, numpy_dtype
+
+MAGIC = b"\x89AMIPS\r\n"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIQ")
+_HEADER_LENGTH = struct.Struct("<I")
+_CHECKSUM_BYTES = 32
+MAX_BODY_BYTES = 1 << 32  # refuse to inflate anything larger (decompression bombs)
+ZSTD_LEVEL = 19
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: MIPSModel
+    header: dict[str, Any]
+
+
+def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype: str = "fp32") -> bytes:
+    """Serialise `model` with weights stored as `dtype` (fp32, fp16 or int8)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
+    table: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    for name, tensor in model.state_dict().items():
+        encoded = encode_tensor(tensor.detach().cpu().numpy(), dtype)
+        entry = {"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape),
+                 "offset": offset, "nbytes": len(encoded.data), "scales_nbytes": len(encoded.scales)}
+        table.append(entry)
+        chunks += [encoded.data, encoded.scales]
+        offset += len(encoded.data) + len(encoded.scales)
+    header = {"format": "amips-model", "dtype": dtype, "model": model.config.to_dict(),
+              "tensors": table, "metadata": metadata or {}}
+    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + b"".join(chunks)
+    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
+    framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(compressed)) + compressed
+    return framed + hashlib.sha256(framed).digest()
+
+
+def _unframe(blob: bytes) -> bytes:
+    """Check magic, version, length and checksum; return the decompressed body."""
+    if len(blob) < _PREFIX.size + _CHECKSUM_BYTES:
+        raise ArtifactError(f"not an amips model: only {len(blob)} bytes")
+    magic, version, length = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise ArtifactError("not an amips model: bad magic bytes")
+    if version != FORMAT_VERSION:
+        newer = " (written by a newer amips; upgrade to read it)" if version > FORMAT_VERSION else ""
+        raise ArtifactError(f"unsupported artifact format version {version}; this amips reads version "
+                            f"{FORMAT_VERSION}{newer}")
+    expected = _PREFIX.size + length + _CHECKSUM_BYTES
+    if len(blob) != expected:
+        raise ArtifactError(f"artifact is truncated or has trailing bytes: {len(blob)} bytes, expected {expected}")
+    framed, checksum = blob[:-_CHECKSUM_BYTES], blob[-_CHECKSUM_BYTES:]
+    if hashlib.sha256(framed).digest() != checksum:
+        raise ArtifactError("artifact checksum mismatch: the file is corrupt or was modified")
+    try:
+        frame = zstandard.get_frame_parameters(framed[_PREFIX.size:])
+        if frame.content_size > MAX_BODY_BYTES:
+            raise ArtifactError(f"artifact body declares {frame.content_size} bytes, over the {MAX_BODY_BYTES} limit")
+        return zstandard.ZstdDecompressor().decompress(framed[_PREFIX.size:], max_output_size=MAX_BODY_BYTES)
+    except zstandard.ZstdError as exc:
+        raise ArtifactError(f"artifact body does not decompress: {exc}") from None
+
+
+def _parse_header(body: bytes) -> tuple[dict[str, Any], memoryview]:
+    if len(body) < _HEADER_LENGTH.size:
+        raise ArtifactError("artifact body is too short for a header")
+    (header_length,) = _HEADER_LENGTH.unpack_from(body)
+    end = _HEADER_LENGTH.size + header_length
+    if end > len(body):
+        raise ArtifactError("artifact header runs past the end of the body")
+    try:
+        header = json.loads(body[_HEADER_LENGTH.size:end].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"artifact header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != "amips-model":
+        raise ArtifactError("artifact header does not describe an amips model")
+    if not isinstance(header.get("tensors"), list) or not isinstance(header.get("model"), dict):
+        raise ArtifactError("artifact header lacks its model config or tensor table")
+    return header, memoryview(body)[end:]
+
+
+def _read_tensors(table: list[Any], data: memoryview) -> dict[str, torch.Tensor]:
+    """Decode the tensor table, insisting that it tiles the tensor bytes exactly."""
+    tensors: dict[str, torch.Tensor] = {}
+    cursor = 0
+    for entry in table:
+        try:
+            name, dtype, shape = str(entry["name"]), str(entry["dtype"]), tuple(int(s) for s in entry["shape"])
+            offset, nbytes, scales_nbytes = int(entry["offset"]), int(entry["nbytes"]), int(entry["scales_nbytes"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"malformed tensor table entry: {entry!r}"[:200]) from None
+        if dtype not in STORAGE_DTYPES or any(s < 0 for s in shape) or name in tensors:
+            raise ArtifactError(f"invalid tensor table entry for {name!r}")
+        expected_scales = 4 * shape[0] if dtype == "int8" and shape else 0
+        if (offset != cursor or nbytes != prod(shape) * numpy_dtype(dtype).itemsize
+                or scales_nbytes != expected_scales or offset + nbytes + scales_nbytes > len(data)):
+            raise ArtifactError(f"tensor {name!r} does not match its declared shape, dtype or position")
+        values = bytes(data[offset:offset + nbytes])
+        scales = bytes(data[offset + nbytes:offset + nbytes + scales_nbytes])
+        tensors[name] = torch.from_numpy(np.array(decode_tensor(dtype, shape, values, scales)))
+        cursor = offset + nbytes + scales_nbytes
+    if cursor != len(data):
+        raise ArtifactError(f"{len(data) - cursor} unaccounted bytes after the last tensor")
+    return tensors
+
+
+def read_header(blob: bytes) -> dict[str, Any]:
+    """The verified JSON header of an artifact (for `amips inspect`)."""
+    header, _ = _parse_header(_unframe(blob))
+    return header
+
+
+def decode_model(blob: bytes) -> LoadedModel:
+    """Verify and parse an artifact; the model comes back in eval mode on the CPU."""
+    header, data = _parse_header(_unframe(blob))
+    try:
+        config = ModelConfig.from_dict(header["model"])
+        model = build_model(config)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"artifact's model config is invalid: {exc}") from None
+    tensors = _read_tensors(header["tensors"], data)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    if expected != found:
+        raise ArtifactError("artifact's tensors do not match its declared architecture")
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return LoadedModel(model=model, header=header)
+
+
+def save_model(path: str | Path, model: MIPSModel, metadata: dict[str, Any] | None = None,
+               dtype: str = "fp32") -> int:
+    """Write atomically (temporary file + rename): a reader sees the old file or the new one."""
+    blob = encode_model(model, metadata, dtype)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(blob)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no such model file: {path}")
+    return decode_model(path.read_bytes())

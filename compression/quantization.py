@@ -1,0 +1,59 @@
+"""Weight storage dtypes for artifacts: fp32, fp16, and int8 with per-output-channel scales.
+
+int8 (symmetric, per output channel = per row of a weight matrix):
+
+    scale_r = max_j |W_rj| / 127,    q_rj = round(W_rj / scale_r) ∈ [−127, 127],    Ŵ_rj = q_rj · scale_r
+
+Only matrices (ndim ≥ 2) are quantized to int8; vectors (biases, the diagonal skip) stay fp32,
+where per-channel scales would save nothing. SupportNet's non-negative weights are stored raw
+(before softplus), so any dequantized value still maps to a non-negative weight: quantization
+cannot break the convexity guarantee.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STORAGE_DTYPES = ("fp32", "fp16", "int8")
+_NUMPY = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1")}
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor's bytes: `data` in `dtype`, plus per-row fp32 `scales` for int8."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+    scales: bytes = b""
+
+
+def numpy_dtype(storage: str) -> np.dtype:
+    return _NUMPY[storage]
+
+
+def storage_for(array: np.ndarray, requested: str) -> str:
+    """The dtype a tensor is actually stored in when `requested` is asked for."""
+    if requested not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {requested!r}; expected one of {STORAGE_DTYPES}")
+    return "fp32" if requested == "int8" and array.ndim < 2 else requested
+
+
+def encode_tensor(array: np.ndarray, requested: str) -> EncodedTensor:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    storage = storage_for(array, requested)
+    if storage != "int8":
+        return EncodedTensor(storage, array.shape, array.astype(numpy_dtype(storage)).tobytes())
+    rows = array.reshape(array.shape[0], -1)
+    scales = np.abs(rows).max(axis=1) / 127.0
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(rows / scales[:, None]), -127, 127).astype(np.int8)
+    return EncodedTensor("int8", array.shape, codes.tobytes(), scales.astype("<f4").tobytes())
+
+
+def decode_tensor(dtype: str, shape: tuple[int, ...], data: bytes, scales: bytes = b"") -> np.ndarray:
+    values = np.frombuffer(data, dtype=numpy_dtype(dtype)).astype(np.float32)
+    if dtype == "int8":
+        values = values.reshape(shape[0], -1) * np.frombuffer(scales, dtype="<f4")[:, None]
+    return values.reshape(shape)
