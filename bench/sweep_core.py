@@ -35,6 +35,21 @@ def trivial_baselines(keys: np.ndarray, queries: np.ndarray, argmax: np.ndarray)
     }
 
 
+def train_and_test(data, overrides: dict) -> dict:
+    """Fit with TrainConfig(**overrides) on the train queries; score on the unseen test queries."""
+    result = fit(data.keys, data.train_queries, TrainConfig(**overrides), progress=False)
+    test = evaluate_predictions(data.keys, data.test_queries, predict_keys(result.model, data.test_queries),
+                                data.test_argmax)
+    return {
+        "dataset": data.name, "config": overrides,
+        "width": result.model.config.width, "params": result.model.num_parameters(),
+        "rho": params_fraction(result.model.num_parameters(), *data.keys.shape),
+        "steps_run": result.steps_run, "seconds": round(result.seconds, 1),
+        "val_match_rate": result.validation.match_rate, "val_e_rel": result.validation.e_rel,
+        **{f"test_{k}": v for k, v in test.to_dict().items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
@@ -47,22 +62,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"dataset": data.name, "baselines": trivial_baselines(data.keys, data.test_queries, data.test_argmax)}))
     for override in args.overrides:
-        config = TrainConfig(**json.loads(override))
-        result = fit(data.keys, data.train_queries, config, progress=False)
-        test = evaluate_predictions(data.keys, data.test_queries, predict_keys(result.model, data.test_queries),
-                                    data.test_argmax)
-        row = {
-            "dataset": data.name, "config": json.loads(override),
-            "width": result.model.config.width, "params": result.model.num_parameters(),
-            "rho": params_fraction(result.model.num_parameters(), *data.keys.shape),
-            "steps_run": result.steps_run, "seconds": round(result.seconds, 1),
-            "val_match_rate": result.validation.match_rate, "val_e_rel": result.validation.e_rel,
-            **{f"test_{k}": v for k, v in test.to_dict().items()},
-        }
+        row = train_and_test(data, json.loads(override))
         print(json.dumps(row), flush=True)
         with args.out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,81 @@
+"""The model file: exact round trip, quantized sizes, and refusal of anything corrupt or foreign."""
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from amips_plugin.errors import ArtifactError
+from amips_plugin.models import ModelConfig, build_model
+from compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, load_model, read_header, save_model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(kind="supportnet", dim=48, width=64, depth=3, reinject_every=2))
+
+
+def test_fp32_round_trip_is_exact_and_keeps_metadata(model, tmp_path):
+    path = tmp_path / "m.amips"
+    save_model(path, model, {"note": "hello", "fingerprint": {"count": 3}})
+    loaded = load_model(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.model.state_dict()[name]), name
+    assert loaded.header["metadata"]["note"] == "hello"
+    x = torch.randn(4, 48)
+    torch.testing.assert_close(loaded.model.predict_keys(x), model.predict_keys(x))
+
+
+@pytest.mark.parametrize("dtype,max_ratio,tolerance", [("fp16", 0.55, 2e-3), ("int8", 0.30, 2e-2)])
+def test_quantized_artifacts_are_smaller_and_close(model, dtype, max_ratio, tolerance):
+    fp32 = encode_model(model)
+    small = encode_model(model, dtype=dtype)
+    assert len(small) <= max_ratio * len(fp32)
+    x = torch.randn(64, 48)
+    restored = decode_model(small).model
+    rel = (restored.predict_keys(x) - model.predict_keys(x)).norm() / model.predict_keys(x).norm()
+    assert rel.item() < tolerance
+
+
+def test_every_single_flipped_byte_is_refused(model):
+    blob = encode_model(build_model(ModelConfig(kind="keynet", dim=4, width=3, depth=1)))
+    for position in range(len(blob)):
+        mutated = bytearray(blob)
+        mutated[position] ^= 0x01
+        with pytest.raises(ArtifactError):
+            decode_model(bytes(mutated))
+
+
+@pytest.mark.parametrize("cut", [0, 5, 20, -1, -33])
+def test_truncation_is_refused(model, cut):
+    blob = encode_model(model)
+    with pytest.raises(ArtifactError, match="amips model|truncated"):
+        decode_model(blob[:cut])
+
+
+def test_future_version_and_foreign_files_are_refused(model):
+    blob = bytearray(encode_model(model))
+    struct.pack_into("<I", blob, len(MAGIC), FORMAT_VERSION + 1)
+    with pytest.raises(ArtifactError, match="newer amips"):
+        decode_model(bytes(blob))
+    with pytest.raises(ArtifactError, match="bad magic"):
+        decode_model(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(ArtifactError, match="no such model file"):
+        load_model("/nonexistent/model.amips")
+
+
+def test_header_is_readable_without_building_the_model(model):
+    header = read_header(encode_model(model, {"k": 1}, dtype="int8"))
+    assert header["model"]["kind"] == "supportnet" and header["dtype"] == "int8"
+    assert {t["dtype"] for t in header["tensors"]} == {"int8", "fp32"}  # vectors stay fp32
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(model, tmp_path):
+    path = tmp_path / "m.amips"
+    save_model(path, model)
+    first = path.read_bytes()
+    save_model(path, model, {"v": 2})
+    assert path.read_bytes() != first
+    assert [p.name for p in tmp_path.iterdir()] == ["m.amips"]
+    assert np.frombuffer(path.read_bytes()[:8], dtype=np.uint8).tobytes() == MAGIC

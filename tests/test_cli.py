@@ -1,0 +1,101 @@
+"""The commands end to end on files, and one clear line for every bad input."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from amips_plugin.cli import main
+
+FIT_FAST = ["--width", "32", "--steps", "300", "--noise-copies", "1", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, small_collection):
+    keys, train, test = small_collection
+    folder = tmp_path_factory.mktemp("cli")
+    paths = {name: folder / f"{name}.npy" for name in ("keys", "train", "test")}
+    np.save(paths["keys"], keys.astype(np.float16))
+    np.save(paths["train"], train)
+    np.save(paths["test"], test)
+    model = folder / "model.amips"
+    result = CliRunner().invoke(main, ["fit", str(paths["keys"]), str(paths["train"]), "-o", str(model), *FIT_FAST])
+    assert result.exit_code == 0, result.output
+    return {**paths, "model": model, "folder": folder}
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_help_lists_the_commands():
+    out = _run("--help").output
+    for command in ("fit", "predict", "evaluate", "inspect", "quantize"):
+        assert command in out
+
+
+def test_fit_predict_evaluate_round_trip(files):
+    prediction = files["folder"] / "pred.npy"
+    assert _run("predict", files["model"], files["test"], "-o", prediction).exit_code == 0
+    predicted = np.load(prediction)
+    assert predicted.dtype == np.float32 and predicted.shape == np.load(files["test"]).shape
+    result = _run("evaluate", files["model"], files["keys"], files["test"], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["match_rate"] > 0.5 and report["e_rel"] < 1.0
+    assert report["params_fraction"] == pytest.approx(report["params"] / (64 * 16))
+    assert set(report) >= {"mrr", "recall@1", "recall@5", "recall@10", "flops_per_query"}
+
+
+def test_quantize_and_inspect(files):
+    out = files["folder"] / "int8.amips"
+    assert _run("quantize", files["model"], "-o", out, "--dtype", "int8").exit_code == 0
+    header = json.loads(_run("inspect", out, "--json").output)
+    assert header["dtype"] == "int8" and header["metadata"]["quantized_from"] == "fp32"
+    assert header["metadata"]["fingerprint"]["count"] == 64
+
+
+def _bad(folder, name, array):
+    path = folder / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "one_d", "three_d", "empty", "ints", "wrong_dim"])
+def test_bad_query_arrays_give_one_clear_line(files, case):
+    folder = files["folder"]
+    arrays = {"nan": np.full((3, 16), np.nan, np.float32), "inf": np.full((3, 16), np.inf, np.float32),
+              "one_d": np.zeros(16, np.float32), "three_d": np.zeros((2, 3, 16), np.float32),
+              "empty": np.zeros((0, 16), np.float32), "ints": np.zeros((3, 16), np.int64),
+              "wrong_dim": np.zeros((3, 15), np.float32)}
+    path = _bad(folder, f"{case}.npy", arrays[case])
+    for args in (["predict", files["model"], path, "-o", folder / "x.npy"],
+                 ["evaluate", files["model"], files["keys"], path],
+                 ["fit", files["keys"], path, "-o", folder / "never.amips", *FIT_FAST]):
+        result = _run(*args)
+        assert result.exit_code == 1, (case, args[0], result.output)
+        assert result.output.startswith("Error: ") and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (folder / "never.amips").exists()
+
+
+def test_pickled_and_text_files_are_refused_without_unpickling(files, tmp_path):
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    raw_pickle = tmp_path / "raw.npy"
+    raw_pickle.write_bytes(pickle.dumps([1, 2, 3]))
+    text = tmp_path / "text.npy"
+    text.write_text("1,2,3\n")
+    for path in (objects, raw_pickle, text, tmp_path / "missing.npy"):
+        result = _run("predict", files["model"], path, "-o", tmp_path / "x.npy")
+        assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+
+
+def test_corrupt_model_file_is_refused(files, tmp_path):
+    broken = tmp_path / "broken.amips"
+    blob = bytearray(files["model"].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    broken.write_bytes(bytes(blob))
+    result = _run("predict", broken, files["test"], "-o", tmp_path / "x.npy")
+    assert result.exit_code == 1 and "checksum" in result.output
