@@ -70,11 +70,16 @@ def main() -> None:
 @click.argument("queries_path", metavar="QUERIES.npy", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
 @click.option("--model", type=click.Choice(MODEL_KINDS), default=DEFAULTS.model, show_default=True,
-              help="keynet regresses the key; supportnet learns a convex support function and takes its gradient.")
+              help="smoothmax: convex smooth maximum over learned low-rank points, key = gradient, with a "
+                   "confidence gate; supportnet: the paper's input-convex network; keynet: regresses the key.")
 @click.option("--params-fraction", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.params_fraction,
               show_default=True, help="Parameter budget ρ as a fraction of the key table's N·d numbers.")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Hidden width (overrides --params-fraction).")
 @click.option("--depth", type=click.IntRange(min=1), default=DEFAULTS.depth, show_default=True, help="Hidden layers.")
+@click.option("--points", type=click.IntRange(min=1), default=None,
+              help="smoothmax: number of learned points (default: one per key); the rank follows from the budget.")
+@click.option("--min-match", type=click.FloatRange(0, 1), default=DEFAULTS.min_match, show_default=True,
+              help="smoothmax: calibrate the confidence gate to this validation match rate (0: no gate).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True,
               help="Maximum optimisation steps (early stopping may end sooner).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
@@ -91,7 +96,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def fit_command(keys_path: str, queries_path: str, output: str, model: str, params_fraction: float,
-                width: int | None, depth: int, steps: int, batch_size: int, learning_rate: float,
+                width: int | None, depth: int, points: int | None, min_match: float, steps: int, batch_size: int, learning_rate: float,
                 noise_copies: int, time_budget: float | None, seed: int, device: str, dtype: str,
                 quiet: bool) -> None:
     """Train a model on KEYS.npy (N×d) and a sample of queries QUERIES.npy (M×d).
@@ -101,7 +106,8 @@ def fit_command(keys_path: str, queries_path: str, output: str, model: str, para
     """
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
-    config = TrainConfig(model=model, params_fraction=params_fraction, width=width, depth=depth, steps=steps,
+    config = TrainConfig(model=model, params_fraction=params_fraction, width=width, depth=depth, points=points,
+                         min_match=min_match, steps=steps,
                          batch_size=batch_size, learning_rate=learning_rate, noise_copies=noise_copies,
                          time_budget=time_budget, seed=seed, device=device)
     resolve_device(device)  # fail before any work when the device is unavailable

@@ -22,7 +22,7 @@ from .data import TargetedQueries, augment, is_unit_norm, split_by_base_query
 from .inference import predict_keys, resolve_device
 from .losses import KEY_WEIGHT, SCORE_WEIGHT, amortized_mips_loss
 from .metrics import Quality, evaluate_predictions
-from .models import MIPSModel, ModelConfig, build_model, width_for_budget
+from .models import MIPSModel, ModelConfig, SmoothMaxSupportNet, build_model, width_for_budget
 
 MAX_VALIDATION_QUERIES = 2000
 CALIBRATION_STEPS = 10
@@ -32,19 +32,21 @@ CALIBRATION_STEPS = 10
 class TrainConfig:
     """Training settings; defaults come from the squad-dev sweep recorded in bench/README.md."""
 
-    model: str = "keynet"
+    model: str = "smoothmax"
     params_fraction: float = 0.2
     width: int | None = None  # overrides params_fraction when given
     depth: int = 2
     reinject_every: int = 4
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 256
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.99
     noise_copies: int = 8
     noise_std: float = 0.02
+    points: int | None = None  # smoothmax: learned points (default: one per key)
+    min_match: float = 0.8  # smoothmax: the confidence gate's target validation match rate (0: no gate)
     score_weight: float = SCORE_WEIGHT
     key_weight: float = KEY_WEIGHT
     validation_fraction: float = 0.1
@@ -79,8 +81,9 @@ def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float)
 
 def model_config_for(config: TrainConfig, num_keys: int, dim: int) -> ModelConfig:
     """The architecture: explicit width, or the largest width within ρ·N·d parameters."""
+    points = (config.points or num_keys) if config.model == "smoothmax" else 0
     base = ModelConfig(kind=config.model, dim=dim, width=config.width or 1, depth=config.depth,
-                       reinject_every=config.reinject_every)
+                       reinject_every=config.reinject_every, points=points)
     if config.width is not None:
         return base
     budget = int(config.params_fraction * num_keys * dim)
@@ -96,6 +99,29 @@ def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -
     queries = validation.queries.cpu().numpy()
     predicted = predict_keys(model, queries)
     return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
+
+
+def calibrate_gate(model: SmoothMaxSupportNet, keys: np.ndarray, validation: TargetedQueries,
+                   min_match: float) -> float:
+    """Set the smallest confidence threshold whose gated validation match rate reaches `min_match`.
+
+    Queries below the threshold get the radial key, which ranks like the query itself. Scanning
+    the validation queries' own confidences from low to high, the first threshold that reaches
+    the target sends the fewest queries to the fallback. Returns the threshold.
+    """
+    keys_t = torch.from_numpy(keys).to(validation.queries.device)
+    key, radial, confidence = model.gate_inputs(validation.queries)
+    hit_key = (key @ keys_t.T).argmax(dim=1) == validation.target_index
+    hit_radial = (radial @ keys_t.T).argmax(dim=1) == validation.target_index
+    never_gated = torch.zeros(1, device=confidence.device)
+    always_gated = torch.full((1,), 1.0 + 1e-6, device=confidence.device)
+    threshold = always_gated[0]
+    for candidate in torch.cat([never_gated, torch.sort(confidence).values, always_gated]):
+        if torch.where(confidence < candidate, hit_radial, hit_key).float().mean().item() >= min_match:
+            threshold = candidate
+            break
+    model.gate_threshold.fill_(float(threshold))
+    return float(threshold)
 
 
 def fit(
@@ -118,7 +144,9 @@ def fit(
     validation = TargetedQueries.build(keys, queries[validation_ids], device)
     keys_t = torch.from_numpy(keys).to(device)
 
-    model = build_model(model_config_for(config, len(keys), keys.shape[1])).to(device)
+    model = build_model(model_config_for(config, len(keys), keys.shape[1]))
+    model.initialise_from_keys(keys)
+    model = model.to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -188,5 +216,8 @@ def fit(
         final.load_state_dict(best_state)
     final.eval()
     assert best_quality is not None  # at least one validation pass runs (step == total_steps)
+    if isinstance(final, SmoothMaxSupportNet) and config.min_match > 0:
+        calibrate_gate(final, keys, validation, config.min_match)
+        best_quality = _validate(final, keys, validation)
     return FitResult(model=final, config=config, validation=best_quality, steps_run=step,
                      seconds=time.perf_counter() - started, history=history)

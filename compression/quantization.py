@@ -41,7 +41,7 @@ def storage_for(array: np.ndarray, requested: str) -> str:
 
 
 def encode_tensor(array: np.ndarray, requested: str) -> EncodedTensor:
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    array = np.asarray(array, dtype=np.float32, order="C")  # keeps 0-d scalars 0-d
     storage = storage_for(array, requested)
     if storage != "int8":
         return EncodedTensor(storage, array.shape, array.astype(numpy_dtype(storage)).tobytes())

@@ -16,7 +16,13 @@ def model():
     return build_model(ModelConfig(kind="supportnet", dim=48, width=64, depth=3, reinject_every=2))
 
 
-def test_fp32_round_trip_is_exact_and_keeps_metadata(model, tmp_path):
+@pytest.mark.parametrize("config", [
+    ModelConfig(kind="supportnet", dim=48, width=64, depth=3, reinject_every=2),
+    ModelConfig(kind="keynet", dim=48, width=20, depth=5, reinject_every=2),
+    ModelConfig(kind="smoothmax", dim=48, width=60, points=30),  # scalar parameters, rank > dim
+])
+def test_fp32_round_trip_is_exact_and_keeps_metadata(config, tmp_path):
+    model = build_model(config)
     path = tmp_path / "m.amips"
     save_model(path, model, {"note": "hello", "fingerprint": {"count": 3}})
     loaded = load_model(path)

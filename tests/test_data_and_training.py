@@ -43,10 +43,11 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert learning_rate_at(100, 100, 1.0, 0.1) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("kind,min_match", [("keynet", 0.85), ("supportnet", 0.85)])
+@pytest.mark.parametrize("kind,min_match", [("keynet", 0.85), ("supportnet", 0.85), ("smoothmax", 0.85)])
 def test_training_on_a_small_synthetic_collection_reaches_high_match(small_collection, kind, min_match):
     keys, train, test = small_collection
-    config = TrainConfig(model=kind, width=64, depth=2, steps=1500, batch_size=128, learning_rate=3e-3,
+    config = TrainConfig(model=kind, width=64 if kind != "smoothmax" else 8, depth=2, steps=1500, batch_size=128,
+                         learning_rate=3e-3,
                          noise_copies=2, eval_every=250, patience=20, device="cpu")
     result = fit(keys, train, config, progress=False)
     quality = evaluate_predictions(keys, test, predict_keys(result.model, test))
@@ -69,3 +70,14 @@ def test_time_budget_shortens_the_run(small_collection):
     result = fit(keys, train, config, progress=False)
     assert result.steps_run < 10**7
     assert result.seconds < 30
+
+
+def test_gate_calibration_reaches_its_validation_target(small_collection):
+    keys, train, test = small_collection
+    base = dict(model="smoothmax", width=2, steps=300, noise_copies=0, eval_every=100, device="cpu")
+    ungated = fit(keys, train, TrainConfig(**base, min_match=0), progress=False)
+    strict = fit(keys, train, TrainConfig(**base, min_match=1.0), progress=False)
+    assert float(ungated.model.gate_threshold) == 0.0
+    assert ungated.validation.match_rate < 1.0  # rank 2 cannot separate 64 keys: the gate has work to do
+    assert strict.validation.match_rate == 1.0
+    assert float(strict.model.gate_threshold) > 0.0

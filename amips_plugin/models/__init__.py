@@ -3,6 +3,7 @@ from .activations import SoftLeakyReLU
 from .base import MODEL_KINDS, MIPSModel, ModelConfig
 from .factory import build_model
 from .keynet import KeyNet
+from .smoothmax import SmoothMaxSupportNet
 from .sizing import count_parameters, params_fraction, width_for_budget
 from .supportnet import SupportNet
 
@@ -11,6 +12,7 @@ __all__ = [
     "KeyNet",
     "MIPSModel",
     "ModelConfig",
+    "SmoothMaxSupportNet",
     "SoftLeakyReLU",
     "SupportNet",
     "build_model",

@@ -10,20 +10,22 @@ import abc
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-MODEL_KINDS = ("keynet", "supportnet")
+MODEL_KINDS = ("keynet", "supportnet", "smoothmax")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model's architecture (its weights live elsewhere).
 
-    kind: "keynet" or "supportnet"; dim: d; width: hidden units per layer; depth: hidden layers L;
+    kind: "keynet", "supportnet" (ICNN) or "smoothmax"; dim: d; width: hidden units per layer
+    (smoothmax: the rank r of its points); depth: hidden layers L (not used by smoothmax);
     reinject_every: the raw input is added back into hidden layer l when l % k == 0 (l ≥ 1);
     heads: c outputs (c > 1 is the routing variant: one support value per key cluster);
-    slope/sharpness: the soft leaky ReLU's α and β.
+    slope/sharpness: the soft leaky ReLU's α and β; points: smoothmax's number of learned points.
     """
 
     kind: str
@@ -34,6 +36,7 @@ class ModelConfig:
     heads: int = 1
     slope: float = 0.1
     sharpness: float = 20.0
+    points: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -41,6 +44,8 @@ class ModelConfig:
         for name in ("dim", "width", "depth", "reinject_every", "heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.points < 0:
+            raise ValueError(f"points must be ≥ 0, got {self.points}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +84,9 @@ class MIPSModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def flops_per_query(self) -> int:
         """Multiply-adds × 2 of one query's prediction (ŷ), the serving cost."""
+
+    def initialise_from_keys(self, keys: np.ndarray) -> None:
+        """Data-dependent initialisation before training; the default has none."""
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
