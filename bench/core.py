@@ -1,4 +1,4 @@
-"""Core benchmark: KeyNet and SupportNet at ρ ∈ {0.005, 0.02, 0.2} on a real set's test queries.
+"""Core benchmark: KeyNet, SupportNet (ICNN) and SmoothMax at ρ ∈ {0.005, 0.02, 0.2} on a real set's test queries.
 
     python bench/core.py [--dataset squad-dev] [--rho 0.005 0.02 0.2] [--out bench/results/core.json]
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="squad-dev")
     parser.add_argument("--rho", type=float, nargs="+", default=[0.005, 0.02, 0.2])
-    parser.add_argument("--models", nargs="+", default=["keynet", "supportnet"])
+    parser.add_argument("--models", nargs="+", default=["keynet", "supportnet", "smoothmax"])
     parser.add_argument("--out", type=Path, default=Path("bench/results/core.json"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
