@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -16,15 +17,19 @@ import click
 import numpy as np
 import torch
 
-from compression.artifact import load_model, read_header, save_model
+from adapters import SearchParams, VectorStore, open_store
+from compression.artifact import decode_model, load_model, read_header, save_model
 from compression.quantization import STORAGE_DTYPES
 
 from . import __version__
 from .arrays import load_vectors
-from .errors import AmipsError, InputError
+from . import collections as collection_ops
+from . import model_registry
+from .errors import AmipsError, InputError, StoreError
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
+from .rewriting import MODES, QueryRewriter
 from .models import MODEL_KINDS, params_fraction
 from .targets import exact_top1
 from .training import TrainConfig, fit
@@ -55,62 +60,103 @@ def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
         raise InputError(f"{what}: dimension {array.shape[1]} does not match the model's {model_dim}")
 
 
+DEFAULT_STORE = "edge:amips-data"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="amips")
-def main() -> None:
+@click.option("--store", envvar="AMIPS_STORE", default=DEFAULT_STORE, show_default=True,
+              help="Where collections live: edge:DIR (Qdrant Edge, embedded), :memory: or a DIR (qdrant-client "
+                   "local mode), or http(s)://host:port (a Qdrant server or cluster). Env: AMIPS_STORE.")
+@click.option("--api-key", envvar="QDRANT_API_KEY", default=None, help="API key for a Qdrant server. Env: QDRANT_API_KEY.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the query path does (fallbacks, gating).")
+@click.pass_context
+def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> None:
     """amips: learn a collection's maximum-inner-product answers, and rewrite queries with them.
 
-    A model maps a query x to a predicted best key ŷ(x) ≈ argmax_i <x, y_i>. Train one with
-    `fit`, apply it with `predict`, and score it with `evaluate`.
+    A model maps a query x to a predicted best key ŷ(x) ≈ argmax_i <x, y_i>.
+
+    \b
+    Files:        fit, predict, evaluate, inspect, quantize
+    Collections:  ingest, train, status, search, export, import, drop-model
     """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    ctx.obj = {"store_spec": store, "api_key": api_key}
+
+
+def _store(ctx: click.Context) -> VectorStore:
+    """Open the group's store once per command; it is closed when the command ends."""
+    if "store" not in ctx.obj:
+        try:
+            ctx.obj["store"] = open_store(ctx.obj["store_spec"], ctx.obj["api_key"])
+        except AmipsError:
+            raise
+        except Exception as exc:  # connection refused, lock held by another process, ...
+            raise StoreError(f"cannot open store {ctx.obj['store_spec']!r}: {exc}") from None
+        ctx.call_on_close(ctx.obj["store"].close)
+    return ctx.obj["store"]
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `fit` and `train`, collected into a TrainConfig passed as `config`."""
+    options = [
+        click.option("--model", type=click.Choice(MODEL_KINDS), default=DEFAULTS.model, show_default=True,
+                     help="smoothmax: convex smooth maximum over learned low-rank points, key = gradient, with a "
+                          "confidence gate; supportnet: the paper's input-convex network; keynet: regresses the key."),
+        click.option("--params-fraction", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.params_fraction,
+                     show_default=True, help="Parameter budget ρ as a fraction of the key table's N·d numbers."),
+        click.option("--width", type=click.IntRange(min=1), default=None,
+                     help="Hidden width, or smoothmax's rank (overrides --params-fraction)."),
+        click.option("--depth", type=click.IntRange(min=1), default=DEFAULTS.depth, show_default=True,
+                     help="Hidden layers (keynet, supportnet)."),
+        click.option("--points", type=click.IntRange(min=1), default=None,
+                     help="smoothmax: learned points (default: one per key while rank ≥ 16 fits the budget)."),
+        click.option("--min-match", type=click.FloatRange(0, 1), default=DEFAULTS.min_match, show_default=True,
+                     help="smoothmax: calibrate the confidence gate to this validation match rate (0: no gate)."),
+        click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True,
+                     help="Maximum optimisation steps (early stopping may end sooner)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.learning_rate,
+                     show_default=True, help="Peak Adam learning rate (warm-up, then cosine decay)."),
+        click.option("--noise-copies", type=click.IntRange(min=0), default=DEFAULTS.noise_copies, show_default=True,
+                     help="Noisy copies per training query, each with exact targets."),
+        click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds for the optimisation loop; the schedule is shortened to fit."),
+        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    ]
+    names = ("model", "params_fraction", "width", "depth", "points", "min_match", "steps", "batch_size",
+             "learning_rate", "noise_copies", "time_budget", "seed", "device")
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        config = TrainConfig(**{name: kwargs.pop(name) for name in names})
+        resolve_device(config.device)  # fail before any work when the device is unavailable
+        return command(*args, config=config, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.command("fit")
 @click.argument("keys_path", metavar="KEYS.npy", type=click.Path(dir_okay=False))
 @click.argument("queries_path", metavar="QUERIES.npy", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
-@click.option("--model", type=click.Choice(MODEL_KINDS), default=DEFAULTS.model, show_default=True,
-              help="smoothmax: convex smooth maximum over learned low-rank points, key = gradient, with a "
-                   "confidence gate; supportnet: the paper's input-convex network; keynet: regresses the key.")
-@click.option("--params-fraction", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.params_fraction,
-              show_default=True, help="Parameter budget ρ as a fraction of the key table's N·d numbers.")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="Hidden width (overrides --params-fraction).")
-@click.option("--depth", type=click.IntRange(min=1), default=DEFAULTS.depth, show_default=True, help="Hidden layers.")
-@click.option("--points", type=click.IntRange(min=1), default=None,
-              help="smoothmax: number of learned points (default: one per key); the rank follows from the budget.")
-@click.option("--min-match", type=click.FloatRange(0, 1), default=DEFAULTS.min_match, show_default=True,
-              help="smoothmax: calibrate the confidence gate to this validation match rate (0: no gate).")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True,
-              help="Maximum optimisation steps (early stopping may end sooner).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.learning_rate,
-              show_default=True, help="Peak Adam learning rate (warm-up, then cosine decay).")
-@click.option("--noise-copies", type=click.IntRange(min=0), default=DEFAULTS.noise_copies, show_default=True,
-              help="Noisy copies per training query, each with exact targets.")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds for the optimisation loop; the schedule is shortened to fit.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@training_options
 @click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="fp32", show_default=True,
               help="Storage dtype of the weights in the model file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def fit_command(keys_path: str, queries_path: str, output: str, model: str, params_fraction: float,
-                width: int | None, depth: int, points: int | None, min_match: float, steps: int, batch_size: int, learning_rate: float,
-                noise_copies: int, time_budget: float | None, seed: int, device: str, dtype: str,
-                quiet: bool) -> None:
-    """Train a model on KEYS.npy (N×d) and a sample of queries QUERIES.npy (M×d).
+def fit_command(keys_path: str, queries_path: str, output: str, config: TrainConfig, dtype: str, quiet: bool) -> None:
+    """Train a model on KEYS.npy (N×d) and a sample of queries QUERIES.npy (M×d), into a file.
 
     Targets are the exact maximum-inner-product keys. Training holds out 10% of the queries for
-    validation (early stopping) and writes the best exponential-moving-average weights.
+    validation (early stopping, gate calibration) and writes the best exponential-moving-average
+    weights.
     """
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
-    config = TrainConfig(model=model, params_fraction=params_fraction, width=width, depth=depth, points=points,
-                         min_match=min_match, steps=steps,
-                         batch_size=batch_size, learning_rate=learning_rate, noise_copies=noise_copies,
-                         time_budget=time_budget, seed=seed, device=device)
-    resolve_device(device)  # fail before any work when the device is unavailable
     result = fit(keys, queries, config, progress=not quiet)
     trained = result.model.cpu()
     metadata = {
@@ -121,10 +167,13 @@ def fit_command(keys_path: str, queries_path: str, output: str, model: str, para
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _library_versions(),
     }
     size = save_model(output, trained, metadata, dtype)
-    v = result.validation
     click.echo(f"wrote {output} ({size:,} bytes, {trained.num_parameters():,} parameters, "
                f"ρ = {metadata['params_fraction']:.4f}) after {result.steps_run} steps in {result.seconds:.0f}s; "
-               f"validation match rate {v.match_rate:.3f}, E_rel {v.e_rel:.3f}")
+               f"{_quality_line(result.validation)}")
+
+
+def _quality_line(quality: Any) -> str:
+    return f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
 
 
 def params_fraction_of(num_parameters: int, keys: np.ndarray) -> float:
@@ -216,3 +265,178 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
     metadata = {**loaded.header.get("metadata", {}), "quantized_from": loaded.header["dtype"]}
     size = save_model(output, loaded.model, metadata, dtype)
     click.echo(f"wrote {output} ({size:,} bytes, {dtype}; was {Path(model_path).stat().st_size:,} bytes)")
+
+
+# collections ---------------------------------------------------------------------------------------
+@main.command("ingest")
+@click.argument("collection")
+@click.argument("keys_path", metavar="KEYS.npy", type=click.Path(dir_okay=False))
+@click.option("--distance", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
+              help="dot: maximum inner product; cosine: Qdrant normalises the stored vectors.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection (server/cluster).")
+@click.option("--replication-factor", type=click.IntRange(min=1), default=None,
+              help="Copies of each shard of a new collection (cluster).")
+@click.pass_context
+@_friendly_errors
+def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance: str, shards: int | None,
+                   replication_factor: int | None) -> None:
+    """Create COLLECTION from KEYS.npy (ids 0..N−1), or append to it (ids continue; the model becomes stale)."""
+    keys = load_vectors(keys_path, "KEYS")
+    start, total = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor)
+    click.echo(f"{collection}: {'appended' if start else 'created with'} {len(keys):,} points "
+               f"(ids {start}..{total - 1}); {total:,} in all")
+
+
+@main.command("train")
+@click.argument("collection")
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="A sample of the collection's query distribution (.npy, M×d).")
+@training_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@_friendly_errors
+def train_command(ctx: click.Context, collection: str, queries_path: str, config: TrainConfig, quiet: bool) -> None:
+    """Train a model on COLLECTION's keys and a query sample, and store it alongside the collection.
+
+    The keys are read from the store in batches. The new model replaces the old one in one step:
+    queries see the old model or the new one, never a mix.
+    """
+    queries = load_vectors(queries_path, "QUERIES")
+    trained = collection_ops.train(_store(ctx), collection, queries, config, progress=not quiet)
+    m = trained.manifest
+    click.echo(f"{collection}: model version {m['version']} ({m['model']['kind']}, {m['bytes']:,} bytes) after "
+               f"{trained.result.steps_run} steps in {trained.result.seconds:.0f}s; {_quality_line(trained.result.validation)}")
+
+
+@main.command("status")
+@click.argument("collection", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when no COLLECTION is given).")
+@click.option("--no-verify", is_flag=True, help="Skip recomputing the keys' fingerprint (faster; trusts the stale flag).")
+@click.pass_context
+@_friendly_errors
+def status_command(ctx: click.Context, collection: str | None, as_json: bool, no_verify: bool) -> None:
+    """Per collection: points, model version, whether the model is stale, its size and training metrics."""
+    store = _store(ctx)
+    names = [collection] if collection else store.collections()
+    reports = [collection_ops.status(store, name, verify=not no_verify) for name in names]
+    if as_json:
+        click.echo(json.dumps(reports[0] if collection else reports))
+        return
+    if not reports:
+        click.echo(f"no collections in {store.location}")
+    for r in reports:
+        model = r["model"]
+        line = f"{r['collection']}: {r['points']:,} points, dim {r['dim']}, {r['distance']}; "
+        if model is None:
+            line += "no model"
+        else:
+            metrics = model.get("metrics") or {}
+            line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
+                     f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
+                     f"validation match {metrics.get('match_rate', float('nan')):.3f}")
+        click.echo(line)
+
+
+@main.command("search")
+@click.argument("collection")
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
+              help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
+@click.option("--candidates", type=click.IntRange(min=1), default=None,
+              help="Candidates each prefetch returns before rescoring (default: max(limit, 10)).")
+@click.option("--hnsw-ef", type=click.IntRange(min=1), default=None, help="HNSW beam width (server/Edge).")
+@click.option("--exact", is_flag=True, help="Exact (brute-force) scoring in the engine.")
+@click.option("--truth", "truth_path", type=click.Path(dir_okay=False), default=None,
+              help="True best ids (.npy, one per query): report recall@1 and recall@limit.")
+@click.option("--single", is_flag=True, help="Send queries one at a time and report latency percentiles.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the ids (int64, M×limit).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_friendly_errors
+def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str,
+                   candidates: int | None, hnsw_ef: int | None, exact: bool, truth_path: str | None,
+                   single: bool, output: str | None, as_json: bool) -> None:
+    """Search COLLECTION for every row of QUERIES.npy, rewriting queries with the stored model."""
+    queries = load_vectors(queries_path, "QUERIES")
+    rewriter = QueryRewriter(_store(ctx))
+    params = SearchParams(hnsw_ef=hnsw_ef, exact=exact)
+    rewriter.search(collection, queries[:1], limit, mode, candidates, params)  # load the model before timing
+    latencies: list[float] = []
+    started = time.perf_counter()
+    if single:
+        parts = []
+        for row in range(len(queries)):
+            tick = time.perf_counter()
+            parts.append(rewriter.search(collection, queries[row:row + 1], limit, mode, candidates, params))
+            latencies.append(time.perf_counter() - tick)
+        ids = np.concatenate([p[0].ids for p in parts])
+        report = parts[-1][1]
+        report.rewritten, report.plain = sum(p[1].rewritten for p in parts), sum(p[1].plain for p in parts)
+    else:
+        result, report = rewriter.search(collection, queries, limit, mode, candidates, params)
+        ids = result.ids
+    seconds = time.perf_counter() - started
+    summary: dict[str, Any] = {"collection": collection, "mode": mode, "queries": len(queries), "limit": limit,
+                               "rewritten": report.rewritten, "plain": report.plain,
+                               "fallback_reason": report.fallback_reason, "model_version": report.model_version,
+                               "seconds": round(seconds, 4), "queries_per_second": round(len(queries) / seconds, 1)}
+    if latencies:
+        summary["latency_ms_p50"] = round(1000 * float(np.percentile(latencies, 50)), 3)
+        summary["latency_ms_p99"] = round(1000 * float(np.percentile(latencies, 99)), 3)
+    if truth_path:
+        truth = np.load(truth_path, allow_pickle=False).astype(np.int64).reshape(-1)
+        if len(truth) != len(queries):
+            raise InputError(f"--truth has {len(truth)} ids for {len(queries)} queries")
+        summary["recall@1"] = float(np.mean(ids[:, 0] == truth))
+        summary[f"recall@{limit}"] = float(np.mean((ids == truth[:, None]).any(axis=1)))
+    if output:
+        np.save(output, ids)
+    click.echo(json.dumps(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@main.command("export")
+@click.argument("collection")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.pass_context
+@_friendly_errors
+def export_command(ctx: click.Context, collection: str, output: str) -> None:
+    """Write COLLECTION's current model to a file (the same format `fit` writes)."""
+    blob = model_registry.read_blob(_store(ctx), collection)
+    Path(output).write_bytes(blob)
+    click.echo(f"wrote {output} ({len(blob):,} bytes)")
+
+
+@main.command("import")
+@click.argument("collection")
+@click.argument("model_path", metavar="MODEL.amips", type=click.Path(dir_okay=False))
+@click.pass_context
+@_friendly_errors
+def import_command(ctx: click.Context, collection: str, model_path: str) -> None:
+    """Store MODEL.amips as COLLECTION's model; stale at once if it was trained on other keys."""
+    store = _store(ctx)
+    blob = Path(model_path).read_bytes() if Path(model_path).is_file() else b""
+    if not blob:
+        raise InputError(f"no such model file: {model_path}")
+    loaded = decode_model(blob)
+    info = store.info(collection)
+    if loaded.model.config.dim != info.dim:
+        raise InputError(f"the model expects dimension {loaded.model.config.dim}, {collection!r} has {info.dim}")
+    trained_on = loaded.header.get("metadata", {}).get("fingerprint") or {}
+    manifest = model_registry.publish(store, collection, blob, trained_on,
+                                      loaded.header.get("metadata", {}).get("validation"))
+    stale = model_registry.is_stale(manifest, model_registry.current_fingerprint(store, collection))
+    if stale:
+        model_registry.mark_stale(store, collection)
+    click.echo(f"{collection}: imported as model version {manifest['version']}"
+               + (" — STALE: it was trained on other keys; run amips train" if stale else ""))
+
+
+@main.command("drop-model")
+@click.argument("collection")
+@click.pass_context
+@_friendly_errors
+def drop_model_command(ctx: click.Context, collection: str) -> None:
+    """Remove COLLECTION's model (the collection's points are untouched); searches become plain."""
+    had = model_registry.drop(_store(ctx), collection)
+    click.echo(f"{collection}: model removed" if had else f"{collection}: had no model")

@@ -11,3 +11,11 @@ class InputError(AmipsError):
 
 class ArtifactError(AmipsError):
     """A model artifact is corrupt, truncated, tampered with, or of an unknown version."""
+
+
+class UnknownCollectionError(AmipsError):
+    """The named collection does not exist in the store."""
+
+
+class StoreError(AmipsError):
+    """The vector store failed or could not be reached."""

@@ -1,18 +1,34 @@
-"""Fingerprint of a key set: which keys a model was trained on (DESIGN.md §5, staleness)."""
+"""Fingerprint of a key set: which keys a model was trained on (DESIGN.md §5, staleness).
+
+SHA-256 over (id, vector) in ascending id order, float32 little-endian, fed batch by batch so a
+store can be fingerprinted while it is scrolled. Keys read from a file get ids 0..N−1, the ids
+`amips ingest` gives them, so a file and the collection made from it agree.
+"""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
-CHUNK_ROWS = 65536
+
+class KeyFingerprint:
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._count = 0
+        self._dim: int | None = None
+
+    def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._digest.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+        self._digest.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._count += len(ids)
+        self._dim = int(vectors.shape[1])
+
+    def result(self) -> dict[str, Any]:
+        return {"count": self._count, "dim": self._dim, "sha256": self._digest.hexdigest()}
 
 
-def keys_fingerprint(keys: np.ndarray, ids: np.ndarray | None = None) -> dict[str, object]:
-    """{"count", "dim", "sha256"} over the float32 key bytes (and ids, when given), chunk by chunk."""
-    digest = hashlib.sha256()
-    for start in range(0, len(keys), CHUNK_ROWS):
-        digest.update(np.ascontiguousarray(keys[start:start + CHUNK_ROWS], dtype="<f4").tobytes())
-    if ids is not None:
-        digest.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
-    return {"count": int(len(keys)), "dim": int(keys.shape[1]), "sha256": digest.hexdigest()}
+def keys_fingerprint(keys: np.ndarray, ids: np.ndarray | None = None) -> dict[str, Any]:
+    fingerprint = KeyFingerprint()
+    fingerprint.update(np.arange(len(keys)) if ids is None else ids, keys)
+    return fingerprint.result()

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 import zstandard
 
 from amips_plugin.errors import ArtifactError
+from amips_plugin.files import atomic_write
 from amips_plugin.models import MIPSModel, ModelConfig, build_model
 
 from .quantization import STORAGE_DTYPES, decode_tensor, encode_tensor, numpy_dtype
@@ -171,18 +170,7 @@ def save_model(path: str | Path, model: MIPSModel, metadata: dict[str, Any] | No
                dtype: str = "fp32") -> int:
     """Write atomically (temporary file + rename): a reader sees the old file or the new one."""
     blob = encode_model(model, metadata, dtype)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, blob)
     return len(blob)
 
 

@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# The main job: train a model on squad-dev (or a synthetic set when the real data is absent), then
-# evaluate it on queries it never saw.
+# The main job, on the embedded default (Qdrant Edge): ingest squad-dev's keys into a collection,
+# train its model from the store, then search the unseen test queries with plain search (off) and
+# with rewriting (hybrid), printing recall and single-query latency for both. Falls back to a
+# synthetic Gaussian-mixture collection when ../shared/data/squad-dev is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 DATA=${AMIPS_DATA:-../shared/data}/squad-dev
 OUT=${AMIPS_OUT:-runs}
+rm -rf "$OUT/store"
 mkdir -p "$OUT"
+export AMIPS_STORE="edge:$OUT/store"
 if [ -f "$DATA/keys.f16.npy" ]; then
   KEYS=$DATA/keys.f16.npy; TRAIN=$DATA/train_queries.f16.npy; TEST=$DATA/test_queries.f16.npy
+  TRUTH=$DATA/test_argmax.i32.npy
 else
   echo "squad-dev not found under $DATA; using a synthetic Gaussian-mixture collection" >&2
   .venv/bin/python -c "
 import numpy as np; from amips_plugin.synthetic import gaussian_mixture
 k, q = gaussian_mixture(2000, 12000, 64, clusters=32, seed=0)
-np.save('$OUT/keys.npy', k); np.save('$OUT/train.npy', q[:10000]); np.save('$OUT/test.npy', q[10000:])"
-  KEYS=$OUT/keys.npy; TRAIN=$OUT/train.npy; TEST=$OUT/test.npy
+np.save('$OUT/keys.npy', k); np.save('$OUT/train.npy', q[:10000]); np.save('$OUT/test.npy', q[10000:])
+np.save('$OUT/truth.npy', (q[10000:] @ k.T).argmax(axis=1))"
+  KEYS=$OUT/keys.npy; TRAIN=$OUT/train.npy; TEST=$OUT/test.npy; TRUTH=$OUT/truth.npy
 fi
-.venv/bin/amips fit "$KEYS" "$TRAIN" -o "$OUT/model.amips" --params-fraction 0.2 "$@"
-.venv/bin/amips evaluate "$OUT/model.amips" "$KEYS" "$TEST"
+AMIPS=.venv/bin/amips
+$AMIPS ingest docs "$KEYS"
+$AMIPS train docs --queries "$TRAIN" --params-fraction 0.2 "$@"
+$AMIPS status docs
+for mode in off hybrid; do
+  $AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --hnsw-ef 16 --mode $mode --single
+done

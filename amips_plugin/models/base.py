@@ -96,6 +96,10 @@ class MIPSModel(nn.Module, abc.ABC):
         _, keys = self.score_and_key(x, create_graph=False)
         return keys.detach()
 
+    def predict_with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ŷ(x), confident): models without a confidence measure trust every prediction."""
+        return self.predict_keys(x), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+
     def _require_single_head(self) -> None:
         if self.config.heads != 1:
             raise ValueError("keys are defined for single-head models; use head_scores() for routing heads")

@@ -109,10 +109,14 @@ class SmoothMaxSupportNet(MIPSModel):
         radial = score[:, None] * x / x.pow(2).sum(dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
         return key.detach(), radial.detach(), confidence
 
-    def predict_keys(self, x: torch.Tensor) -> torch.Tensor:
+    def predict_with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """∇f(x) where the read-out is confident (p_max ≥ threshold), else the radial key."""
         key, radial, confidence = self.gate_inputs(x)
-        return torch.where((confidence < self.gate_threshold)[:, None], radial, key)
+        confident = confidence >= self.gate_threshold
+        return torch.where(confident[:, None], key, radial), confident
+
+    def predict_keys(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_with_confidence(x)[0]
 
     def flops_per_query(self) -> int:
         # Forward (u·Vᵀ, ·Cᵀ, u·μ) plus the input-gradient backward pass of the same size.

@@ -1,0 +1,123 @@
+"""The one small interface every backend implements (DESIGN.md §3–4).
+
+A store holds named collections of dense vectors with integer ids, answers batched nearest-
+neighbour queries (plain, or with prefetch candidates rescored by the original query), and keeps
+two things for the model that rides along with each collection: a JSON manifest (the collection's
+metadata) and binary blobs under integer ids (the model artifact). `amips_plugin.model_registry` builds
+the publish protocol (blob first, manifest last, old versions removed after) on these primitives.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+DISTANCES = ("dot", "cosine")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    dim: int
+    distance: str  # "dot" or "cosine"
+    count: int
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Engine knobs passed through to every search: HNSW beam width, exact (brute-force) scoring."""
+
+    hnsw_ef: int | None = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per query, the returned ids (−1 pads short rows) and their scores, best first."""
+
+    ids: np.ndarray  # (M, k) int64
+    scores: np.ndarray  # (M, k) float32
+
+
+def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
+    """Scored points (anything with .id and .score), one list per query, as padded arrays."""
+    ids = np.full((len(responses), limit), -1, dtype=np.int64)
+    scores = np.full((len(responses), limit), -np.inf, dtype=np.float32)
+    for row, points in enumerate(responses):
+        for col, point in enumerate(points[:limit]):
+            ids[row, col], scores[row, col] = int(point.id), point.score
+    return SearchResult(ids, scores)
+
+
+def records_as_arrays(records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Scrolled records (anything with .id and .vector) as (ids, vectors) arrays."""
+    return (np.array([r.id for r in records], dtype=np.int64),
+            np.array([r.vector for r in records], dtype=np.float32))
+
+
+class VectorStore(abc.ABC):
+    """A backend. Vectors are float32 (n, d); ids are non-negative int64."""
+
+    location: str
+
+    # collections -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def collections(self) -> list[str]:
+        """Names of the user's collections (sidecars and internal files excluded)."""
+
+    @abc.abstractmethod
+    def info(self, collection: str) -> CollectionInfo:
+        """Dimension, distance and point count; UnknownCollectionError when absent."""
+
+    @abc.abstractmethod
+    def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
+               replication_factor: int | None = None) -> None:
+        """Create an empty collection; shards and replication apply to servers and clusters only."""
+
+    @abc.abstractmethod
+    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or overwrite points."""
+
+    @abc.abstractmethod
+    def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every point, as (ids, vectors) batches in ascending id order."""
+
+    def finish_bulk_load(self, collection: str) -> None:
+        """Build indexes after a bulk load (Edge: HNSW); a no-op where the engine does it itself."""
+
+    # search ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
+        """Plain top-`limit` by the collection's distance, one row per query."""
+
+    @abc.abstractmethod
+    def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
+                          candidates: int, limit: int, params: SearchParams) -> SearchResult:
+        """Prefetch `candidates` points with each vector set in `prefetch` (each (M, d)), then rescore
+        the union by `queries` and return the top `limit`: the Query API's prefetch + outer query."""
+
+    # what rides along with a collection ----------------------------------------------------------
+    @abc.abstractmethod
+    def read_manifest(self, collection: str) -> dict[str, Any] | None:
+        """The model manifest stored with the collection, or None."""
+
+    @abc.abstractmethod
+    def write_manifest(self, collection: str, manifest: dict[str, Any] | None) -> None:
+        """Replace the manifest atomically (None removes it)."""
+
+    @abc.abstractmethod
+    def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
+        """Store blob `blob_id` (< 2**40) completely before returning; readers never see part of it."""
+
+    @abc.abstractmethod
+    def read_blob(self, collection: str, blob_id: int) -> bytes:
+        """The blob stored under `blob_id`; ArtifactError when it is missing or incomplete."""
+
+    @abc.abstractmethod
+    def delete_blob(self, collection: str, blob_id: int | None) -> None:
+        """Remove one blob (None: every blob of the collection); a missing blob is not an error."""
+
+    def close(self) -> None:
+        """Release files and connections."""

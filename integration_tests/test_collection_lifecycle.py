@@ -1,0 +1,138 @@
+"""ingest → train → search → status → append → stale → retrain → export/import, on real backends.
+
+Everything goes through the `amips` CLI (one store per command, as a user would run it), except
+where a test looks inside the store to check that the model really lives alongside the collection.
+"""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from adapters import open_store
+from amips_plugin.cli import main
+from amips_plugin.errors import ArtifactError
+from compression.artifact import decode_model
+
+TRAIN = ["--steps", "400", "--quiet", "--noise-copies", "1", "--device", "cpu"]
+
+
+def amips(store_spec, *args, ok=True):
+    result = CliRunner().invoke(main, ["--store", store_spec, *[str(a) for a in args]])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def status(store_spec, collection):
+    return json.loads(amips(store_spec, "status", collection, "--json").output)
+
+
+def search(store_spec, collection, queries_path, truth_path, *extra):
+    return json.loads(amips(store_spec, "search", collection, "--queries", queries_path, "--truth", truth_path,
+                            "--json", *extra).output)
+
+
+@pytest.fixture
+def files(tmp_path, mixture, mixture_truth):
+    keys, train, test = mixture
+    paths = {n: tmp_path / f"{n}.npy" for n in ("keys", "train", "test", "truth", "extra")}
+    np.save(paths["keys"], keys)
+    np.save(paths["train"], train)
+    np.save(paths["test"], test)
+    np.save(paths["truth"], mixture_truth)
+    np.save(paths["extra"], 3.0 * test[:20])  # new keys, far out along the test queries' directions
+    return paths
+
+
+def test_full_lifecycle(store_spec, collection_name, files, tmp_path):
+    c = collection_name
+    amips(store_spec, "ingest", c, files["keys"])
+    assert status(store_spec, c)["model"] is None
+
+    before = search(store_spec, c, files["test"], files["truth"], "--mode", "hybrid")
+    assert before["fallback_reason"] == "no model trained for this collection"
+    assert before["recall@1"] == pytest.approx(search(store_spec, c, files["test"], files["truth"], "--mode", "off")["recall@1"])
+
+    amips(store_spec, "train", c, "--queries", files["train"], *TRAIN)
+    fresh = status(store_spec, c)
+    assert fresh["model"]["version"] == 1 and fresh["model"]["stale"] is False
+    assert fresh["model"]["fingerprint"]["count"] == 600
+
+    hybrid = search(store_spec, c, files["test"], files["truth"], "--mode", "hybrid", "--limit", "5")
+    plain = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--limit", "5")
+    assert hybrid["fallback_reason"] is None and hybrid["rewritten"] > 0
+    assert hybrid["recall@1"] >= plain["recall@1"]
+
+    # append: the model goes stale, queries fall back to plain search and still find the new keys
+    amips(store_spec, "ingest", c, files["extra"])
+    stale = status(store_spec, c)
+    assert stale["points"] == 620 and stale["model"]["stale"] is True
+    new_truth = tmp_path / "new_truth.npy"
+    all_keys = np.concatenate([np.load(files["keys"]), np.load(files["extra"])])
+    truth = (np.load(files["extra"]) @ all_keys.T).argmax(axis=1)
+    assert (truth >= 600).all()  # these queries' best keys are all among the appended ones
+    np.save(new_truth, truth)
+    found = search(store_spec, c, files["extra"], new_truth, "--mode", "hybrid")
+    assert found["fallback_reason"].startswith("the model is stale") and found["recall@1"] == 1.0
+
+    amips(store_spec, "train", c, "--queries", files["train"], *TRAIN)
+    retrained = status(store_spec, c)["model"]
+    assert retrained["version"] == 2 and retrained["stale"] is False
+
+    # export → drop → import round trip: same bytes, fresh again
+    exported = tmp_path / "exported.amips"
+    amips(store_spec, "export", c, "-o", exported)
+    amips(store_spec, "drop-model", c)
+    assert status(store_spec, c)["model"] is None
+    amips(store_spec, "import", c, exported)
+    reimported = status(store_spec, c)["model"]
+    assert reimported["version"] == 1 and reimported["stale"] is False  # versions restart after a drop
+    again = tmp_path / "again.amips"
+    amips(store_spec, "export", c, "-o", again)
+    assert again.read_bytes() == exported.read_bytes()
+
+
+def test_model_lives_alongside_the_collection(store_spec, collection_name, files):
+    c = collection_name
+    amips(store_spec, "ingest", c, files["keys"])
+    amips(store_spec, "train", c, "--queries", files["train"], *TRAIN)
+    store = open_store(store_spec)
+    first = store.read_manifest(c)
+    store.close()
+    amips(store_spec, "train", c, "--queries", files["train"], *TRAIN)
+    store = open_store(store_spec)
+    try:
+        manifest = store.read_manifest(c)
+        assert manifest["version"] == 2
+        blob = store.read_blob(c, manifest["blob"])
+        assert decode_model(blob).model.config.dim == 32
+        with pytest.raises(ArtifactError):
+            store.read_blob(c, first["blob"])  # the replaced blob was removed after the new manifest landed
+        assert c in store.collections() and all(not n.endswith("__amips") for n in store.collections())
+    finally:
+        store.close()
+
+
+def test_import_of_a_model_trained_on_other_keys_is_stale(store_spec, collection_name, files, tmp_path):
+    model = tmp_path / "other.amips"
+    other_keys = tmp_path / "other_keys.npy"
+    np.save(other_keys, np.load(files["keys"])[::-1].copy())
+    CliRunner().invoke(main, ["fit", str(other_keys), str(files["train"]), "-o", str(model), *TRAIN])
+    amips(store_spec, "ingest", collection_name, files["keys"])
+    assert "STALE" in amips(store_spec, "import", collection_name, model).output
+    assert status(store_spec, collection_name)["model"]["stale"] is True
+
+
+def test_bad_requests_are_clear_errors(store_spec, collection_name, files, tmp_path):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 31), np.float32))
+    amips(store_spec, "ingest", collection_name, files["keys"])
+    for args in (["search", "nope", "--queries", files["test"]],
+                 ["search", collection_name, "--queries", wrong],
+                 ["ingest", collection_name, wrong],
+                 ["train", "nope", "--queries", files["train"], *TRAIN],
+                 ["export", collection_name, "-o", tmp_path / "none.amips"]):
+        result = amips(store_spec, *args, ok=False)
+        assert result.exit_code == 1 and result.output.startswith("Error: "), (args, result.output)
+        assert "Traceback" not in result.output
