@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 DISTANCES = ("dot", "cosine")
+MANIFEST_SLOTS = ("model", "pq")
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,16 @@ class VectorStore(abc.ABC):
 
     # what rides along with a collection ----------------------------------------------------------
     @abc.abstractmethod
-    def read_manifest(self, collection: str) -> dict[str, Any] | None:
-        """The model manifest stored with the collection, or None."""
+    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        """The vectors of `ids`, in that order (for exact rescoring); InputError for unknown ids."""
 
     @abc.abstractmethod
-    def write_manifest(self, collection: str, manifest: dict[str, Any] | None) -> None:
-        """Replace the manifest atomically (None removes it)."""
+    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+        """The manifest in `slot` ("model", or "pq" for the compressed key store), or None."""
+
+    @abc.abstractmethod
+    def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
+        """Replace the manifest in `slot` atomically (None removes it)."""
 
     @abc.abstractmethod
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:

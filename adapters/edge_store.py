@@ -3,7 +3,8 @@
 Layout under the store's root directory, one folder per collection:
 
     <root>/<collection>/shard/          the Edge shard (segments, WAL, edge_config.json)
-    <root>/<collection>/amips/          the model next to it: manifest.json, blob-<id>.amips
+    <root>/<collection>/amips/          the model next to it: manifest.json (pq.json: the compressed
+                                        key store), blob-<id>.amips
 
 HNSW is built and used for every collection size (`indexing_threshold` and `full_scan_threshold`
 are set to a few KB; the engine's defaults would brute-force anything under ~10 MB). The WAL
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import qdrant_edge as edge
 
-from amips_plugin.errors import ArtifactError, StoreError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, InputError, StoreError, UnknownCollectionError
 from amips_plugin.files import atomic_write
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
@@ -33,6 +34,7 @@ UPSERT_BATCH = 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
 _DISTANCE_NAME = {"Dot": "dot", "Cosine": "cosine"}
+_MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json"}
 
 
 class EdgeStore(VectorStore):
@@ -143,8 +145,15 @@ class EdgeStore(VectorStore):
         self._shard(collection)  # the collection must exist
         return self._folder(collection) / "amips"
 
-    def read_manifest(self, collection: str) -> dict[str, Any] | None:
-        path = self._model_dir(collection) / "manifest.json"
+    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        records = {int(r.id): r.vector for r in self._shard(collection).retrieve([int(i) for i in ids], None, True)}
+        missing = [int(i) for i in ids if int(i) not in records]
+        if missing:
+            raise InputError(f"{len(missing)} ids not in {collection!r}, e.g. {missing[:3]}")
+        return np.array([records[int(i)] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
+    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+        path = self._model_dir(collection) / _MANIFEST_FILES[slot]
         if not path.is_file():
             return None
         try:
@@ -152,8 +161,8 @@ class EdgeStore(VectorStore):
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"model manifest of {collection!r} is not valid JSON: {exc}") from None
 
-    def write_manifest(self, collection: str, manifest: dict[str, Any] | None) -> None:
-        path = self._model_dir(collection) / "manifest.json"
+    def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
+        path = self._model_dir(collection) / _MANIFEST_FILES[slot]
         if manifest is None:
             path.unlink(missing_ok=True)
             return

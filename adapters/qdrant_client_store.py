@@ -3,7 +3,8 @@
 Local mode is exact brute force in Python (fine for tests and small data, and it warns above 20k
 points); the same calls reach a server, where the collection is HNSW-indexed and sharded.
 The model rides along as DESIGN.md §5 says: the manifest in the collection's metadata under
-"amips", the artifact as ≤ 1 MiB base64 chunks in payload-only points of `<collection>__amips`.
+"amips" (the compressed key store's under "amips_pq"), the blobs as ≤ 1 MiB base64 chunks in
+payload-only points of `<collection>__amips`.
 """
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from typing import Any, Iterator
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from amips_plugin.errors import ArtifactError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, InputError, UnknownCollectionError
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
 
 SIDECAR_SUFFIX = "__amips"
-METADATA_KEY = "amips"
+METADATA_KEYS = {"model": "amips", "pq": "amips_pq"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024
@@ -102,14 +103,22 @@ class QdrantClientStore(VectorStore):
         return self._run(collection, requests, limit)
 
     # what rides along --------------------------------------------------------------------------
-    def read_manifest(self, collection: str) -> dict[str, Any] | None:
+    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        self._require(collection)
+        records = {int(r.id): r.vector for r in self.client.retrieve(collection, [int(i) for i in ids], with_vectors=True)}
+        missing = [int(i) for i in ids if int(i) not in records]
+        if missing:
+            raise InputError(f"{len(missing)} ids not in {collection!r}, e.g. {missing[:3]}")
+        return np.array([records[int(i)] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
+    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)
         metadata = self.client.get_collection(collection).config.metadata or {}
-        return metadata.get(METADATA_KEY) or None
+        return metadata.get(METADATA_KEYS[slot]) or None
 
-    def write_manifest(self, collection: str, manifest: dict[str, Any] | None) -> None:
+    def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)
-        self.client.update_collection(collection, metadata={METADATA_KEY: manifest})
+        self.client.update_collection(collection, metadata={METADATA_KEYS[slot]: manifest})
 
     def _sidecar(self, collection: str) -> str:
         return collection + SIDECAR_SUFFIX

@@ -29,7 +29,7 @@ from .errors import AmipsError, InputError, StoreError
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
-from .rewriting import MODES, QueryRewriter
+from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
 from .models import MODEL_KINDS, params_fraction
 from .targets import exact_top1
 from .training import TrainConfig, fit
@@ -78,7 +78,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 
     \b
     Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, status, search, export, import, drop-model
+    Collections:  ingest, train, status, search, export, import, drop-model, pq-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     ctx.obj = {"store_spec": store, "api_key": api_key}
@@ -345,6 +345,9 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
               help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
 @click.option("--candidates", type=click.IntRange(min=1), default=None,
               help="Candidates each prefetch returns before rescoring (default: max(limit, 10)).")
+@click.option("--candidates-from", "candidate_source", type=click.Choice(CANDIDATE_SOURCES), default="engine",
+              show_default=True, help="engine: Qdrant's index; pq: the compressed key store (`amips pq-build`), "
+                                      "its candidates rescored exactly.")
 @click.option("--hnsw-ef", type=click.IntRange(min=1), default=None, help="HNSW beam width (server/Edge).")
 @click.option("--exact", is_flag=True, help="Exact (brute-force) scoring in the engine.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False), default=None,
@@ -355,29 +358,33 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 @click.pass_context
 @_friendly_errors
 def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str,
-                   candidates: int | None, hnsw_ef: int | None, exact: bool, truth_path: str | None,
+                   candidates: int | None, candidate_source: str, hnsw_ef: int | None, exact: bool, truth_path: str | None,
                    single: bool, output: str | None, as_json: bool) -> None:
     """Search COLLECTION for every row of QUERIES.npy, rewriting queries with the stored model."""
     queries = load_vectors(queries_path, "QUERIES")
     rewriter = QueryRewriter(_store(ctx))
     params = SearchParams(hnsw_ef=hnsw_ef, exact=exact)
-    rewriter.search(collection, queries[:1], limit, mode, candidates, params)  # load the model before timing
+    def run(batch: np.ndarray):
+        return rewriter.search(collection, batch, limit, mode, candidates, params, candidate_source)
+
+    run(queries[:1])  # load the model (and key store) before timing
     latencies: list[float] = []
     started = time.perf_counter()
     if single:
         parts = []
         for row in range(len(queries)):
             tick = time.perf_counter()
-            parts.append(rewriter.search(collection, queries[row:row + 1], limit, mode, candidates, params))
+            parts.append(run(queries[row:row + 1]))
             latencies.append(time.perf_counter() - tick)
         ids = np.concatenate([p[0].ids for p in parts])
         report = parts[-1][1]
         report.rewritten, report.plain = sum(p[1].rewritten for p in parts), sum(p[1].plain for p in parts)
     else:
-        result, report = rewriter.search(collection, queries, limit, mode, candidates, params)
+        result, report = run(queries)
         ids = result.ids
     seconds = time.perf_counter() - started
-    summary: dict[str, Any] = {"collection": collection, "mode": mode, "queries": len(queries), "limit": limit,
+    summary: dict[str, Any] = {"collection": collection, "mode": mode, "candidates_from": candidate_source,
+                               "notes": report.notes, "queries": len(queries), "limit": limit,
                                "rewritten": report.rewritten, "plain": report.plain,
                                "fallback_reason": report.fallback_reason, "model_version": report.model_version,
                                "seconds": round(seconds, 4), "queries_per_second": round(len(queries) / seconds, 1)}
@@ -393,6 +400,27 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
     if output:
         np.save(output, ids)
     click.echo(json.dumps(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@main.command("pq-build")
+@click.argument("collection")
+@click.option("--subspaces", type=click.IntRange(min=1), required=True,
+              help="m: subspaces of 8 bits each, so 8·m bits per key; must divide the dimension.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
+              help="Anisotropic threshold T as a fraction of the median key norm.")
+@click.pass_context
+@_friendly_errors
+def pq_build_command(ctx: click.Context, collection: str, subspaces: int, threshold: float) -> None:
+    """Build COLLECTION's compressed key store (score-aware product quantization) and store it alongside.
+
+    Searches with `--candidates-from pq` then take their candidates from it and rescore them exactly.
+    """
+    from compression import pq_store
+
+    manifest = pq_store.build(_store(ctx), collection, subspaces, threshold)
+    ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
+    click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
+               f"{manifest['bytes']:,} bytes ({ratio:.1%} of the fp32 keys)")
 
 
 @main.command("export")

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import VectorStore
+from adapters.base import MANIFEST_SLOTS, VectorStore
 from compression.artifact import LoadedModel, decode_model
 
 from .errors import AmipsError, ArtifactError
@@ -39,28 +39,39 @@ class StoredModel:
     manifest: dict[str, Any]
 
 
-def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
-            metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Store `blob` (an artifact) as the collection's model and return the new manifest."""
-    header = decode_model(blob).header  # never publish something that does not load
-    before = store.read_manifest(collection)
+def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
+                 slot: str = "model") -> dict[str, Any]:
+    """The publish protocol for any blob kept alongside a collection; returns the new manifest."""
+    before = store.read_manifest(collection, slot)
     blob_id = secrets.randbits(BLOB_ID_BITS)
     store.write_blob(collection, blob_id, blob)
-    current = store.read_manifest(collection)
+    current = store.read_manifest(collection, slot)
     if (current or {}).get("version") != (before or {}).get("version"):
         store.delete_blob(collection, blob_id)
-        raise ConcurrentPublishError(f"another model was published for {collection!r} meanwhile "
+        raise ConcurrentPublishError(f"another {slot} was published for {collection!r} meanwhile "
                                      f"(now version {(current or {}).get('version')}); this one was discarded")
-    manifest = {
-        "version": int(before["version"]) + 1 if before else 1, "blob": blob_id,
-        "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-        "model": header["model"], "dtype": header["dtype"], "fingerprint": fingerprint,
-        "metrics": metrics or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False,
-    }
-    store.write_manifest(collection, manifest)
+    manifest = {**fields, "version": int(before["version"]) + 1 if before else 1, "blob": blob_id,
+                "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False}
+    store.write_manifest(collection, manifest, slot)
     if before and before.get("blob") is not None:
         store.delete_blob(collection, int(before["blob"]))
     return manifest
+
+
+def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
+            metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
+    header = decode_model(blob).header  # never publish something that does not load
+    fields = {"model": header["model"], "dtype": header["dtype"], "fingerprint": fingerprint, "metrics": metrics or {}}
+    return publish_blob(store, collection, blob, fields)
+
+
+def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:
+    blob = store.read_blob(collection, int(manifest["blob"]))
+    if hashlib.sha256(blob).hexdigest() != manifest.get("sha256"):
+        raise ArtifactError(f"blob {manifest['blob']} of {collection!r} does not match its manifest checksum")
+    return blob
 
 
 def load(store: VectorStore, collection: str) -> StoredModel | None:
@@ -68,10 +79,7 @@ def load(store: VectorStore, collection: str) -> StoredModel | None:
     manifest = store.read_manifest(collection)
     if not manifest:
         return None
-    blob = store.read_blob(collection, int(manifest["blob"]))
-    if hashlib.sha256(blob).hexdigest() != manifest.get("sha256"):
-        raise ArtifactError(f"model blob of {collection!r} does not match its manifest checksum")
-    return StoredModel(decode_model(blob), manifest)
+    return StoredModel(decode_model(read_verified_blob(store, collection, manifest)), manifest)
 
 
 def read_blob(store: VectorStore, collection: str) -> bytes:
@@ -83,17 +91,20 @@ def read_blob(store: VectorStore, collection: str) -> bytes:
 
 
 def mark_stale(store: VectorStore, collection: str) -> None:
-    manifest = store.read_manifest(collection)
-    if manifest and not manifest.get("stale"):
-        store.write_manifest(collection, {**manifest, "stale": True})
+    """After a write: the model and the compressed key store no longer describe every key."""
+    for slot in MANIFEST_SLOTS:
+        manifest = store.read_manifest(collection, slot)
+        if manifest and not manifest.get("stale"):
+            store.write_manifest(collection, {**manifest, "stale": True}, slot)
 
 
 def drop(store: VectorStore, collection: str) -> bool:
     """Remove the model (manifest first, so no reader is left pointing at a deleted blob)."""
-    had = store.read_manifest(collection) is not None
+    manifest = store.read_manifest(collection)
     store.write_manifest(collection, None)
-    store.delete_blob(collection, None)
-    return had
+    if manifest and manifest.get("blob") is not None:
+        store.delete_blob(collection, int(manifest["blob"]))
+    return manifest is not None
 
 
 def current_fingerprint(store: VectorStore, collection: str) -> dict[str, Any]:

@@ -5,7 +5,10 @@
     hybrid   prefetch L candidates with ŷ and L with x, rescore the union by <x, ·> (default):
              never worse than plain search with the same candidate limit
 
-One store call per batch in every mode (Qdrant's Query API: prefetch + outer query). Queries the
+Candidates come from the engine (one store call per batch: Qdrant's Query API, prefetch + outer
+query) or, with candidate source "pq", from the compressed key store kept alongside the collection
+(top candidates by asymmetric PQ score for each probe vector, then their stored vectors are
+retrieved and rescored exactly by <x, ·>). Queries the
 model is unsure about (its confidence gate) are answered by plain search, as is every query when
 the collection's model is missing, stale, or cannot be loaded; those cases log a warning and
 never raise. Bad *queries* (wrong dimension, NaN) are the caller's error and do raise.
@@ -27,6 +30,7 @@ from .models import MIPSModel
 
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid")
+CANDIDATE_SOURCES = ("engine", "pq")
 
 
 @dataclass
@@ -75,38 +79,85 @@ class QueryRewriter:
         return model, manifest, None
 
     def search(self, collection: str, queries: np.ndarray, limit: int, mode: str = "hybrid",
-               candidates: int | None = None, params: SearchParams = SearchParams()) -> tuple[SearchResult, SearchReport]:
+               candidates: int | None = None, params: SearchParams = SearchParams(),
+               candidate_source: str = "engine") -> tuple[SearchResult, SearchReport]:
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if candidate_source not in CANDIDATE_SOURCES:
+            raise InputError(f"unknown candidate source {candidate_source!r}; expected one of {CANDIDATE_SOURCES}")
         if limit < 1:
             raise InputError(f"limit must be ≥ 1, got {limit}")
         info = self.store.info(collection)
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         report = SearchReport(mode=mode)
-        if mode == "off":
-            report.plain = len(queries)
-            return self.store.search(collection, queries, limit, params), report
-
-        model, manifest, reason = self.model_for(collection, info.dim)
-        report.model_version = (manifest or {}).get("version")
-        if model is None:
-            log.warning("amips: plain search for %r: %s", collection, reason)
-            report.fallback_reason, report.plain = reason, len(queries)
-            return self.store.search(collection, queries, limit, params), report
-
-        with torch.no_grad():
-            predicted, confident = model.predict_with_confidence(torch.from_numpy(queries))
-        predicted, confident = predicted.numpy(), confident.numpy()
-        result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))
         L = candidates or default_candidates(limit)
+        key_store = self._key_store(collection, report) if candidate_source == "pq" else None
+
+        predicted, confident = queries, np.zeros(len(queries), dtype=bool)
+        if mode != "off":
+            model, manifest, reason = self.model_for(collection, info.dim)
+            report.model_version = (manifest or {}).get("version")
+            if model is None:
+                log.warning("amips: plain search for %r: %s", collection, reason)
+                report.fallback_reason = reason
+            else:
+                with torch.no_grad():
+                    keys_t, confident_t = model.predict_with_confidence(torch.from_numpy(queries))
+                predicted, confident = keys_t.numpy(), confident_t.numpy()
+        report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
+
+        result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))
+        for rows, probes in self._probe_groups(mode, queries, predicted, confident):
+            part = (self._rescored_pq_candidates(collection, key_store, queries[rows], probes, L, limit)
+                    if key_store is not None else self._engine_candidates(collection, queries[rows], probes, L, limit, params))
+            result.ids[rows], result.scores[rows] = part.ids, part.scores
+        return result, report
+
+    @staticmethod
+    def _probe_groups(mode: str, queries: np.ndarray, predicted: np.ndarray,
+                      confident: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray] | None]]:
+        """Rows that are rewritten (probed with ŷ, and x in hybrid mode) and rows searched plainly (None)."""
+        groups = []
         if confident.any():
             rows = np.flatnonzero(confident)
-            prefetch = [predicted[rows]] + ([queries[rows]] if mode == "hybrid" else [])
-            part = self.store.search_prefetched(collection, queries[rows], prefetch, L, limit, params)
-            result.ids[rows], result.scores[rows] = part.ids, part.scores
+            groups.append((rows, [predicted[rows]] + ([queries[rows]] if mode == "hybrid" else [])))
         if not confident.all():
-            rows = np.flatnonzero(~confident)
-            part = self.store.search(collection, queries[rows], limit, params)
-            result.ids[rows], result.scores[rows] = part.ids, part.scores
-        report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
-        return result, report
+            groups.append((np.flatnonzero(~confident), None))
+        return groups
+
+    def _engine_candidates(self, collection: str, queries: np.ndarray, probes: list[np.ndarray] | None,
+                           candidates: int, limit: int, params: SearchParams) -> SearchResult:
+        if probes is None:
+            return self.store.search(collection, queries, limit, params)
+        return self.store.search_prefetched(collection, queries, probes, candidates, limit, params)
+
+    def _rescored_pq_candidates(self, collection: str, key_store, queries: np.ndarray,
+                                probes: list[np.ndarray] | None, candidates: int, limit: int) -> SearchResult:
+        """Union of PQ top candidates over the probes, rescored exactly by <x, ·> with stored vectors."""
+        pools = [key_store.candidates(p, candidates) for p in (probes or [queries])]
+        union = [np.unique(np.concatenate([pool[row] for pool in pools])) for row in range(len(queries))]
+        unique_ids = np.unique(np.concatenate(union))
+        vectors = dict(zip(unique_ids.tolist(), self.store.retrieve(collection, unique_ids)))
+        result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))
+        for row, ids in enumerate(union):
+            scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
+            best = np.argsort(-scores)[:limit]
+            result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
+        return result
+
+    def _key_store(self, collection: str, report: SearchReport):
+        """The collection's compressed key store, or None (engine candidates) with the reason noted."""
+        from compression import pq_store  # the compression package builds on this one
+
+        try:
+            loaded = pq_store.load(self.store, collection)
+        except AmipsError as exc:
+            loaded, reason = None, f"the compressed key store cannot be loaded: {exc}"
+        else:
+            reason = ("no compressed key store (run `amips pq-build`)" if loaded is None
+                      else "the compressed key store is stale; run `amips pq-build`" if loaded[1].get("stale") else None)
+        if reason:
+            log.warning("amips: engine candidates for %r: %s", collection, reason)
+            report.notes.append(reason)
+            return None
+        return loaded[0]

@@ -33,13 +33,14 @@ from amips_plugin.errors import ArtifactError
 from amips_plugin.files import atomic_write
 from amips_plugin.models import MIPSModel, ModelConfig, build_model
 
-from .quantization import STORAGE_DTYPES, decode_tensor, encode_tensor, numpy_dtype
+from .quantization import CONTAINER_DTYPES, STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, numpy_dtype
 
 MAGIC = b"\x89AMIPS\r\n"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIQ")
 _HEADER_LENGTH = struct.Struct("<I")
 _CHECKSUM_BYTES = 32
+MODEL_KIND = "amips-model"
 MAX_BODY_BYTES = 1 << 32  # refuse to inflate anything larger (decompression bombs)
 ZSTD_LEVEL = 19
 
@@ -50,27 +51,35 @@ class LoadedModel:
     header: dict[str, Any]
 
 
-def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype: str = "fp32") -> bytes:
-    """Serialise `model` with weights stored as `dtype` (fp32, fp16 or int8)."""
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
+def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTensor]]) -> bytes:
+    """Frame a payload of kind `kind` ("amips-model", "amips-pq"): header + tensors, compressed, checksummed."""
     table: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     offset = 0
-    for name, tensor in model.state_dict().items():
-        encoded = encode_tensor(tensor.detach().cpu().numpy(), dtype)
-        entry = {"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape),
-                 "offset": offset, "nbytes": len(encoded.data), "scales_nbytes": len(encoded.scales)}
-        table.append(entry)
+    for name, encoded in tensors:
+        table.append({"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape), "offset": offset,
+                      "nbytes": len(encoded.data), "scales_nbytes": len(encoded.scales)})
         chunks += [encoded.data, encoded.scales]
         offset += len(encoded.data) + len(encoded.scales)
-    header = {"format": "amips-model", "dtype": dtype, "model": model.config.to_dict(),
-              "tensors": table, "metadata": metadata or {}}
-    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True).encode("utf-8")
     body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + b"".join(chunks)
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
     framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(compressed)) + compressed
     return framed + hashlib.sha256(framed).digest()
+
+
+def unpack(blob: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Verify and parse a payload of kind `kind`; arrays come back in their stored (decoded) form."""
+    header, data = _parse_header(_unframe(blob), kind)
+    return header, _read_tensors(header["tensors"], data)
+
+
+def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype: str = "fp32") -> bytes:
+    """Serialise `model` with weights stored as `dtype` (fp32, fp16 or int8)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
+    tensors = [(name, encode_tensor(t.detach().cpu().numpy(), dtype)) for name, t in model.state_dict().items()]
+    return pack(MODEL_KIND, {"dtype": dtype, "model": model.config.to_dict(), "metadata": metadata or {}}, tensors)
 
 
 def _unframe(blob: bytes) -> bytes:
@@ -99,7 +108,7 @@ def _unframe(blob: bytes) -> bytes:
         raise ArtifactError(f"artifact body does not decompress: {exc}") from None
 
 
-def _parse_header(body: bytes) -> tuple[dict[str, Any], memoryview]:
+def _parse_header(body: bytes, kind: str) -> tuple[dict[str, Any], memoryview]:
     if len(body) < _HEADER_LENGTH.size:
         raise ArtifactError("artifact body is too short for a header")
     (header_length,) = _HEADER_LENGTH.unpack_from(body)
@@ -110,16 +119,17 @@ def _parse_header(body: bytes) -> tuple[dict[str, Any], memoryview]:
         header = json.loads(body[_HEADER_LENGTH.size:end].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"artifact header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != "amips-model":
-        raise ArtifactError("artifact header does not describe an amips model")
-    if not isinstance(header.get("tensors"), list) or not isinstance(header.get("model"), dict):
-        raise ArtifactError("artifact header lacks its model config or tensor table")
+    if not isinstance(header, dict) or header.get("format") != kind:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise ArtifactError(f"artifact holds {found!r}, expected {kind!r}")
+    if not isinstance(header.get("tensors"), list):
+        raise ArtifactError("artifact header lacks its tensor table")
     return header, memoryview(body)[end:]
 
 
-def _read_tensors(table: list[Any], data: memoryview) -> dict[str, torch.Tensor]:
+def _read_tensors(table: list[Any], data: memoryview) -> dict[str, np.ndarray]:
     """Decode the tensor table, insisting that it tiles the tensor bytes exactly."""
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, np.ndarray] = {}
     cursor = 0
     for entry in table:
         try:
@@ -127,7 +137,7 @@ def _read_tensors(table: list[Any], data: memoryview) -> dict[str, torch.Tensor]
             offset, nbytes, scales_nbytes = int(entry["offset"]), int(entry["nbytes"]), int(entry["scales_nbytes"])
         except (KeyError, TypeError, ValueError):
             raise ArtifactError(f"malformed tensor table entry: {entry!r}"[:200]) from None
-        if dtype not in STORAGE_DTYPES or any(s < 0 for s in shape) or name in tensors:
+        if dtype not in CONTAINER_DTYPES or any(s < 0 for s in shape) or name in tensors:
             raise ArtifactError(f"invalid tensor table entry for {name!r}")
         expected_scales = 4 * shape[0] if dtype == "int8" and shape else 0
         if (offset != cursor or nbytes != prod(shape) * numpy_dtype(dtype).itemsize
@@ -135,7 +145,7 @@ def _read_tensors(table: list[Any], data: memoryview) -> dict[str, torch.Tensor]
             raise ArtifactError(f"tensor {name!r} does not match its declared shape, dtype or position")
         values = bytes(data[offset:offset + nbytes])
         scales = bytes(data[offset + nbytes:offset + nbytes + scales_nbytes])
-        tensors[name] = torch.from_numpy(np.array(decode_tensor(dtype, shape, values, scales)))
+        tensors[name] = decode_tensor(dtype, shape, values, scales)
         cursor = offset + nbytes + scales_nbytes
     if cursor != len(data):
         raise ArtifactError(f"{len(data) - cursor} unaccounted bytes after the last tensor")
@@ -143,25 +153,26 @@ def _read_tensors(table: list[Any], data: memoryview) -> dict[str, torch.Tensor]
 
 
 def read_header(blob: bytes) -> dict[str, Any]:
-    """The verified JSON header of an artifact (for `amips inspect`)."""
-    header, _ = _parse_header(_unframe(blob))
+    """The verified JSON header of a model artifact (for `amips inspect`)."""
+    header, _ = _parse_header(_unframe(blob), MODEL_KIND)
     return header
 
 
 def decode_model(blob: bytes) -> LoadedModel:
     """Verify and parse an artifact; the model comes back in eval mode on the CPU."""
-    header, data = _parse_header(_unframe(blob))
+    header, tensors = unpack(blob, MODEL_KIND)
+    if not isinstance(header.get("model"), dict):
+        raise ArtifactError("artifact header lacks its model config")
     try:
         config = ModelConfig.from_dict(header["model"])
         model = build_model(config)
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"artifact's model config is invalid: {exc}") from None
-    tensors = _read_tensors(header["tensors"], data)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if expected != found:
         raise ArtifactError("artifact's tensors do not match its declared architecture")
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict({name: torch.from_numpy(array) for name, array in tensors.items()}, strict=True)
     model.eval()
     return LoadedModel(model=model, header=header)
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STORAGE_DTYPES = ("fp32", "fp16", "int8")
-_NUMPY = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1")}
+STORAGE_DTYPES = ("fp32", "fp16", "int8")  # what model weights may be stored as
+RAW_DTYPES = {"uint8": np.dtype("u1"), "int64": np.dtype("<i8")}  # exact integer arrays (codes, ids)
+_NUMPY = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1"), **RAW_DTYPES}
+CONTAINER_DTYPES = tuple(_NUMPY)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,17 @@ def encode_tensor(array: np.ndarray, requested: str) -> EncodedTensor:
     return EncodedTensor("int8", array.shape, codes.tobytes(), scales.astype("<f4").tobytes())
 
 
+def encode_exact(array: np.ndarray) -> EncodedTensor:
+    """Store an integer array (uint8 codes, int64 ids) or a float32 array bit for bit."""
+    for name, dtype in {**RAW_DTYPES, "fp32": _NUMPY["fp32"]}.items():
+        if np.asarray(array).dtype == dtype.newbyteorder("="):
+            return EncodedTensor(name, np.shape(array), np.asarray(array, dtype=dtype, order="C").tobytes())
+    raise ValueError(f"no exact storage for dtype {np.asarray(array).dtype}")
+
+
 def decode_tensor(dtype: str, shape: tuple[int, ...], data: bytes, scales: bytes = b"") -> np.ndarray:
+    if dtype in RAW_DTYPES:
+        return np.frombuffer(data, dtype=numpy_dtype(dtype)).reshape(shape).copy()
     values = np.frombuffer(data, dtype=numpy_dtype(dtype)).astype(np.float32)
     if dtype == "int8":
         values = values.reshape(shape[0], -1) * np.frombuffer(scales, dtype="<f4")[:, None]

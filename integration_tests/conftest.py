@@ -3,7 +3,6 @@ server too when QDRANT_URL is set (e.g. `docker compose up -d` then QDRANT_URL=h
 import os
 import uuid
 
-import numpy as np
 import pytest
 import torch
 
@@ -42,7 +41,3 @@ def mixture():
 def mixture_truth(mixture):
     keys, _, test = mixture
     return (test @ keys.T).argmax(axis=1)
-
-
-def exact_top(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-(queries @ keys.T), axis=1)[:, :k]

@@ -114,13 +114,18 @@ def test_model_lives_alongside_the_collection(store_spec, collection_name, files
         store.close()
 
 
-def test_import_of_a_model_trained_on_other_keys_is_stale(store_spec, collection_name, files, tmp_path):
-    model = tmp_path / "other.amips"
+def test_imported_file_models_are_fresh_only_for_the_keys_they_were_fit_on(store_spec, collection_name, files,
+                                                                           tmp_path):
+    same, other = tmp_path / "same.amips", tmp_path / "other.amips"
     other_keys = tmp_path / "other_keys.npy"
     np.save(other_keys, np.load(files["keys"])[::-1].copy())
-    CliRunner().invoke(main, ["fit", str(other_keys), str(files["train"]), "-o", str(model), *TRAIN])
+    for keys, model in ((files["keys"], same), (other_keys, other)):
+        fitted = CliRunner().invoke(main, ["fit", str(keys), str(files["train"]), "-o", str(model), *TRAIN])
+        assert fitted.exit_code == 0, fitted.output
     amips(store_spec, "ingest", collection_name, files["keys"])
-    assert "STALE" in amips(store_spec, "import", collection_name, model).output
+    assert "STALE" not in amips(store_spec, "import", collection_name, same).output
+    assert status(store_spec, collection_name)["model"]["stale"] is False
+    assert "STALE" in amips(store_spec, "import", collection_name, other).output
     assert status(store_spec, collection_name)["model"]["stale"] is True
 
 
@@ -136,3 +141,28 @@ def test_bad_requests_are_clear_errors(store_spec, collection_name, files, tmp_p
         result = amips(store_spec, *args, ok=False)
         assert result.exit_code == 1 and result.output.startswith("Error: "), (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collection_name, files):
+    c = collection_name
+    amips(store_spec, "ingest", c, files["keys"])
+    assert "bits per key" in amips(store_spec, "pq-build", c, "--subspaces", "8").output
+    store = open_store(store_spec)
+    try:
+        manifest = store.read_manifest(c, "pq")
+        assert manifest["bits_per_key"] == 64 and manifest["bytes"] < manifest["keys_fp32_bytes"]
+        assert store.read_blob(c, manifest["blob"])  # the codes live alongside the collection
+    finally:
+        store.close()
+    engine = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--exact")
+    pq = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "pq",
+                "--candidates", "20")
+    assert pq["notes"] == [] and engine["recall@1"] == 1.0
+    assert pq["recall@1"] >= 0.95  # 64-bit codes find the best key among 20 candidates, rescored exactly
+    amips(store_spec, "ingest", c, files["extra"])  # appended keys are not coded: fall back to the engine
+    all_keys = np.concatenate([np.load(files["keys"]), np.load(files["extra"])])
+    np.save(files["truth"].parent / "extra_truth.npy", (np.load(files["extra"]) @ all_keys.T).argmax(axis=1))
+    after = search(store_spec, c, files["extra"], files["truth"].parent / "extra_truth.npy", "--mode", "off",
+                   "--candidates-from", "pq", "--exact")
+    assert after["notes"] == ["the compressed key store is stale; run `amips pq-build`"]
+    assert after["recall@1"] == 1.0

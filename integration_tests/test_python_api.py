@@ -6,9 +6,12 @@ from adapters import open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin.client import AmipsClient
 from amips_plugin.training import TrainConfig
-from conftest import exact_top
 
 SPECS = [":memory:", "edge"]
+
+
+def exact_top(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ keys.T), axis=1)[:, :k]
 
 
 @pytest.fixture(params=SPECS)

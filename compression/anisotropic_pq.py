@@ -1,0 +1,162 @@
+"""Score-aware (anisotropic) product quantization of the keys (Guo et al., ScaNN, ICML 2020).
+
+Product quantization splits d into m subspaces and stores each key as m one-byte codes into
+per-subspace codebooks of 256 centroids (8·m bits per key). Plain PQ assigns every sub-vector to
+its nearest centroid, minimising ‖r‖² for the residual r = x − x̃. For inner-product search the
+error that matters is the part of r parallel to x, which shifts <q, x̃> for the queries that
+score x highly. ScaNN's loss weights it by η ≥ 1:
+
+    ℓ(x, x̃) = η(x)·‖r_∥‖² + ‖r_⊥‖² = ‖r‖² + (η − 1)·<r, x/‖x‖>²,
+    η(x) = (d − 1)·t² / (1 − t²),   t = T / ‖x‖        (the large-d form; clamped to η ≥ 1)
+
+T is the score threshold above which a query-key pair is considered relevant. Codebooks start
+from k-means per subspace (FAISS); then rounds alternate two exact block-coordinate steps, each of
+which never increases the total loss:
+
+  * codes: with the other m − 1 codes fixed, subspace j takes the centroid c minimising
+        ‖r_{−j}‖² + ‖x_j − C_j[c]‖² + (η − 1)·(<r_{−j}, x̂> + <x_j − C_j[c], x̂_j>)²;
+  * codebooks: with the codes fixed, each centroid z = C_j[c] solves the least-squares system
+        (Σ_i I + w_i u_i u_iᵀ) z = Σ_i x_ij + w_i u_i (a_i + <u_i, x_ij>)
+    over the keys i coded to it, with w_i = η_i − 1, u_i = x̂_ij and a_i = <r_{−j,i}, x̂_i>.
+
+Scoring is asymmetric: per query one lookup table LUT_j[c] = <q_j, C_j[c]>, and
+<q, x̃> = Σ_j LUT_j[code_j].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+CENTROIDS = 256  # 8 bits per subspace
+DEFAULT_RELATIVE_THRESHOLD = 0.2
+DEFAULT_ROUNDS = 3
+_ROWS_PER_CHUNK = 8192
+
+
+def anisotropic_weight(norms: np.ndarray, threshold: float, dim: int) -> np.ndarray:
+    """η(x) = (d − 1)·t²/(1 − t²), t = T/‖x‖, clamped to [1, 1e6] (t ≥ 1 would make η infinite)."""
+    t2 = np.clip((threshold / np.maximum(norms, 1e-12)) ** 2, 0.0, 1.0 - 1e-6)
+    return np.clip((dim - 1) * t2 / (1.0 - t2), 1.0, 1e6).astype(np.float32)
+
+
+@dataclass
+class ProductCodes:
+    """Codebooks (m, 256, d/m) and codes (N, m): a compressed copy of N keys, 8·m bits each."""
+
+    codebooks: np.ndarray
+    codes: np.ndarray
+
+    @property
+    def bits_per_key(self) -> int:
+        return 8 * self.codebooks.shape[0]
+
+    def decode(self) -> np.ndarray:
+        m = self.codebooks.shape[0]
+        return np.concatenate([self.codebooks[j][self.codes[:, j]] for j in range(m)], axis=1)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Asymmetric inner products <q, x̃_i>, shape (M, N), through per-query lookup tables."""
+        m, _, sub = self.codebooks.shape
+        tables = np.einsum("qms,mcs->qmc", queries.reshape(len(queries), m, sub), self.codebooks)
+        out = np.zeros((len(queries), len(self.codes)), dtype=np.float32)
+        for j in range(m):
+            out += tables[:, j, self.codes[:, j]]
+        return out
+
+    def search(self, queries: np.ndarray, limit: int) -> np.ndarray:
+        """Top-`limit` key indices per query by asymmetric score, best first."""
+        scores = self.scores(queries)
+        limit = min(limit, scores.shape[1])
+        top = np.argpartition(-scores, limit - 1, axis=1)[:, :limit]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        return np.take_along_axis(top, order, axis=1)
+
+
+def train_codebooks(keys: np.ndarray, num_subspaces: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-means codebooks per subspace (FAISS) and the plain nearest-centroid codes."""
+    n, d = keys.shape
+    if d % num_subspaces:
+        raise ValueError(f"dimension {d} is not divisible into {num_subspaces} subspaces")
+    if n < CENTROIDS:
+        raise ValueError(f"need at least {CENTROIDS} keys to train 8-bit codebooks, got {n}")
+    quantizer = faiss.ProductQuantizer(d, num_subspaces, 8)
+    quantizer.cp.seed = seed
+    quantizer.train(np.ascontiguousarray(keys, dtype=np.float32))
+    codebooks = faiss.vector_to_array(quantizer.centroids).reshape(num_subspaces, CENTROIDS, d // num_subspaces)
+    codes = quantizer.compute_codes(np.ascontiguousarray(keys, dtype=np.float32))
+    return codebooks.astype(np.float32), codes
+
+
+def anisotropic_loss(keys: np.ndarray, decoded: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """ℓ per key: ‖r‖² + (η − 1)·<r, x̂>²."""
+    residual = keys - decoded
+    unit = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    return (residual ** 2).sum(axis=1) + (eta - 1.0) * (residual * unit).sum(axis=1) ** 2
+
+
+def assign_anisotropic(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, eta: np.ndarray,
+                       sweeps: int = 3) -> np.ndarray:
+    """Coordinate descent over subspaces from `codes`; every step lowers (or keeps) each key's ℓ."""
+    m, _, sub = codebooks.shape
+    codes = codes.copy()
+    unit = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    for _ in range(sweeps):
+        for start in range(0, len(keys), _ROWS_PER_CHUNK):
+            rows = slice(start, start + _ROWS_PER_CHUNK)
+            x, u, c, w = keys[rows], unit[rows], codes[rows], eta[rows] - 1.0
+            residual = x - np.concatenate([codebooks[j][c[:, j]] for j in range(m)], axis=1)
+            for j in range(m):
+                cols = slice(j * sub, (j + 1) * sub)
+                # remove subspace j's contribution, then score all 256 centroids for it
+                rest = residual.copy()
+                rest[:, cols] = 0.0
+                parallel_rest = (rest * u).sum(axis=1, keepdims=True)
+                candidate_residual = x[:, None, cols] - codebooks[j][None, :, :]  # (n, 256, sub)
+                loss = (candidate_residual ** 2).sum(axis=2) + w[:, None] * (
+                    parallel_rest + (candidate_residual * u[:, None, cols]).sum(axis=2)) ** 2
+                best = loss.argmin(axis=1)
+                c[:, j] = best
+                residual[:, cols] = candidate_residual[np.arange(len(best)), best]
+            codes[rows] = c
+    return codes
+
+
+def update_codebooks(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    """Re-fit every centroid to the keys coded to it under ℓ (one block at a time; unused ones stay)."""
+    m, k, sub = codebooks.shape
+    codebooks = codebooks.copy()
+    unit = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    weight = eta - 1.0
+    residual = keys - ProductCodes(codebooks, codes).decode()
+    for j in range(m):
+        cols = slice(j * sub, (j + 1) * sub)
+        x_j, u_j = keys[:, cols], unit[:, cols]
+        parallel_rest = ((residual * unit).sum(axis=1) - (residual[:, cols] * u_j).sum(axis=1))
+        rhs_rows = x_j + (weight * (parallel_rest + (u_j * x_j).sum(axis=1)))[:, None] * u_j
+        for c in np.unique(codes[:, j]):
+            members = codes[:, j] == c
+            u, w = u_j[members], weight[members]
+            system = members.sum() * np.eye(sub, dtype=np.float64) + (u.T * w) @ u
+            codebooks[j, c] = np.linalg.solve(system, rhs_rows[members].sum(axis=0))
+        residual[:, cols] = x_j - codebooks[j][codes[:, j]]
+    return codebooks
+
+
+def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
+                   rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> tuple[ProductCodes, ProductCodes]:
+    """(anisotropic, plain k-means) product codes of the same keys at the same bits per key.
+
+    T = relative_threshold × the median key norm. Each round re-assigns codes, then re-fits the
+    codebooks, under the score-aware loss; both start from the plain codes and codebooks.
+    """
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    codebooks, plain = train_codebooks(keys, num_subspaces, seed)
+    norms = np.linalg.norm(keys, axis=1)
+    eta = anisotropic_weight(norms, relative_threshold * float(np.median(norms)), keys.shape[1])
+    books, codes = codebooks, plain
+    for _ in range(rounds):
+        codes = assign_anisotropic(keys, books, codes, eta, sweeps=1)
+        books = update_codebooks(keys, books, codes, eta).astype(np.float32)
+    return ProductCodes(books, codes), ProductCodes(codebooks, plain)

@@ -1,0 +1,70 @@
+"""The compressed key store: anisotropic PQ codes kept alongside the collection, as a candidate stage.
+
+Stored like the model (blob first, then the manifest in the "pq" slot) in the same checksummed
+container, kind "amips-pq": codebooks (fp32), codes (uint8, N×m) and the point ids (int64). At query
+time the codes give the top candidates by asymmetric score; the caller rescores them exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapters.base import VectorStore
+from amips_plugin import model_registry
+from amips_plugin.collections import read_keys
+from amips_plugin.errors import ArtifactError
+
+from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq
+from .artifact import pack, unpack
+from .quantization import encode_exact
+
+KIND = "amips-pq"
+SLOT = "pq"
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    codes: ProductCodes
+    ids: np.ndarray  # (N,) int64: the store's point id of each coded key
+
+    def candidates(self, probes: np.ndarray, limit: int) -> np.ndarray:
+        """Point ids of the top-`limit` keys by asymmetric score, per probe row."""
+        return self.ids[self.codes.search(probes, limit)]
+
+
+def encode_key_store(key_store: KeyStore, metadata: dict[str, Any]) -> bytes:
+    tensors = [("codebooks", encode_exact(key_store.codes.codebooks.astype(np.float32))),
+               ("codes", encode_exact(key_store.codes.codes.astype(np.uint8))),
+               ("ids", encode_exact(key_store.ids.astype(np.int64)))]
+    return pack(KIND, {"metadata": metadata}, tensors)
+
+
+def decode_key_store(blob: bytes) -> KeyStore:
+    _, tensors = unpack(blob, KIND)
+    try:
+        codebooks, codes, ids = tensors["codebooks"], tensors["codes"], tensors["ids"]
+    except KeyError as exc:
+        raise ArtifactError(f"compressed key store lacks {exc}") from None
+    if codebooks.ndim != 3 or codes.shape != (len(ids), codebooks.shape[0]) or codebooks.shape[1] != 256:
+        raise ArtifactError("compressed key store's codes, codebooks and ids do not fit together")
+    return KeyStore(ProductCodes(codebooks, codes), ids)
+
+
+def build(store: VectorStore, collection: str, subspaces: int,
+          relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> dict[str, Any]:
+    """Quantize the collection's keys and publish the codes alongside it; returns the manifest."""
+    keys, ids, fingerprint = read_keys(store, collection)
+    scored, _ = anisotropic_pq(keys, subspaces, relative_threshold)
+    fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key, "relative_threshold": relative_threshold,
+              "fingerprint": fingerprint, "keys_fp32_bytes": int(keys.nbytes)}
+    blob = encode_key_store(KeyStore(scored, ids), fields)
+    return model_registry.publish_blob(store, collection, blob, fields, slot=SLOT)
+
+
+def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]] | None:
+    manifest = store.read_manifest(collection, SLOT)
+    if not manifest:
+        return None
+    return decode_key_store(model_registry.read_verified_blob(store, collection, manifest)), manifest
