@@ -6,7 +6,8 @@ For each set and number of subspaces m (8·m bits per key): FAISS IndexPQ (its o
 PQ (k-means codebooks, nearest-centroid codes) and anisotropic PQ (codes and codebooks re-fitted
 under the score-aware loss from that same start), all scored by asymmetric distance. Reported on held-out queries:
 recall1@10 (the true best key within the top 10 by PQ score) and recall10@10 (overlap of the PQ top 10
-with the true top 10). The synthetic set is a seeded Gaussian mixture with log-normal key norms.
+with the true top 10); encode s: build seconds (FAISS: train + add; the other two rows: one call
+that builds both, k-means start plus the anisotropic rounds). The synthetic set is a seeded Gaussian mixture with log-normal key norms.
 """
 from __future__ import annotations
 
