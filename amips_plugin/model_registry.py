@@ -54,8 +54,8 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
                 "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False}
     store.write_manifest(collection, manifest, slot)
-    if before and before.get("blob") is not None:
-        store.delete_blob(collection, int(before["blob"]))
+    if before and isinstance(before.get("blob"), int):
+        store.delete_blob(collection, before["blob"])
     return manifest
 
 
@@ -68,8 +68,13 @@ def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[
 
 
 def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:
-    blob = store.read_blob(collection, int(manifest["blob"]))
-    if hashlib.sha256(blob).hexdigest() != manifest.get("sha256"):
+    try:
+        blob_id, sha256 = int(manifest["blob"]), str(manifest["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"the manifest of {collection!r} is malformed or from an incompatible amips version; "
+                            "retrain, or drop the model") from None
+    blob = store.read_blob(collection, blob_id)
+    if hashlib.sha256(blob).hexdigest() != sha256:
         raise ArtifactError(f"blob {manifest['blob']} of {collection!r} does not match its manifest checksum")
     return blob
 
@@ -87,7 +92,7 @@ def read_blob(store: VectorStore, collection: str) -> bytes:
     stored = load(store, collection)
     if stored is None:
         raise ArtifactError(f"collection {collection!r} has no model")
-    return store.read_blob(collection, int(stored.manifest["blob"]))
+    return read_verified_blob(store, collection, stored.manifest)
 
 
 def mark_stale(store: VectorStore, collection: str) -> None:
@@ -102,8 +107,8 @@ def drop(store: VectorStore, collection: str) -> bool:
     """Remove the model (manifest first, so no reader is left pointing at a deleted blob)."""
     manifest = store.read_manifest(collection)
     store.write_manifest(collection, None)
-    if manifest and manifest.get("blob") is not None:
-        store.delete_blob(collection, int(manifest["blob"]))
+    if manifest and isinstance(manifest.get("blob"), int):
+        store.delete_blob(collection, manifest["blob"])
     return manifest is not None
 
 

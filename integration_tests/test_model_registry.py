@@ -86,3 +86,13 @@ def test_model_of_another_dimension_falls_back_and_bad_queries_raise(store):
             QueryRewriter(store).search("c", bad, 3, "hybrid")
     with pytest.raises(InputError):
         QueryRewriter(store).search("c", queries, 0, "hybrid")
+
+
+@pytest.mark.parametrize("manifest", [{"version": 3}, {"version": 1, "blob": "x", "sha256": None}, {"version": 1, "blob": 7}])
+def test_malformed_or_foreign_manifests_fall_back_to_plain_search(store, manifest):
+    store.write_manifest("c", manifest)
+    queries = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    result, report = QueryRewriter(store).search("c", queries, 2, "hybrid", params=SearchParams(exact=True))
+    assert report.fallback_reason.startswith("the model cannot be loaded") and report.plain == 3
+    np.testing.assert_array_equal(result.ids, store.search("c", queries, 2, SearchParams(exact=True)).ids)
+    assert model_registry.drop(store, "c") is True  # and it can be cleared
