@@ -9,12 +9,13 @@ payload-only points of `<collection>__amips`.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Iterator
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from amips_plugin.errors import ArtifactError, InputError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, InputError, StoreError, UnknownCollectionError
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
 
@@ -28,14 +29,29 @@ _DISTANCE_NAME = {v: k for k, v in _DISTANCE.items()}
 
 
 class QdrantClientStore(VectorStore):
-    def __init__(self, location: str, api_key: str | None = None, timeout: int = 30) -> None:
+    def __init__(self, location: str, api_key: str | None = None, timeout: int = 30, attempts: int = 3,
+                 backoff: float = 0.5) -> None:
         self.location = location
         if location == ":memory:":
             self.client = QdrantClient(":memory:")
         elif location.startswith(("http://", "https://")):
             self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
+            self._wait_for_server(attempts, backoff)
         else:
             self.client = QdrantClient(path=location)
+
+    def _wait_for_server(self, attempts: int, backoff: float) -> None:
+        """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
+        for attempt in range(attempts):
+            try:
+                self.client.get_collections()
+                return
+            except Exception as exc:  # connection refused, timeout, TLS, auth: all end the same way
+                last = exc
+                if attempt + 1 < attempts:
+                    time.sleep(backoff * 2 ** attempt)
+        self.client.close()
+        raise StoreError(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}")
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 import torch
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from adapters import SearchParams, VectorStore, open_store
 from compression.artifact import decode_model, load_model, read_header, save_model
@@ -46,6 +47,8 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (AmipsError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        except (ResponseHandlingException, UnexpectedResponse) as exc:  # the server failed mid-command
+            raise click.ClickException(f"the Qdrant server failed: {exc}") from None
 
     return wrapper
 

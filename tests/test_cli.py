@@ -99,3 +99,26 @@ def test_corrupt_model_file_is_refused(files, tmp_path):
     broken.write_bytes(bytes(blob))
     result = _run("predict", broken, files["test"], "-o", tmp_path / "x.npy")
     assert result.exit_code == 1 and "checksum" in result.output
+
+
+def test_an_unreachable_server_is_one_clear_line_after_retries():
+    result = CliRunner().invoke(main, ["--store", "http://127.0.0.1:9", "status"])  # nothing listens on port 9
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: cannot reach Qdrant at http://127.0.0.1:9 after 3 attempts")
+
+
+def test_a_store_held_by_another_process_is_one_clear_line(tmp_path, files):
+    import subprocess
+    import sys
+
+    store = tmp_path / "held"
+    assert CliRunner().invoke(main, ["--store", f"edge:{store}", "ingest", "c", str(files["keys"])]).exit_code == 0
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from adapters import open_store; s = open_store(sys.argv[1]); s.info('c'); "
+        "print('held', flush=True); time.sleep(30)"), f"edge:{store}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(main, ["--store", f"edge:{store}", "status", "c"])
+        assert result.exit_code == 1 and "another process" in result.output and "Traceback" not in result.output
+    finally:
+        holder.kill()
