@@ -1,17 +1,19 @@
 """The query path: rewrite queries to predicted keys before the vector-store lookup (DESIGN.md §4).
 
     off      plain search with x
-    replace  prefetch L candidates with ŷ, rescore them by <x, ·>, return the top k
+    replace  prefetch L candidates with ŷ, rescore them by <x, ·>, return the top k; queries the
+             model's confidence gate is unsure about get plain search instead
     hybrid   prefetch L candidates with ŷ and L with x, rescore the union by <x, ·> (default):
-             never worse than plain search with the same candidate limit
+             never worse than plain search with the same candidate limit. Every query is
+             rewritten: the x prefetch already guards against a poor ŷ, and measured on
+             squad-train, gating here cost recall (bench/gate.py)
 
 Candidates come from the engine (one store call per batch: Qdrant's Query API, prefetch + outer
 query) or, with candidate source "pq", from the compressed key store kept alongside the collection
 (top candidates by asymmetric PQ score for each probe vector, then their stored vectors are
-retrieved and rescored exactly by <x, ·>). Queries the
-model is unsure about (its confidence gate) are answered by plain search, as is every query when
-the collection's model is missing, stale, or cannot be loaded; those cases log a warning and
-never raise. Bad *queries* (wrong dimension, NaN) are the caller's error and do raise.
+retrieved and rescored exactly by <x, ·>). Every query is
+answered by plain search when the collection's model is missing, stale, or cannot be loaded;
+those cases log a warning and never raise. Bad *queries* (wrong dimension, NaN) are the caller's error and do raise.
 """
 from __future__ import annotations
 
@@ -103,7 +105,8 @@ class QueryRewriter:
             else:
                 with torch.no_grad():
                     keys_t, confident_t = model.predict_with_confidence(torch.from_numpy(queries))
-                predicted, confident = keys_t.numpy(), confident_t.numpy()
+                predicted = keys_t.numpy()
+                confident = confident_t.numpy() if mode == "replace" else np.ones(len(queries), dtype=bool)
         report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
 
         result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))

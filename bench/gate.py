@@ -1,13 +1,13 @@
-"""What the confidence gate saves: the same model and index with the gate on and off.
+"""What the confidence gate does: the same model and index with the gate on and off.
 
     python bench/gate.py [--store edge:/tmp/amips-bench] [--collection squad_train] [--ef 16]
 
 Needs a collection with a trained smoothmax model (bench/search_sweep.py makes one). Query sets:
 the collection's own test queries (in distribution) and squad-dev's test questions, which are
 about Wikipedia articles absent from squad-train (new topics; their true best key is computed
-exactly over the collection). For each: share of queries the gate sends to plain search, recall@1
-of hybrid search with the gate, without it (threshold 0: every query rewritten), and plain search,
-and batched throughput of each, all on the same index in one run.
+exactly over the collection). For each: the share of queries the gate would send to plain search,
+recall@1 and batched throughput of plain search, replace with the gate, replace without it
+(threshold 0), and hybrid (which rewrites every query), all on the same index in one run.
 """
 from __future__ import annotations
 
@@ -50,13 +50,13 @@ def main() -> None:
     print(f"{'queries':>36} {'search':>14} {'to plain':>9} {'recall@1':>9} {'q/s':>7}")
     for name, queries in sets.items():
         truth = ids[(queries @ keys.T).argmax(axis=1)]
-        for label, mode, threshold in (("plain", "off", calibrated), ("hybrid, gated", "hybrid", calibrated),
-                                       ("hybrid, no gate", "hybrid", 0.0)):
+        for label, mode, threshold in (("plain", "off", calibrated), ("replace, gated", "replace", calibrated),
+                                       ("replace, no gate", "replace", 0.0), ("hybrid", "hybrid", calibrated)):
             model.gate_threshold.fill_(threshold)
             started = time.perf_counter()
             result, report = rewriter.search(args.collection, queries, LIMIT, mode, LIMIT, params)
             seconds = time.perf_counter() - started
-            share = report.plain / len(queries) if mode != "off" else 1.0
+            share = report.plain / len(queries)
             print(f"{name:>36} {label:>14} {share:>9.3f} {np.mean(result.ids[:, 0] == truth):>9.4f} "
                   f"{len(queries) / seconds:>7.0f}", flush=True)
     model.gate_threshold.fill_(calibrated)

@@ -97,7 +97,7 @@ class MIPSModel(nn.Module, abc.ABC):
         return keys.detach()
 
     def predict_with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ŷ(x), confident): models without a confidence measure trust every prediction."""
+        """(ŷ(x) without any gate, confident): models without a confidence measure trust every prediction."""
         return self.predict_keys(x), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
 
     def _require_single_head(self) -> None:

@@ -110,13 +110,14 @@ class SmoothMaxSupportNet(MIPSModel):
         return key.detach(), radial.detach(), confidence
 
     def predict_with_confidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """∇f(x) where the read-out is confident (p_max ≥ threshold), else the radial key."""
-        key, radial, confidence = self.gate_inputs(x)
-        confident = confidence >= self.gate_threshold
-        return torch.where(confident[:, None], key, radial), confident
+        """(∇f(x), p_max ≥ threshold): the ungated key and whether the gate trusts it."""
+        key, _, confidence = self.gate_inputs(x)
+        return key, confidence >= self.gate_threshold
 
     def predict_keys(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_with_confidence(x)[0]
+        """∇f(x) where the read-out is confident, else the radial key (ranks like x itself)."""
+        key, radial, confidence = self.gate_inputs(x)
+        return torch.where((confidence >= self.gate_threshold)[:, None], key, radial)
 
     def flops_per_query(self) -> int:
         # Forward (u·Vᵀ, ·Cᵀ, u·μ) plus the input-gradient backward pass of the same size.
