@@ -41,15 +41,19 @@ class SearchResult:
     ids: np.ndarray  # (M, k) int64
     scores: np.ndarray  # (M, k) float32
 
+    @classmethod
+    def empty(cls, rows: int, limit: int) -> "SearchResult":
+        """All rows padded: ids −1, scores −inf."""
+        return cls(np.full((rows, limit), -1, dtype=np.int64), np.full((rows, limit), -np.inf, dtype=np.float32))
+
 
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id and .score), one list per query, as padded arrays."""
-    ids = np.full((len(responses), limit), -1, dtype=np.int64)
-    scores = np.full((len(responses), limit), -np.inf, dtype=np.float32)
+    result = SearchResult.empty(len(responses), limit)
     for row, points in enumerate(responses):
         for col, point in enumerate(points[:limit]):
-            ids[row, col], scores[row, col] = int(point.id), point.score
-    return SearchResult(ids, scores)
+            result.ids[row, col], result.scores[row, col] = int(point.id), point.score
+    return result
 
 
 def records_as_arrays(records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -109,7 +109,7 @@ class QueryRewriter:
                 confident = confident_t.numpy() if mode == "replace" else np.ones(len(queries), dtype=bool)
         report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
 
-        result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))
+        result = SearchResult.empty(len(queries), limit)
         for rows, probes in self._probe_groups(mode, queries, predicted, confident):
             part = (self._rescored_pq_candidates(collection, key_store, queries[rows], probes, L, limit)
                     if key_store is not None else self._engine_candidates(collection, queries[rows], probes, L, limit, params))
@@ -141,7 +141,7 @@ class QueryRewriter:
         union = [np.unique(np.concatenate([pool[row] for pool in pools])) for row in range(len(queries))]
         unique_ids = np.unique(np.concatenate(union))
         vectors = dict(zip(unique_ids.tolist(), self.store.retrieve(collection, unique_ids)))
-        result = SearchResult(np.full((len(queries), limit), -1, np.int64), np.full((len(queries), limit), -np.inf, np.float32))
+        result = SearchResult.empty(len(queries), limit)
         for row, ids in enumerate(union):
             scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
             best = np.argsort(-scores)[:limit]
