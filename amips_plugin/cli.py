@@ -454,11 +454,9 @@ def import_command(ctx: click.Context, collection: str, model_path: str) -> None
     if loaded.model.config.dim != info.dim:
         raise InputError(f"the model expects dimension {loaded.model.config.dim}, {collection!r} has {info.dim}")
     trained_on = loaded.header.get("metadata", {}).get("fingerprint") or {}
+    stale = trained_on != model_registry.current_fingerprint(store, collection)
     manifest = model_registry.publish(store, collection, blob, trained_on,
-                                      loaded.header.get("metadata", {}).get("validation"))
-    stale = model_registry.is_stale(manifest, model_registry.current_fingerprint(store, collection))
-    if stale:
-        model_registry.mark_stale(store, collection)
+                                      loaded.header.get("metadata", {}).get("validation"), stale=stale)
     click.echo(f"{collection}: imported as model version {manifest['version']}"
                + (" — STALE: it was trained on other keys; run amips train" if stale else ""))
 

@@ -15,7 +15,6 @@ from .errors import InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
 from .training import FitResult, TrainConfig, fit
 
-SCROLL_BATCH = 4096
 
 
 def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: str = "dot",
@@ -54,7 +53,7 @@ def read_keys(store: VectorStore, collection: str) -> tuple[np.ndarray, np.ndarr
     ids = np.empty(info.count, dtype=np.int64)
     fingerprint = KeyFingerprint()
     filled = 0
-    for batch_ids, batch in store.scroll(collection, SCROLL_BATCH):
+    for batch_ids, batch in store.scroll(collection, model_registry.SCROLL_BATCH):
         if filled + len(batch_ids) > len(keys):
             raise InputError(f"collection {collection!r} grew while it was read; try again")
         keys[filled:filled + len(batch_ids)], ids[filled:filled + len(batch_ids)] = batch, batch_ids

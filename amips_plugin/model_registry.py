@@ -40,8 +40,11 @@ class StoredModel:
 
 
 def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
-                 slot: str = "model") -> dict[str, Any]:
-    """The publish protocol for any blob kept alongside a collection; returns the new manifest."""
+                 slot: str = "model", stale: bool = False) -> dict[str, Any]:
+    """The publish protocol for any blob kept alongside a collection; returns the new manifest.
+
+    `stale` is committed with the manifest itself, so no reader sees a stale blob marked fresh.
+    """
     before = store.read_manifest(collection, slot)
     blob_id = secrets.randbits(BLOB_ID_BITS)
     store.write_blob(collection, blob_id, blob)
@@ -52,7 +55,7 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
                                      f"(now version {(current or {}).get('version')}); this one was discarded")
     manifest = {**fields, "version": int(before["version"]) + 1 if before else 1, "blob": blob_id,
                 "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": stale}
     store.write_manifest(collection, manifest, slot)
     if before and isinstance(before.get("blob"), int):
         store.delete_blob(collection, before["blob"])
@@ -60,11 +63,11 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
 
 
 def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
-            metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+            metrics: dict[str, Any] | None = None, stale: bool = False) -> dict[str, Any]:
     """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
     header = decode_model(blob).header  # never publish something that does not load
     fields = {"model": header["model"], "dtype": header["dtype"], "fingerprint": fingerprint, "metrics": metrics or {}}
-    return publish_blob(store, collection, blob, fields)
+    return publish_blob(store, collection, blob, fields, stale=stale)
 
 
 def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:

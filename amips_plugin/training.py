@@ -113,7 +113,7 @@ def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -
     return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
 
 
-def calibrate_gate(model: SmoothMaxSupportNet, keys: np.ndarray, validation: TargetedQueries,
+def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation: TargetedQueries,
                    min_match: float) -> float:
     """Set the smallest confidence threshold whose gated validation match rate reaches `min_match`.
 
@@ -121,7 +121,6 @@ def calibrate_gate(model: SmoothMaxSupportNet, keys: np.ndarray, validation: Tar
     the validation queries' own confidences from low to high, the first threshold that reaches
     the target sends the fewest queries to the fallback. Returns the threshold.
     """
-    keys_t = torch.from_numpy(keys).to(validation.queries.device)
     key, radial, confidence = model.gate_inputs(validation.queries)
     hit_key = (key @ keys_t.T).argmax(dim=1) == validation.target_index
     hit_radial = (radial @ keys_t.T).argmax(dim=1) == validation.target_index
@@ -229,7 +228,7 @@ def fit(
     final.eval()
     assert best_quality is not None  # at least one validation pass runs (step == total_steps)
     if isinstance(final, SmoothMaxSupportNet) and config.min_match > 0:
-        calibrate_gate(final, keys, validation, config.min_match)
+        calibrate_gate(final, keys_t, validation, config.min_match)
         best_quality = _validate(final, keys, validation)
     return FitResult(model=final, config=config, validation=best_quality, steps_run=step,
                      seconds=time.perf_counter() - started, history=history)
