@@ -5,17 +5,28 @@ neighbour queries (plain, or with prefetch candidates rescored by the original q
 two things for the model that rides along with each collection: a JSON manifest (the collection's
 metadata) and binary blobs under integer ids (the model artifact). `amips_plugin.model_registry` builds
 the publish protocol (blob first, manifest last, old versions removed after) on these primitives.
+
+`manifest_lock` serialises the writers of one collection's manifests, so that the registry's
+read-check-write of a manifest is a compare-and-swap. The default here is a lock per store object
+(threads sharing it); a backend whose manifests other processes can write overrides it (Edge: an
+flock on a file next to the manifests; a Qdrant server: a leased lock point).
 """
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from amips_plugin.errors import StoreBusyError
+
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = ("model", "pq")
+MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class VectorStore(abc.ABC):
     """A backend. Vectors are float32 (n, d); ids are non-negative int64."""
 
     location: str
+    manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
 
     # collections -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -127,6 +139,24 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         """Remove one blob (None: every blob of the collection); a missing blob is not an error."""
+
+    @contextlib.contextmanager
+    def manifest_lock(self, collection: str) -> Iterator[None]:
+        """Hold the exclusive right to write `collection`'s manifests (every slot) for the block.
+
+        StoreBusyError when another writer keeps it longer than `manifest_lock_timeout` seconds. This
+        default covers writers sharing this store object; backends shared between processes override it.
+        """
+        timeout = self.manifest_lock_timeout
+        with _LOCKS_GUARD:
+            locks = self.__dict__.setdefault("_manifest_locks", {})
+            lock = locks.setdefault(collection, threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} for over {timeout:g}s")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def close(self) -> None:
         """Release files and connections."""

@@ -9,19 +9,27 @@ Layout under the store's root directory, one folder per collection:
 HNSW is built and used for every collection size (`indexing_threshold` and `full_scan_threshold`
 are set to a few KB; the engine's defaults would brute-force anything under ~10 MB). The WAL
 stays on: it is what makes a second process opening the same shard fail instead of silently
-diverging. Manifest and blobs are written to a temporary file and renamed into place.
+diverging. Manifest and blobs are written to a temporary file and renamed into place; a file
+system error there (disk full, permissions) is a StoreError. Writers of the manifests take an
+exclusive flock on `<collection>/amips/.manifest.lock`, so the registry's read-check-write of a
+manifest is a compare-and-swap even between processes (the shard's own lock already keeps a second
+process out; the flock does not depend on that).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import qdrant_edge as edge
 
-from amips_plugin.errors import ArtifactError, InputError, StoreError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.files import atomic_write
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
@@ -35,6 +43,17 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
 _DISTANCE_NAME = {"Dot": "dot", "Cosine": "cosine"}
 _MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json"}
+_LOCK_FILE = ".manifest.lock"
+_LOCK_POLL_SECONDS = 0.01
+
+
+@contextlib.contextmanager
+def _file_errors(what: str) -> Iterator[None]:
+    """OSError (disk full, read-only or missing folder, permissions) as one StoreError line."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot {what}: {exc.strerror or exc}") from None
 
 
 class EdgeStore(VectorStore):
@@ -154,33 +173,68 @@ class EdgeStore(VectorStore):
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         path = self._model_dir(collection) / _MANIFEST_FILES[slot]
-        if not path.is_file():
-            return None
+        with _file_errors(f"read the manifest of {collection!r}"):
+            if not path.is_file():
+                return None
+            text = path.read_text()
         try:
-            return json.loads(path.read_text()) or None
+            return json.loads(text) or None
         except json.JSONDecodeError as exc:
-            raise ArtifactError(f"model manifest of {collection!r} is not valid JSON: {exc}") from None
+            raise ArtifactError(f"model manifest of {collection!r} is not valid JSON ({exc}); "
+                                "remove it with `amips drop-model`") from None
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         path = self._model_dir(collection) / _MANIFEST_FILES[slot]
-        if manifest is None:
-            path.unlink(missing_ok=True)
-            return
-        atomic_write(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+        with _file_errors(f"write the manifest of {collection!r}"):
+            if manifest is None:
+                path.unlink(missing_ok=True)
+                return
+            atomic_write(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
 
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
-        atomic_write(self._model_dir(collection) / f"blob-{blob_id}.amips", data)
+        with _file_errors(f"write model blob {blob_id} of {collection!r}"):
+            atomic_write(self._model_dir(collection) / f"blob-{blob_id}.amips", data)
 
     def read_blob(self, collection: str, blob_id: int) -> bytes:
         path = self._model_dir(collection) / f"blob-{blob_id}.amips"
-        if not path.is_file():
-            raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store")
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read model blob {blob_id} of {collection!r}: {exc.strerror or exc}") from None
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         pattern = "blob-*.amips" if blob_id is None else f"blob-{blob_id}.amips"
-        for path in self._model_dir(collection).glob(pattern):
-            path.unlink(missing_ok=True)
+        with _file_errors(f"delete model blobs of {collection!r}"):
+            for path in self._model_dir(collection).glob(pattern):
+                path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def manifest_lock(self, collection: str) -> Iterator[None]:
+        """An exclusive flock on `<collection>/amips/.manifest.lock`, polled until the timeout.
+
+        flock locks belong to an open file description, so this excludes other processes and other
+        threads of this one alike; the kernel drops it when its holder dies.
+        """
+        folder, timeout = self._model_dir(collection), self.manifest_lock_timeout
+        with _file_errors(f"open the manifest lock of {collection!r}"):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} "
+                                             f"for over {timeout:g}s") from None
+                    time.sleep(_LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -5,17 +5,38 @@ points); the same calls reach a server, where the collection is HNSW-indexed and
 The model rides along as DESIGN.md §5 says: the manifest in the collection's metadata under
 "amips" (the compressed key store's under "amips_pq"), the blobs as ≤ 1 MiB base64 chunks in
 payload-only points of `<collection>__amips`.
+
+Writers of the manifests serialise on a lock (`manifest_lock`), which makes the registry's
+read-check-write of a manifest a compare-and-swap:
+
+- local mode: the client is this process's alone (":memory:" is private, a directory is locked by
+  qdrant-client against other processes), so a lock in this object is the whole story; every call
+  into the local client also runs under one lock here, since local mode is not thread-safe itself.
+- a server (shared between processes): a leased lock point in the sidecar, taken with a
+  conditional upsert (`update_filter`: only when the lease has expired; an absent point is
+  inserted), which the server applies atomically, then read back to see who holds it. The lease
+  (LEASE_SECONDS) frees the lock of a writer that died inside the few milliseconds it is held.
+  Residual window, stated honestly: a holder paused for longer than the lease (or clocks between
+  clients skewed by more than it) can still commit after another writer took the lock over.
+
+Server errors (connection lost, HTTP failures) surface as one-line StoreErrors.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import logging
+import secrets
+import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from amips_plugin.errors import ArtifactError, InputError, StoreError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
 
@@ -26,19 +47,51 @@ _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024
 _DISTANCE = {"dot": models.Distance.DOT, "cosine": models.Distance.COSINE}
 _DISTANCE_NAME = {v: k for k, v in _DISTANCE.items()}
+LOCK_POINT_ID = 1 << 62  # above every blob chunk id (< 2**60)
+LEASE_SECONDS = 60.0
+_LEASE_POLL_SECONDS = 0.05
+log = logging.getLogger("amips")
+
+
+class _GuardedClient:
+    """The client's methods, run under `lock` (local mode) and with server failures as StoreError."""
+
+    def __init__(self, client: QdrantClient, lock: threading.RLock | None) -> None:
+        self._client, self._lock = client, lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock if self._lock is not None else contextlib.nullcontext():
+                try:
+                    return attr(*args, **kwargs)
+                except (ResponseHandlingException, UnexpectedResponse) as exc:
+                    raise StoreError(f"the Qdrant server failed: {' '.join(str(exc).split())}") from None
+
+        return call
 
 
 class QdrantClientStore(VectorStore):
     def __init__(self, location: str, api_key: str | None = None, timeout: int = 30, attempts: int = 3,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, shared: bool | None = None) -> None:
+        """`shared`: whether other processes may write this store's manifests (default: only for a URL),
+        which selects the leased lock point over an in-process lock."""
         self.location = location
+        remote = location.startswith(("http://", "https://"))
+        self.shared = remote if shared is None else shared
         if location == ":memory:":
-            self.client = QdrantClient(":memory:")
-        elif location.startswith(("http://", "https://")):
-            self.client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
-            self._wait_for_server(attempts, backoff)
+            client = QdrantClient(":memory:")
+        elif remote:
+            client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
         else:
-            self.client = QdrantClient(path=location)
+            client = QdrantClient(path=location)
+        self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
+        if remote:
+            self._wait_for_server(attempts, backoff)
 
     def _wait_for_server(self, attempts: int, backoff: float) -> None:
         """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
@@ -139,11 +192,19 @@ class QdrantClientStore(VectorStore):
     def _sidecar(self, collection: str) -> str:
         return collection + SIDECAR_SUFFIX
 
-    def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
+    def _ensure_sidecar(self, collection: str) -> str:
         self._require(collection)
         sidecar = self._sidecar(collection)
         if not self.client.collection_exists(sidecar):
-            self.client.create_collection(sidecar, vectors_config={})
+            try:
+                self.client.create_collection(sidecar, vectors_config={})
+            except Exception:
+                if not self.client.collection_exists(sidecar):  # not another writer creating it first
+                    raise
+        return sidecar
+
+    def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
+        sidecar = self._ensure_sidecar(collection)
         chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
         for index, chunk in enumerate(chunks):
             payload = {"blob": blob_id, "index": index, "total": len(chunks),
@@ -172,6 +233,48 @@ class QdrantClientStore(VectorStore):
             return
         chunks = models.Filter(must=[models.FieldCondition(key="blob", match=models.MatchValue(value=blob_id))])
         self.client.delete(sidecar, points_selector=models.FilterSelector(filter=chunks), wait=True)
+
+    # the manifest lock ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def manifest_lock(self, collection: str) -> Iterator[None]:
+        with super().manifest_lock(collection):  # the threads of this process
+            if not self.shared:
+                yield
+                return
+            sidecar, token, timeout = self._ensure_sidecar(collection), secrets.token_hex(8), self.manifest_lock_timeout
+            deadline = time.monotonic() + timeout
+            while not self._take_lease(sidecar, token):
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} for over "
+                                         f"{timeout:g}s (a dead writer's lease expires within {LEASE_SECONDS:.0f}s)")
+                time.sleep(_LEASE_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                self._conditional_upsert(sidecar, {"lock": "", "expires": 0.0},  # release, if still ours
+                                         models.FieldCondition(key="lock", match=models.MatchValue(value=token)),
+                                         quiet=True)
+
+    def _conditional_upsert(self, sidecar: str, payload: dict[str, Any], condition: models.FieldCondition,
+                            quiet: bool = False) -> None:
+        point = models.PointStruct(id=LOCK_POINT_ID, vector={}, payload=payload)
+        try:
+            self.client.upsert(sidecar, points=[point], update_filter=models.Filter(must=[condition]), wait=True,
+                               ordering=models.WriteOrdering.STRONG)
+        except StoreError as exc:
+            if not quiet:
+                raise
+            log.warning("amips: could not release the manifest lock of %r (its lease expires by itself): %s",
+                        sidecar, exc)
+
+    def _take_lease(self, sidecar: str, token: str) -> bool:
+        """One attempt: the server applies the upsert only where the lease has expired (or there is no
+        lock point yet); reading the point back says whose it is."""
+        now = time.time()
+        self._conditional_upsert(sidecar, {"lock": token, "expires": now + LEASE_SECONDS},
+                                 models.FieldCondition(key="expires", range=models.Range(lt=now)))
+        held = self.client.retrieve(sidecar, [LOCK_POINT_ID], with_payload=True)
+        return bool(held) and (held[0].payload or {}).get("lock") == token
 
     def close(self) -> None:
         self.client.close()

@@ -21,7 +21,9 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
            shards: int | None = None, replication_factor: int | None = None) -> tuple[int, int]:
     """Create the collection (ids 0..N−1) or append to it (ids continue after its point count).
 
-    Appending marks the collection's model stale. Returns (first id, new point count).
+    Appending marks the collection's model stale, before the first point is written, so an append
+    that fails or is interrupted half-way leaves the model stale rather than fresh-looking.
+    Returns (first id, new point count).
     """
     if distance not in DISTANCES:
         raise InputError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
@@ -37,9 +39,8 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
         if info.distance != distance:
             raise InputError(f"collection {collection!r} uses distance {info.distance!r}, not {distance!r}")
         start = info.count
-    store.upsert(collection, np.arange(start, start + len(vectors), dtype=np.int64), vectors)
-    if start > 0:
         model_registry.mark_stale(store, collection)
+    store.upsert(collection, np.arange(start, start + len(vectors), dtype=np.int64), vectors)
     store.finish_bulk_load(collection)
     return start, start + len(vectors)
 
@@ -70,7 +71,13 @@ class TrainedCollection:
 
 def train(store: VectorStore, collection: str, queries: np.ndarray, config: TrainConfig,
           progress: bool = True, on_log: Callable[[dict[str, float]], None] | None = None) -> TrainedCollection:
-    """Train on the collection's keys and a query sample; publish the model alongside the collection."""
+    """Train on the collection's keys and a query sample; publish the model alongside the collection.
+
+    The publish is a compare-and-swap against the manifest read before the keys were: if another
+    trainer published (or the model was dropped) meanwhile, ConcurrentPublishError and nothing is
+    changed. If points were added while training ran, the new model is committed stale.
+    """
+    replaces = store.read_manifest(collection)
     keys, _, fingerprint = read_keys(store, collection)
     queries = check_vectors(queries, "queries", dim=keys.shape[1])
     result = fit(keys, queries, config, progress=progress, on_log=on_log)
@@ -79,7 +86,9 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
                 "validation": result.validation.to_dict(), "params": model.num_parameters(),
                 "num_keys": len(keys), "collection": collection}
     blob = encode_model(model, metadata)
-    manifest = model_registry.publish(store, collection, blob, fingerprint, metrics=result.validation.to_dict())
+    grown = store.info(collection).count != len(keys)
+    manifest = model_registry.publish(store, collection, blob, fingerprint, metrics=result.validation.to_dict(),
+                                      stale=grown, expected=replaces)
     return TrainedCollection(result, manifest)
 
 

@@ -19,3 +19,11 @@ class UnknownCollectionError(AmipsError):
 
 class StoreError(AmipsError):
     """The vector store failed or could not be reached."""
+
+
+class StoreBusyError(StoreError):
+    """Another writer held the collection's manifest lock for longer than the wait allowed."""
+
+
+class ConcurrentPublishError(AmipsError):
+    """Another writer published (or removed) a model for the same collection while this one was working."""

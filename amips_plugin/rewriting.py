@@ -58,23 +58,33 @@ class QueryRewriter:
         self.store = store
         self._cache: dict[str, tuple[str, MIPSModel]] = {}
 
-    def model_for(self, collection: str, dim: int) -> tuple[MIPSModel | None, dict | None, str | None]:
-        """(model, manifest, reason it cannot be used); never raises for model problems."""
+    def model_for(self, collection: str, dim: int,
+                  count: int | None = None) -> tuple[MIPSModel | None, dict | None, str | None]:
+        """(model, manifest, reason it cannot be used); never raises for model problems.
+
+        `count`, the collection's point count, catches writes made by other clients (which cannot
+        mark the model stale) whenever they changed how many keys there are.
+        """
         try:
             manifest = self.store.read_manifest(collection)
             if not manifest:
                 return None, None, "no model trained for this collection"
-            if model_registry.is_stale(manifest):
-                return None, manifest, "the model is stale (keys changed since training); run `amips train`"
             cached = self._cache.get(collection)
             if cached and cached[0] == manifest.get("sha256"):
-                return cached[1], manifest, None
-            stored = model_registry.load(self.store, collection)
-            model = stored.loaded.model if stored else None
+                model = cached[1]
+            else:
+                stored = model_registry.load(self.store, collection)
+                model, manifest = (stored.loaded.model, stored.manifest) if stored else (None, None)
         except AmipsError as exc:
             return None, None, f"the model cannot be loaded: {exc}"
         if model is None:
             return None, None, "no model trained for this collection"
+        if model_registry.is_stale(manifest):
+            return None, manifest, "the model is stale (keys changed since training); run `amips train`"
+        trained_on = (manifest.get("fingerprint") or {}).get("count")
+        if count is not None and trained_on != count:
+            return None, manifest, (f"the model is stale (trained on {trained_on} keys, the collection has "
+                                    f"{count}); run `amips train`")
         if model.config.dim != dim:
             return None, manifest, f"the model expects dimension {model.config.dim}, the collection has {dim}"
         self._cache[collection] = (manifest["sha256"], model)
@@ -97,7 +107,7 @@ class QueryRewriter:
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
-            model, manifest, reason = self.model_for(collection, info.dim)
+            model, manifest, reason = self.model_for(collection, info.dim, info.count)
             report.model_version = (manifest or {}).get("version")
             if model is None:
                 log.warning("amips: plain search for %r: %s", collection, reason)
