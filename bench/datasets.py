@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from amips_plugin.arrays import load_vectors
+from amips_plugin.synthetic import gaussian_mixture
+from amips_plugin.targets import exact_top1
 
 DATA_ROOT = Path(os.environ.get("AMIPS_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -19,6 +21,21 @@ class Dataset:
     train_queries: np.ndarray
     test_queries: np.ndarray
     test_argmax: np.ndarray
+
+
+SYNTHETIC_SETS = {"synthetic-100k": 100_000, "synthetic-1m": 1_000_000}
+SYNTHETIC_DIM, SYNTHETIC_CLUSTERS, SYNTHETIC_SEED = 128, 256, 7
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 20_000, 2_000
+
+
+def synthetic_dataset(name: str, seed: int = SYNTHETIC_SEED) -> Dataset:
+    """A seeded Gaussian mixture with log-normal key norms (MIPS ≠ cosine); queries from the same
+    mixture, the first SYNTHETIC_TRAIN for training and the rest for testing, exact answers by FAISS."""
+    keys, queries = gaussian_mixture(SYNTHETIC_SETS[name], SYNTHETIC_TRAIN + SYNTHETIC_TEST, SYNTHETIC_DIM,
+                                     clusters=SYNTHETIC_CLUSTERS, seed=seed)
+    test = queries[SYNTHETIC_TRAIN:]
+    return Dataset(name=name, keys=keys, train_queries=queries[:SYNTHETIC_TRAIN], test_queries=test,
+                   test_argmax=exact_top1(keys, test).index)
 
 
 def load_dataset(name: str) -> Dataset:

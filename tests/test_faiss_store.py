@@ -1,0 +1,57 @@
+"""FAISS adapters: exact answers where the index is exhaustive, and costs counted as computed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from amips_plugin.synthetic import gaussian_mixture
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys, queries = gaussian_mixture(3000, 200, 24, clusters=12, seed=3)
+    truth = np.argmax(queries @ keys.T, axis=1)
+    return keys, queries, truth
+
+
+def test_flat_is_exact_and_costs_n(data):
+    keys, queries, truth = data
+    hits = FlatIndex(keys).search(queries, 1)
+    assert np.array_equal(hits.ids[:, 0], truth)
+    assert hits.ipe == len(keys)
+
+
+def test_ivf_probing_every_list_is_exact_and_costs_lists_plus_keys(data):
+    keys, queries, truth = data
+    ivf = IVFIndex(keys, nlist=30)
+    assert ivf.list_sizes.sum() == len(keys)
+    full = ivf.search(queries, 1, nprobe=30)
+    assert np.array_equal(full.ids[:, 0], truth)
+    assert full.ipe == pytest.approx(30 + len(keys))
+    one = ivf.search(queries, 1, nprobe=1)
+    assert 30 < one.ipe < 30 + ivf.list_sizes.max() + 1
+    assert np.mean(one.ids[:, 0] == truth) < 1.0  # one list misses some answers on this mixture
+
+
+def test_ivf_over_a_given_partition_scans_exactly_the_chosen_lists(data):
+    keys, queries, _ = data
+    assignment = np.arange(len(keys)) % 7
+    centroids = np.stack([keys[assignment == j].mean(axis=0) for j in range(7)])
+    ivf = IVFIndex(keys, nlist=7, centroids=centroids, assignment=assignment)
+    lists = np.tile([2, 5], (len(queries), 1))
+    hits = ivf.search_lists(queries, 3, lists)
+    allowed = np.flatnonzero(np.isin(assignment, [2, 5]))
+    expected = allowed[np.argmax(queries @ keys[allowed].T, axis=1)]
+    assert np.array_equal(hits.ids[:, 0], expected)
+    assert np.isin(hits.ids, allowed).all()
+    assert hits.ipe == pytest.approx(ivf.list_sizes[[2, 5]].sum())
+
+
+def test_hnsw_counts_distances_and_widens_with_ef(data):
+    keys, queries, truth = data
+    hnsw = HNSWIndex(keys, links=16)
+    narrow, wide = hnsw.search(queries, 1, ef_search=1), hnsw.search(queries, 1, ef_search=128)
+    assert 0 < narrow.ipe < wide.ipe < len(keys)
+    assert np.mean(wide.ids[:, 0] == truth) >= np.mean(narrow.ids[:, 0] == truth)
+    assert np.mean(wide.ids[:, 0] == truth) > 0.9

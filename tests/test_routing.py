@@ -1,0 +1,96 @@
+"""Learned routing: the two-level partition, the point router and the corrected model router."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amips_plugin.routing import (
+    CorrectedModelRouter,
+    PointRouter,
+    RouterTraining,
+    TwoLevelPartition,
+    fit_router,
+    rank_by_centroids,
+)
+from amips_plugin.synthetic import gaussian_mixture
+
+
+@pytest.fixture(scope="module")
+def collection() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries from a *shifted* mixture: their nearest key centroid is often not the list holding
+    their best key, which is what a learned router can correct."""
+    keys, queries = gaussian_mixture(4000, 3000, 32, clusters=20, seed=11, spread=0.6)
+    rng = np.random.default_rng(0)
+    queries = queries + 0.5 * rng.normal(size=(1, 32)).astype(np.float32) / np.sqrt(32)
+    return keys, queries[:2500], queries[2500:]
+
+
+@pytest.fixture(scope="module")
+def partition(collection) -> TwoLevelPartition:
+    return TwoLevelPartition.build(collection[0], lists=16, sublists=4, seed=0)
+
+
+def _hit_at_1(order: np.ndarray, keys: np.ndarray, queries: np.ndarray, list_of_key: np.ndarray) -> float:
+    truth = np.argmax(queries @ keys.T, axis=1)
+    return float(np.mean(order[:, 0] == list_of_key[truth]))
+
+
+def test_partition_assigns_every_key_to_a_fine_list_of_its_inner_product_coarse_list(collection, partition):
+    keys = collection[0]
+    assert partition.lists == 16 and partition.sublists == 4 and partition.fine.shape == (64, 32)
+    assert partition.fine_sizes.sum() == len(keys)
+    assert np.array_equal(partition.coarse_assignment, np.argmax(keys @ partition.coarse.T, axis=1))
+
+
+def test_untrained_point_router_with_every_list_ranks_all_fine_lists(collection, partition):
+    _, _, test = collection
+    ranker = PointRouter(partition).freeze()
+    order = ranker.rank(test, coarse_candidates=16)
+    assert order.shape == (len(test), 64)
+    assert all(len(set(row)) == 64 for row in order[:20])
+    assert ranker.routing_ipe(16) == 16 + 64 and ranker.routing_ipe(4) == 16 + 16
+    restricted = ranker.rank(test, coarse_candidates=2)
+    coarse_top2 = rank_by_centroids(test, partition.coarse)[:, :2]
+    assert np.array_equal(np.sort(np.unique(restricted // 4, axis=None)),
+                          np.sort(np.unique(coarse_top2, axis=None)))
+    assert all(set(r // 4) == set(c) for r, c in zip(restricted, coarse_top2))
+
+
+def test_trained_point_router_beats_centroid_routing_on_held_out_queries(collection, partition):
+    keys, train, test = collection
+    router = PointRouter(partition)
+    before = router.rank_coarse(test)
+    fit_router(router, keys, train, partition.assignment, RouterTraining(steps=600, noise_copies=1))
+    centroid_hit = _hit_at_1(rank_by_centroids(test, partition.coarse), keys, test, partition.coarse_assignment)
+    untrained_hit = _hit_at_1(before, keys, test, partition.coarse_assignment)
+    trained_hit = _hit_at_1(router.rank_coarse(test), keys, test, partition.coarse_assignment)
+    assert trained_hit > max(centroid_hit, untrained_hit) + 0.03
+
+
+def test_anchor_holds_points_at_their_key_centroids(collection, partition):
+    keys, train, _ = collection
+    free, held = PointRouter(partition), PointRouter(partition)
+    fit_router(free, keys, train, partition.assignment, RouterTraining(steps=200, noise_copies=0, anchor=0.0))
+    fit_router(held, keys, train, partition.assignment, RouterTraining(steps=200, noise_copies=0, anchor=100.0))
+    drift = lambda r: float(((r.points.detach() - r.anchor) ** 2).sum())
+    assert drift(held) < 0.05 * drift(free)
+
+
+def test_corrected_model_router_starts_as_centroid_routing_and_learns(collection, partition):
+    keys, train, test = collection
+    router = CorrectedModelRouter(partition.coarse, "supportnet", width=16)
+    assert np.array_equal(router.rank(test), rank_by_centroids(test, partition.coarse))
+    fit_router(router, keys, train, partition.coarse_assignment, RouterTraining(steps=400, noise_copies=1))
+    assert float(router.correction.detach().abs()) > 0
+    centroid_hit = _hit_at_1(rank_by_centroids(test, partition.coarse), keys, test, partition.coarse_assignment)
+    assert _hit_at_1(router.rank(test), keys, test, partition.coarse_assignment) > centroid_hit
+    assert router.routing_ipe() > len(partition.coarse)
+
+
+def test_fit_router_is_deterministic(collection, partition):
+    keys, train, _ = collection
+    a, b = PointRouter(partition), PointRouter(partition)
+    for router in (a, b):
+        fit_router(router, keys, train, partition.assignment, RouterTraining(steps=50, noise_copies=0))
+    assert torch.equal(a.points, b.points)
