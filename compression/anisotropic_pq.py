@@ -6,10 +6,23 @@ its nearest centroid, minimising ‖r‖² for the residual r = x − x̃. For i
 error that matters is the part of r parallel to x, which shifts <q, x̃> for the queries that
 score x highly. ScaNN's loss weights it by η ≥ 1:
 
-    ℓ(x, x̃) = η(x)·‖r_∥‖² + ‖r_⊥‖² = ‖r‖² + (η − 1)·<r, x/‖x‖>²,
-    η(x) = (d − 1)·t² / (1 − t²),   t = T / ‖x‖        (the large-d form; clamped to η ≥ 1)
+    ℓ(x, x̃) = η(x)·‖r_∥‖² + ‖r_⊥‖² = ‖r‖² + (η − 1)·<r, x/‖x‖>²,   t = T / ‖x‖,
 
-T is the score threshold above which a query-key pair is considered relevant. Codebooks start
+where η = h_∥/h_⊥ is the ratio of the expected squared score error along and across x over unit
+queries q uniform on the sphere with <q, x> ≥ T. With b = (d − 1)/2 it has the exact form
+
+    η(t) = 1 + t·(1 − t²)^b / ∫_t^1 (1 − c²)^b dc        (≈ 1 + (d − 1)·t²/(1 − t²) for large d),
+
+which is 1 at t = 0 and grows with t. The large-d form (d − 1)·t²/(1 − t²), clamped to ≥ 1, is
+kept for reference (`exact=False`): it falls below 1 for t < 1/√d, so it makes the keys with the
+largest norms, the ones MIPS returns, isotropic. t is capped at 0.99: a key with ‖x‖ ≤ T, which no
+unit query scores above T, is treated like one just above it (η stays finite).
+
+T is the score threshold above which a query-key pair is considered relevant, for unit queries
+(ranking for one query does not depend on its norm). It is set relative to the largest key norm,
+T = τ·max‖x‖, the largest score a unit query can reach: for unit-norm keys T = τ (ScaNN's usual
+T = 0.2), and for keys with varying norms it sits at the level the top scores reach rather than
+at a level set by the typical key. Codebooks start
 from k-means per subspace (FAISS); then rounds alternate two exact block-coordinate steps, each of
 which never increases the total loss:
 
@@ -24,21 +37,43 @@ Scoring is asymmetric: per query one lookup table LUT_j[c] = <q_j, C_j[c]>, and
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 CENTROIDS = 256  # 8 bits per subspace
-DEFAULT_RELATIVE_THRESHOLD = 0.2
+DEFAULT_RELATIVE_THRESHOLD = 0.2  # τ: T = τ·max‖x‖
+MAX_T = 0.99  # t = T/‖x‖ is capped here, so η stays finite for keys with ‖x‖ ≤ T
 DEFAULT_ROUNDS = 3
 _ROWS_PER_CHUNK = 8192
 
 
-def anisotropic_weight(norms: np.ndarray, threshold: float, dim: int) -> np.ndarray:
-    """η(x) = (d − 1)·t²/(1 − t²), t = T/‖x‖, clamped to [1, 1e6] (t ≥ 1 would make η infinite)."""
-    t2 = np.clip((threshold / np.maximum(norms, 1e-12)) ** 2, 0.0, 1.0 - 1e-6)
-    return np.clip((dim - 1) * t2 / (1.0 - t2), 1.0, 1e6).astype(np.float32)
+@functools.lru_cache(maxsize=8)
+def _exact_eta_table(dim: int, points: int = 1001, steps: int = 2049) -> tuple[np.ndarray, np.ndarray]:
+    """η(t) on a grid of t in [0, MAX_T]: 1 + t / ∫_t^1 ((1 − c²)/(1 − t²))^b dc, by the trapezoid rule."""
+    b = (dim - 1) / 2
+    t = np.linspace(0.0, MAX_T, points)[:, None]
+    v = np.linspace(0.0, 1.0, steps) ** 2  # denser near c = t, where the integrand decays for large b
+    c = t + (1.0 - t) * v
+    f = ((1.0 - c ** 2) / (1.0 - t ** 2)) ** b
+    integral = (1.0 - t[:, 0]) * ((f[:, 1:] + f[:, :-1]) * 0.5 * np.diff(v)).sum(axis=1)
+    return t[:, 0], 1.0 + t[:, 0] / integral
+
+
+def anisotropic_weight(norms: np.ndarray, threshold: float, dim: int, exact: bool = True) -> np.ndarray:
+    """η(x) for t = min(T/‖x‖, MAX_T): the exact integral ratio, or the large-d form clamped to ≥ 1."""
+    t = np.clip(threshold / np.maximum(np.asarray(norms, dtype=np.float64), 1e-12), 0.0, MAX_T)
+    if exact:
+        grid, table = _exact_eta_table(int(dim))
+        return np.interp(t, grid, table).astype(np.float32)
+    return np.maximum((dim - 1) * t ** 2 / (1.0 - t ** 2), 1.0).astype(np.float32)
+
+
+def score_threshold(keys: np.ndarray, relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> float:
+    """T = τ·max‖x‖: the score level, for unit queries, above which a query-key pair counts as relevant."""
+    return relative_threshold * float(np.linalg.norm(keys, axis=1).max())
 
 
 @dataclass
@@ -148,13 +183,12 @@ def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: flo
                    rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> tuple[ProductCodes, ProductCodes]:
     """(anisotropic, plain k-means) product codes of the same keys at the same bits per key.
 
-    T = relative_threshold × the median key norm. Each round re-assigns codes, then re-fits the
-    codebooks, under the score-aware loss; both start from the plain codes and codebooks.
+    T = relative_threshold × the largest key norm (`score_threshold`). Each round re-assigns codes,
+    then re-fits the codebooks, under the score-aware loss; both start from the plain codes and codebooks.
     """
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     codebooks, plain = train_codebooks(keys, num_subspaces, seed)
-    norms = np.linalg.norm(keys, axis=1)
-    eta = anisotropic_weight(norms, relative_threshold * float(np.median(norms)), keys.shape[1])
+    eta = anisotropic_weight(np.linalg.norm(keys, axis=1), score_threshold(keys, relative_threshold), keys.shape[1])
     books, codes = codebooks, plain
     for _ in range(rounds):
         codes = assign_anisotropic(keys, books, codes, eta, sweeps=1)

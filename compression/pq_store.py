@@ -16,7 +16,7 @@ from amips_plugin import model_registry
 from amips_plugin.collections import read_keys
 from amips_plugin.errors import ArtifactError
 
-from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq
+from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq, score_threshold
 from .artifact import pack, unpack
 from .quantization import encode_exact
 
@@ -54,10 +54,15 @@ def decode_key_store(blob: bytes) -> KeyStore:
 
 def build(store: VectorStore, collection: str, subspaces: int,
           relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> dict[str, Any]:
-    """Quantize the collection's keys and publish the codes alongside it; returns the manifest."""
+    """Quantize the collection's keys and publish the codes alongside it; returns the manifest.
+
+    relative_threshold τ sets the anisotropic threshold T = τ·max‖x‖ (for unit queries); the
+    manifest records both.
+    """
     keys, ids, fingerprint = read_keys(store, collection)
     scored, _ = anisotropic_pq(keys, subspaces, relative_threshold)
     fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key, "relative_threshold": relative_threshold,
+              "score_threshold": score_threshold(keys, relative_threshold),
               "fingerprint": fingerprint, "keys_fp32_bytes": int(keys.nbytes)}
     blob = encode_key_store(KeyStore(scored, ids), fields)
     return model_registry.publish_blob(store, collection, blob, fields, slot=SLOT)
