@@ -410,7 +410,7 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
 @click.option("--subspaces", type=click.IntRange(min=1), required=True,
               help="m: subspaces of 8 bits each, so 8·m bits per key; must divide the dimension.")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
-              help="Anisotropic threshold T as a fraction of the median key norm.")
+              help="Anisotropic threshold T as a fraction of the largest key norm.")
 @click.pass_context
 @_friendly_errors
 def pq_build_command(ctx: click.Context, collection: str, subspaces: int, threshold: float) -> None:
