@@ -39,10 +39,13 @@ class CollectionInfo:
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Engine knobs passed through to every search: HNSW beam width, exact (brute-force) scoring."""
+    """Engine knobs passed through to every search: HNSW beam width, exact (brute-force) scoring,
+    and for a scalar-quantized collection the oversampling of its int8 search (oversampling × limit
+    candidates, rescored with the original vectors; None: the engine's default)."""
 
     hnsw_ef: int | None = None
     exact: bool = False
+    oversampling: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,10 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None) -> None:
-        """Create an empty collection; shards and replication apply to servers and clusters only."""
+               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+        """Create an empty collection; shards and replication apply to servers and clusters only.
+        `scalar_quantization` keeps an int8 copy of the vectors (quantile 0.99, in RAM) that HNSW
+        searches, rescoring its candidates with the originals."""
 
     @abc.abstractmethod
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:

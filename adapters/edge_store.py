@@ -68,9 +68,11 @@ class EdgeStore(VectorStore):
             raise UnknownCollectionError(f"invalid collection name {collection!r} (letters, digits, _ . - only)")
         return self.root / collection
 
-    def _config(self, dim: int, distance: str) -> edge.EdgeConfig:
+    def _config(self, dim: int, distance: str, scalar_quantization: bool) -> edge.EdgeConfig:
+        quantization = edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, always_ram=True) \
+            if scalar_quantization else None
         return edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance]),
+            vectors=edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], quantization_config=quantization),
             hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT,
                                              full_scan_threshold=FULL_SCAN_THRESHOLD_KB),
             optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
@@ -101,11 +103,11 @@ class EdgeStore(VectorStore):
         return CollectionInfo(collection, int(vector["size"]), _DISTANCE_NAME.get(vector["distance"], vector["distance"]), count)
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None) -> None:
+               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
         shard_dir = self._folder(collection) / "shard"
         shard_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._shards[collection] = edge.EdgeShard.create(str(shard_dir), self._config(dim, distance))
+            self._shards[collection] = edge.EdgeShard.create(str(shard_dir), self._config(dim, distance, scalar_quantization))
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
 
@@ -136,7 +138,9 @@ class EdgeStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     @staticmethod
     def _params(params: SearchParams) -> edge.SearchParams:
-        return edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact)
+        quantization = None if params.oversampling is None else edge.QuantizationSearchParams(
+            ignore=False, rescore=True, oversampling=params.oversampling)
+        return edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[edge.QueryRequest], limit: int) -> SearchResult:
         return collect_results(self._shard(collection).query_batch(edge.QueryBatchRequest(requests)), limit)

@@ -124,9 +124,12 @@ class QdrantClientStore(VectorStore):
         return CollectionInfo(collection, params.size, _DISTANCE_NAME.get(params.distance, str(params.distance)), count)
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None) -> None:
+               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+        quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True)) if scalar_quantization else None
         self.client.create_collection(collection, vectors_config=models.VectorParams(size=dim, distance=_DISTANCE[distance]),
-                                      shard_number=shards, replication_factor=replication_factor)
+                                      shard_number=shards, replication_factor=replication_factor,
+                                      quantization_config=quantization)
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:
         for start in range(0, len(ids), UPSERT_BATCH):
@@ -148,7 +151,9 @@ class QdrantClientStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     @staticmethod
     def _params(params: SearchParams) -> models.SearchParams:
-        return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact)
+        quantization = None if params.oversampling is None else models.QuantizationSearchParams(
+            ignore=False, rescore=True, oversampling=params.oversampling)
+        return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[models.QueryRequest], limit: int) -> SearchResult:
         responses = self.client.query_batch_points(collection, requests=requests)

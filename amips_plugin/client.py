@@ -38,17 +38,19 @@ class AmipsClient:
 
     def query_batch_points(self, collection_name: str, queries: np.ndarray | Sequence[Sequence[float]],
                            limit: int = 10, mode: str = "hybrid", candidates: int | None = None,
-                           hnsw_ef: int | None = None, exact: bool = False) -> list[QueryResponse]:
+                           hnsw_ef: int | None = None, exact: bool = False,
+                           oversampling: float | None = None) -> list[QueryResponse]:
+        params = SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling)
         result, report = self.rewriter.search(collection_name, np.asarray(queries, dtype=np.float32), limit, mode,
-                                              candidates, SearchParams(hnsw_ef=hnsw_ef, exact=exact))
+                                              candidates, params)
         return [QueryResponse([ScoredPoint(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0], report)
                 for ids, scores in zip(result.ids, result.scores)]
 
     def query_points(self, collection_name: str, query: np.ndarray | Sequence[float], limit: int = 10,
                      mode: str = "hybrid", candidates: int | None = None, hnsw_ef: int | None = None,
-                     exact: bool = False) -> QueryResponse:
+                     exact: bool = False, oversampling: float | None = None) -> QueryResponse:
         return self.query_batch_points(collection_name, np.asarray(query, dtype=np.float32)[None, :], limit, mode,
-                                       candidates, hnsw_ef, exact)[0]
+                                       candidates, hnsw_ef, exact, oversampling)[0]
 
     def close(self) -> None:
         self.store.close()

@@ -18,7 +18,8 @@ from .training import FitResult, TrainConfig, fit
 
 
 def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: str = "dot",
-           shards: int | None = None, replication_factor: int | None = None) -> tuple[int, int]:
+           shards: int | None = None, replication_factor: int | None = None,
+           scalar_quantization: bool = False) -> tuple[int, int]:
     """Create the collection (ids 0..N−1) or append to it (ids continue after its point count).
 
     Appending marks the collection's model stale, before the first point is written, so an append
@@ -31,7 +32,7 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
     try:
         info = store.info(collection)
     except UnknownCollectionError:
-        store.create(collection, vectors.shape[1], distance, shards, replication_factor)
+        store.create(collection, vectors.shape[1], distance, shards, replication_factor, scalar_quantization)
         start = 0
     else:
         if info.dim != vectors.shape[1]:

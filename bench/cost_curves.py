@@ -103,7 +103,12 @@ def measure(answer: Callable[[np.ndarray], tuple[np.ndarray, float]], queries: n
             "batch_qps": len(queries) / batch_seconds}
 
 
+def cost_of(point: CurvePoint) -> float:
+    """IPE where the index counts its work; p50 latency (ms) where it cannot (Qdrant Edge)."""
+    return point.latency_ms_p50 if np.isnan(point.ipe) else point.ipe
+
+
 def cheapest_at(points: list[CurvePoint], target: float) -> CurvePoint | None:
-    """The lowest-IPE point whose recall@1 reaches `target` (None when no point does)."""
+    """The cheapest point whose recall@1 reaches `target` (None when no point does)."""
     reaching = [p for p in points if p.recall_at_1 >= target]
-    return min(reaching, key=lambda p: p.ipe) if reaching else None
+    return min(reaching, key=cost_of) if reaching else None

@@ -23,17 +23,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_curves import CurvePoint, Rewriter, cheapest_at, measure, run_mode
+from cost_curves import CurvePoint, Rewriter, cheapest_at, cost_of, measure, run_mode
+from edge_curves import edge_curves
 from datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
 
 from adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from compression.artifact import load_model, save_model  # noqa: E402
 from amips_plugin.routing import (
     CorrectedModelRouter,
     PointRouter,
@@ -47,7 +49,7 @@ from amips_plugin.training import TrainConfig, fit
 LIMIT = 10  # candidates rescored with x in replace / hybrid
 SUBLISTS = 8
 TARGETS = (0.9, 0.95)
-STOP_AT_RECALL = 0.995  # a curve stops once it is this close to exact
+STOP_AT_RECALL = 0.99  # a curve stops once it is this close to exact
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,16 @@ class Preset:
     latency_queries: int
     max_model_params: int = 4_000_000
     coarse_candidates: tuple[int, ...] = (8, 16, 32)
+    edge_rewriters: tuple[str, ...] = ("keynet ρ=0.003", "smoothmax ρ=0.003")
 
 
 PRESETS = {
-    "quick": Preset(("squad-dev",), keynet_rho=(0.003, 0.03), smoothmax_rho=(0.01,), train_steps=800,
-                    noise_copies=1, router_steps=800, test_queries=None, latency_queries=100),
+    "quick": Preset(("squad-dev",), keynet_rho=(0.003, 0.03), smoothmax_rho=(0.01,), train_steps=2000,
+                    noise_copies=1, router_steps=800, test_queries=None, latency_queries=100,
+                    edge_rewriters=("keynet ρ=0.003", "smoothmax ρ=0.01")),
     "full": Preset(("squad-dev", "squad-train", "synthetic-100k", "synthetic-1m"),
-                   keynet_rho=(0.001, 0.003, 0.01, 0.03, 0.2), smoothmax_rho=(0.003, 0.03), train_steps=3000,
-                   noise_copies=2, router_steps=3000, test_queries=None, latency_queries=300),
+                   keynet_rho=(0.001, 0.003, 0.01, 0.03, 0.2), smoothmax_rho=(0.003, 0.01), train_steps=3000,
+                   noise_copies=2, router_steps=3000, test_queries=5000, latency_queries=300),
 }
 
 
@@ -82,6 +86,7 @@ class Workload:
     truth: np.ndarray
     new_queries: np.ndarray | None = None
     new_truth: np.ndarray | None = None
+    noise_copies: int = 0  # noisy copies per training query (synthetic sets: 0, the sample is the distribution)
     points: list[CurvePoint] = field(default_factory=list)
 
 
@@ -94,7 +99,7 @@ def load_workload(name: str, preset: Preset) -> Workload:
     queries, truth = data.test_queries, data.test_argmax
     if preset.test_queries is not None:
         queries, truth = queries[: preset.test_queries], truth[: preset.test_queries]
-    work = Workload(data, queries, truth)
+    work = Workload(data, queries, truth, noise_copies=0 if name in SYNTHETIC_SETS else preset.noise_copies)
     if name == "squad-train":  # squad-dev's questions are about articles squad-train has no questions on
         new = load_dataset("squad-dev").test_queries
         work.new_queries, work.new_truth = new, FlatIndex(data.keys).search(new, 1).ids[:, 0]
@@ -123,7 +128,8 @@ def sweep(work: Workload, index: str, mode: str, model: str, knob: str, values: 
         f"at {last.ipe:.0f} IPE")
 
 
-def train_rewriters(work: Workload, preset: Preset) -> list[Rewriter]:
+def train_rewriters(work: Workload, preset: Preset, cache: Path) -> list[Rewriter]:
+    """Train (or reload from `cache`, keyed by dataset, model, ρ and recipe) every rewriter."""
     keys = work.data.keys
     rewriters = []
     plan = [("keynet", rho) for rho in preset.keynet_rho] + [("smoothmax", rho) for rho in preset.smoothmax_rho]
@@ -132,11 +138,17 @@ def train_rewriters(work: Workload, preset: Preset) -> list[Rewriter]:
             log(f"  skip {kind} ρ={rho}: {rho * keys.size:,.0f} parameters exceed the preset's {preset.max_model_params:,}")
             continue
         config = TrainConfig(model=kind, params_fraction=rho, steps=preset.train_steps,
-                             noise_copies=preset.noise_copies, device="cpu")
-        result = fit(keys, work.data.train_queries, config, progress=False)
-        rewriter = Rewriter(f"{kind} ρ={rho:g}", result.model)
-        log(f"  trained {rewriter.name}: {result.model.num_parameters():,} parameters, {rewriter.ipe:.0f} IPE, "
-            f"validation match {result.validation.match_rate:.3f}, {result.seconds:.0f}s")
+                             noise_copies=work.noise_copies, device="cpu")
+        path = cache / f"{work.data.name}-{kind}-rho{rho:g}-steps{config.steps}-copies{config.noise_copies}.amips"
+        if path.is_file():
+            model, note = load_model(path).model, f"reloaded from {path}"
+        else:
+            result = fit(keys, work.data.train_queries, config, progress=False)
+            model = result.model
+            save_model(path, model, {"validation": result.validation.to_dict()})
+            note = f"validation match {result.validation.match_rate:.3f}, trained in {result.seconds:.0f}s"
+        rewriter = Rewriter(f"{kind} ρ={rho:g}", model)
+        log(f"  {rewriter.name}: {model.num_parameters():,} parameters, {rewriter.ipe:.0f} IPE; {note}")
         rewriters.append(rewriter)
     return rewriters
 
@@ -168,7 +180,7 @@ def route_curves(work: Workload, preset: Preset, nlist: int) -> None:
     index = IVFIndex(keys, len(partition.fine), centroids=partition.fine, assignment=partition.assignment)
     trained = PointRouter(partition)
     fit_router(trained, keys, work.data.train_queries, partition.assignment,
-               RouterTraining(steps=preset.router_steps, noise_copies=preset.noise_copies))
+               RouterTraining(steps=preset.router_steps, noise_copies=work.noise_copies))
     log(f"  two-level partition ({nlist}×{SUBLISTS}) and point router trained in {time.perf_counter() - started:.0f}s")
     for name, router in (("route", trained.freeze()), ("route-untrained", PointRouter(partition).freeze())):
         for candidates in preset.coarse_candidates:
@@ -191,13 +203,13 @@ def routing_table(work: Workload, preset: Preset) -> list[dict]:
         sizes = np.bincount(coarse_of_key, minlength=lists)
         point = PointRouter(partition)
         fit_router(point, keys, work.data.train_queries, partition.assignment,
-                   RouterTraining(steps=preset.router_steps, noise_copies=preset.noise_copies))
+                   RouterTraining(steps=preset.router_steps, noise_copies=work.noise_copies))
         routers = {"centroid": lambda q, c=partition.coarse: rank_by_centroids(q, c), "point router": point.rank_coarse}
         costs = {"centroid": float(lists), "point router": float(len(partition.fine))}
         for kind in ("keynet", "supportnet"):
             model = CorrectedModelRouter(partition.coarse, kind, width=32)
             fit_router(model, keys, work.data.train_queries, coarse_of_key,
-                       RouterTraining(steps=preset.router_steps, noise_copies=preset.noise_copies))
+                       RouterTraining(steps=preset.router_steps, noise_copies=work.noise_copies))
             routers[f"{kind} heads"], costs[f"{kind} heads"] = model.rank, model.routing_ipe()
         for name, rank in routers.items():
             row = {"dataset": work.data.name, "lists": lists, "router": name, "routing_ipe": costs[name],
@@ -228,7 +240,7 @@ def headline(points: list[CurvePoint]) -> str:
         f"IPE @ {t} | p50 ms @ {t}" for t in TARGETS) + " |", "|---" * (4 + 2 * len(TARGETS)) + "|"]
     summary = []
     for dataset in dict.fromkeys(p.dataset for p in points):
-        for index in ("ivf", "hnsw"):
+        for index in ("ivf", "hnsw", "edge", "edge-sq"):
             curves: dict[tuple[str, str], list[CurvePoint]] = {}
             for p in points:
                 if p.dataset == dataset and p.index == index:
@@ -238,7 +250,8 @@ def headline(points: list[CurvePoint]) -> str:
                 cells = []
                 for t in TARGETS:
                     hit = cheapest_at(curve, t)
-                    cells += [f"{hit.ipe:,.0f}" if hit else "—", f"{hit.latency_ms_p50:.3f}" if hit else "—"]
+                    ipe = "—" if not hit or np.isnan(hit.ipe) else f"{hit.ipe:,.0f}"
+                    cells += [ipe, f"{hit.latency_ms_p50:.3f}" if hit else "—"]
                     if hit:
                         best[t][(mode, model)] = hit
                 lines.append(f"| {dataset} | {index} | {mode} | {model} | " + " | ".join(cells) + " |")
@@ -246,11 +259,13 @@ def headline(points: list[CurvePoint]) -> str:
                 off = best[t].get(("off", "-"))
                 others = {k: v for k, v in best[t].items() if k[0] != "off"}
                 if off and others:
-                    (mode, model), top = min(others.items(), key=lambda kv: kv[1].ipe)
-                    summary.append(f"- {dataset} / {index} @ recall@1 {t}: off {off.ipe:,.0f} IPE "
-                                   f"({off.latency_ms_p50:.3f} ms p50); best rewritten: {mode} {model} "
-                                   f"{top.ipe:,.0f} IPE ({top.latency_ms_p50:.3f} ms); off / best = "
-                                   f"{off.ipe / top.ipe:.2f}× in IPE, {off.latency_ms_p50 / top.latency_ms_p50:.2f}× in p50")
+                    (mode, model), top = min(others.items(), key=lambda kv: cost_of(kv[1]))
+                    unit = "ms p50" if index.startswith("edge") else "IPE"
+                    summary.append(f"- {dataset} / {index} @ recall@1 {t}: off {cost_of(off):,.3g} {unit} "
+                                   f"({off.latency_ms_p50:.3f} ms p50); best other mode: {mode} {model} "
+                                   f"{cost_of(top):,.3g} {unit} ({top.latency_ms_p50:.3f} ms p50); off / best = "
+                                   f"{cost_of(off) / cost_of(top):.2f}× in {unit}, "
+                                   f"{off.latency_ms_p50 / top.latency_ms_p50:.2f}× in p50")
     return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
 
 
@@ -275,23 +290,25 @@ def plot(points: list[CurvePoint], dataset: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    for axis, index in zip(axes, ("ivf", "hnsw")):
+    fig, axes = plt.subplots(2, 2, figsize=(15, 11))
+    for axis, index in zip(axes.flat, ("ivf", "hnsw", "edge", "edge-sq")):
         curves: dict[str, list[CurvePoint]] = {}
         for p in points:
             if p.dataset == dataset and p.index == index:
                 curves.setdefault(f"{p.mode} {p.model}".replace(" -", ""), []).append(p)
         for label, curve in curves.items():
             style = "k-o" if label == "off" else ("-s" if label.startswith("route") else "--.")
-            axis.plot([p.ipe for p in curve], [p.recall_at_1 for p in curve], style, label=label,
+            axis.plot([cost_of(p) for p in curve], [p.recall_at_1 for p in curve], style, label=label,
                       linewidth=2 if label == "off" else 1, markersize=3)
         for t in TARGETS:
             axis.axhline(t, color="grey", linewidth=0.5)
         axis.set_xscale("log")
-        axis.set_xlabel("cost per query (inner-product equivalents, model included)")
+        axis.set_xlabel("p50 single-query latency, ms (model included)" if index.startswith("edge")
+                        else "cost per query (inner-product equivalents, model included)")
         axis.set_ylabel("recall@1")
         axis.set_ylim(0.5, 1.0)
-        axis.set_title(f"{dataset}: FAISS {'IVF-Flat' if index == 'ivf' else 'HNSW'}")
+        axis.set_title(f"{dataset}: " + {"ivf": "FAISS IVF-Flat", "hnsw": "FAISS HNSW", "edge": "Qdrant Edge HNSW",
+                                         "edge-sq": "Qdrant Edge HNSW, int8 scalar quantization"}[index])
         axis.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -302,10 +319,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--datasets", nargs="+", help="override the preset's datasets")
+    parser.add_argument("--keynet-rho", type=float, nargs="*", help="override the preset's KeyNet ρ values")
+    parser.add_argument("--smoothmax-rho", type=float, nargs="*", help="override the preset's SmoothMax ρ values")
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_cost"))
+    parser.add_argument("--edge-root", type=Path, default=Path("/tmp/amips-bench-edge"),
+                        help="folder for the Qdrant Edge shards (rebuilt each run)")
+    parser.add_argument("--no-edge", action="store_true", help="skip the Qdrant Edge curves")
     parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (1: single-query serving)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    if args.keynet_rho is not None:
+        preset = replace(preset, keynet_rho=tuple(args.keynet_rho))
+    if args.smoothmax_rho is not None:
+        preset = replace(preset, smoothmax_rho=tuple(args.smoothmax_rho))
     torch.set_num_threads(args.threads)
     import faiss
 
@@ -317,8 +343,12 @@ def main() -> None:
         work = load_workload(name, preset)
         log(f"{name}: {len(work.data.keys):,} keys × {work.data.keys.shape[1]}, "
             f"{len(work.data.train_queries):,} train / {len(work.queries):,} test queries")
-        rewriters = train_rewriters(work, preset)
+        rewriters = train_rewriters(work, preset, args.out / "models")
         search_curves(work, preset, rewriters)
+        if not args.no_edge:
+            chosen = [r for r in rewriters if r.name in preset.edge_rewriters]
+            work.points += edge_curves(name, work.data.keys, work.queries, work.truth, chosen,
+                                       preset.latency_queries, args.edge_root, log)
         routing += routing_table(work, preset)
         points += work.points
         (args.out / "points.json").write_text(json.dumps([p.to_dict() for p in points], indent=1))

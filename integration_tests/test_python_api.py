@@ -49,3 +49,15 @@ def test_hybrid_never_loses_to_plain_search_at_equal_limit(store, mixture, mixtu
         plain_hits = [t in [p.id for p in r.points] for r, t in zip(plain, mixture_truth)]
         hybrid_hits = [t in [p.id for p in r.points] for r, t in zip(hybrid, mixture_truth)]
         assert np.mean(hybrid_hits) >= np.mean(plain_hits)
+
+
+def test_scalar_quantized_collection_rescores_with_the_original_vectors(store, mixture, mixture_truth):
+    """int8 copies choose the candidates; the returned scores are the exact float32 inner products."""
+    keys, _, test = mixture
+    collection_ops.ingest(store, "docs", keys, scalar_quantization=True)
+    client = AmipsClient(store)
+    results = client.query_batch_points("docs", test, limit=5, mode="off", hnsw_ef=64, oversampling=4.0)
+    for result, query in zip(results[:50], test):
+        ids = [p.id for p in result.points]
+        np.testing.assert_allclose([p.score for p in result.points], keys[ids] @ query, rtol=1e-5)
+    assert np.mean([t == r.points[0].id for r, t in zip(results, mixture_truth)]) > 0.97
