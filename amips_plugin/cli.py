@@ -1,7 +1,8 @@
 """The `amips` command line: fit, predict, evaluate, inspect and quantize model files.
 
 Inputs are `.npy` files of vectors (2-D, float16/32/64, finite). Every error a user can cause
-ends in one line on stderr and exit status 1, never a traceback.
+ends in one line on stderr and exit status 1, never a traceback; Ctrl-C (SIGINT) ends in one line
+and exit status 130.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import click
 import numpy as np
 import torch
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tqdm import tqdm
 
 from adapters import SearchParams, VectorStore, open_store
 from compression.artifact import decode_model, load_model, read_header, save_model
@@ -36,10 +38,15 @@ from .targets import exact_top1
 from .training import TrainConfig, fit
 
 DEFAULTS = TrainConfig()
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
+
+
+class Interrupted(click.ClickException):
+    exit_code = INTERRUPTED_EXIT_CODE
 
 
 def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can cause into click's one-line 'Error: …' and exit status 1."""
+    """Turn the errors a user can cause into click's one-line 'Error: …' and exit status 1 (130 for Ctrl-C)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,7 +55,12 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (AmipsError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         except (ResponseHandlingException, UnexpectedResponse) as exc:  # the server failed mid-command
-            raise click.ClickException(f"the Qdrant server failed: {exc}") from None
+            raise click.ClickException(f"the Qdrant server failed: {' '.join(str(exc).split())}") from None
+        except KeyboardInterrupt:
+            for bar in list(getattr(tqdm, "_instances", ())):  # a bar left drawn would swallow the line
+                bar.close()
+            raise Interrupted("interrupted; a model is only replaced once it is complete, so the previous "
+                              "one (if any) still serves") from None
 
     return wrapper
 
