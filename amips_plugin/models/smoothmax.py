@@ -34,10 +34,21 @@ from .base import MIPSModel, ModelConfig
 
 _NORM_FLOOR = 1e-12
 INITIAL_TEMPERATURE = 0.02
+_PCA_CHUNK_ROWS = 1 << 14
 
 
 def _softplus_inverse(y: float) -> float:
     return math.log(math.expm1(y))
+
+
+def _principal_axes(rows: torch.Tensor, centre: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` leading principal axes of `rows` about `centre`, as rows (count, d), largest first."""
+    scatter = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64)
+    for start in range(0, len(rows), _PCA_CHUNK_ROWS):
+        centred = (rows[start : start + _PCA_CHUNK_ROWS] - centre).double()
+        scatter += centred.T @ centred
+    _, vectors = torch.linalg.eigh(scatter)  # ascending eigenvalues
+    return vectors.flip(-1).T[:count].float()
 
 
 class SmoothMaxSupportNet(MIPSModel):
@@ -62,17 +73,22 @@ class SmoothMaxSupportNet(MIPSModel):
         self.register_buffer("gate_threshold", torch.tensor(0.0))
 
     def initialise_from_keys(self, keys: np.ndarray) -> None:
-        """Start from the keys' rank-r PCA: point j = key j projected (a subset when n < N)."""
+        """Start from the keys' rank-r PCA: point j = key j projected (a subset when n < N).
+
+        The principal axes come from the d×d scatter matrix, accumulated in float64 over row chunks,
+        and the projections are made chunk by chunk too: beyond the keys, memory is O(d² + chunk·d)
+        (an SVD of the centred N×d keys would hold about three more copies of them)."""
         n, r = self.config.points, self.config.width
         keys_t = torch.from_numpy(np.ascontiguousarray(keys, dtype=np.float32))
         if n < len(keys_t):
             keys_t = keys_t[torch.randperm(len(keys_t))[:n]]
         centre = keys_t.mean(dim=0)
-        _, _, vt = torch.linalg.svd(keys_t - centre, full_matrices=False)
         basis = torch.zeros(r, keys_t.shape[1])
-        basis[: min(r, len(vt))] = vt[:r]
+        axes = _principal_axes(keys_t, centre, min(r, *keys_t.shape))
+        basis[: len(axes)] = axes
         coefficients = torch.zeros(n, r)
-        coefficients[: len(keys_t)] = (keys_t - centre) @ basis.T
+        for start in range(0, len(keys_t), _PCA_CHUNK_ROWS):
+            coefficients[start : start + _PCA_CHUNK_ROWS] = (keys_t[start : start + _PCA_CHUNK_ROWS] - centre) @ basis.T
         with torch.no_grad():
             self.basis.copy_(basis)
             self.coefficients.copy_(coefficients)
