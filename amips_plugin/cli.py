@@ -7,6 +7,7 @@ and exit status 130.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import platform
@@ -29,11 +30,13 @@ from .arrays import load_vectors
 from . import collections as collection_ops
 from . import model_registry
 from .errors import AmipsError, InputError, StoreError
+from .files import atomic_write
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
 from .models import MODEL_KINDS, params_fraction
+from .synthetic import gaussian_mixture
 from .targets import exact_top1
 from .training import TrainConfig, fit
 
@@ -291,13 +294,17 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection (server/cluster).")
 @click.option("--replication-factor", type=click.IntRange(min=1), default=None,
               help="Copies of each shard of a new collection (cluster).")
+@click.option("--scalar-quantization", is_flag=True,
+              help="New collection: also keep int8 copies of the vectors for HNSW (4× less memory to search), "
+                   "candidates rescored with the originals.")
 @click.pass_context
 @_friendly_errors
 def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance: str, shards: int | None,
-                   replication_factor: int | None) -> None:
+                   replication_factor: int | None, scalar_quantization: bool) -> None:
     """Create COLLECTION from KEYS.npy (ids 0..N−1), or append to it (ids continue; the model becomes stale)."""
     keys = load_vectors(keys_path, "KEYS")
-    start, total = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor)
+    start, total = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
+                                         scalar_quantization)
     click.echo(f"{collection}: {'appended' if start else 'created with'} {len(keys):,} points "
                f"(ids {start}..{total - 1}); {total:,} in all")
 
@@ -365,6 +372,8 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
                                       "its candidates rescored exactly.")
 @click.option("--hnsw-ef", type=click.IntRange(min=1), default=None, help="HNSW beam width (server/Edge).")
 @click.option("--exact", is_flag=True, help="Exact (brute-force) scoring in the engine.")
+@click.option("--oversampling", type=click.FloatRange(min=1), default=None,
+              help="Scalar-quantized collection: int8 candidates per result, rescored with the originals.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False), default=None,
               help="True best ids (.npy, one per query): report recall@1 and recall@limit.")
 @click.option("--single", is_flag=True, help="Send queries one at a time and report latency percentiles.")
@@ -373,12 +382,14 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 @click.pass_context
 @_friendly_errors
 def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str,
-                   candidates: int | None, candidate_source: str, hnsw_ef: int | None, exact: bool, truth_path: str | None,
-                   single: bool, output: str | None, as_json: bool) -> None:
+                   candidates: int | None, candidate_source: str, hnsw_ef: int | None, exact: bool,
+                   oversampling: float | None, truth_path: str | None, single: bool, output: str | None,
+                   as_json: bool) -> None:
     """Search COLLECTION for every row of QUERIES.npy, rewriting queries with the stored model."""
     queries = load_vectors(queries_path, "QUERIES")
     rewriter = QueryRewriter(_store(ctx))
-    params = SearchParams(hnsw_ef=hnsw_ef, exact=exact)
+    params = SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling)
+
     def run(batch: np.ndarray):
         return rewriter.search(collection, batch, limit, mode, candidates, params, candidate_source)
 
@@ -481,3 +492,32 @@ def drop_model_command(ctx: click.Context, collection: str) -> None:
     """Remove COLLECTION's model (the collection's points are untouched); searches become plain."""
     had = model_registry.drop(_store(ctx), collection)
     click.echo(f"{collection}: model removed" if had else f"{collection}: had no model")
+
+
+@main.command("synth")
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--keys", "num_keys", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--dim", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--train-queries", type=click.IntRange(min=2), default=20_000, show_default=True)
+@click.option("--test-queries", type=click.IntRange(min=1), default=2_000, show_default=True)
+@click.option("--clusters", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@_friendly_errors
+def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test_queries: int, clusters: int,
+                  seed: int) -> None:
+    """Write a seeded synthetic collection to OUTPUT/: a Gaussian mixture whose key norms vary
+    (log-normal), so MIPS differs from cosine search; queries come from the same mixture.
+
+    Files: keys.npy, train_queries.npy, test_queries.npy (float32) and test_argmax.i32.npy
+    (the exact MIPS answer of every test query)."""
+    keys, queries = gaussian_mixture(num_keys, train_queries + test_queries, dim, clusters=clusters, seed=seed)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    test = queries[train_queries:]
+    for name, array in (("keys.npy", keys), ("train_queries.npy", queries[:train_queries]), ("test_queries.npy", test),
+                        ("test_argmax.i32.npy", exact_top1(keys, test).index.astype(np.int32))):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write(folder / name, buffer.getvalue())
+    click.echo(f"wrote {folder}/: {num_keys:,} keys × {dim}, {train_queries:,} train / {test_queries:,} test queries "
+               f"(seed {seed})")

@@ -159,15 +159,22 @@ class ListRanker:
     sublists: int
 
     def rank(self, queries: np.ndarray, coarse_candidates: int) -> np.ndarray:
-        """Fine list ids per query, best first, shape (B, M·s)."""
+        """Fine list ids per query, best first, shape (B, M·s).
+
+        One query scores only its M·s candidate points (what `routing_ipe` counts); a batch scores
+        all c·s points in one matrix product and picks the same candidates' scores, which is faster
+        in BLAS than gathering M·s points per query and ranks identically."""
         queries = np.asarray(queries, dtype=np.float32)
         m = min(coarse_candidates, len(self.coarse))
         coarse_scores = queries @ self.coarse.T
         top = np.argpartition(-coarse_scores, m - 1, axis=1)[:, :m] if m < len(self.coarse) else \
             np.broadcast_to(np.arange(m), (len(queries), m))
         fine = (top[:, :, None] * self.sublists + np.arange(self.sublists)).reshape(len(queries), -1)
-        scores = np.einsum("bd,bkd->bk", queries, self.points[fine])
-        scores += self.bias[fine] * np.linalg.norm(queries, axis=1, keepdims=True)
+        if len(queries) == 1:
+            scores = self.points[fine[0]] @ queries[0] + self.bias[fine[0]] * np.linalg.norm(queries[0])
+            return fine[:, np.argsort(-scores)]
+        every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
+        scores = np.take_along_axis(every, fine, axis=1)
         return np.take_along_axis(fine, np.argsort(-scores, axis=1), axis=1)
 
     def routing_ipe(self, coarse_candidates: int) -> float:

@@ -49,6 +49,7 @@ from amips_plugin.training import TrainConfig, fit
 LIMIT = 10  # candidates rescored with x in replace / hybrid
 SUBLISTS = 8
 TARGETS = (0.9, 0.95)
+PARTS = ("faiss", "route", "edge", "routing")
 STOP_AT_RECALL = 0.99  # a curve stops once it is this close to exact
 
 
@@ -62,7 +63,8 @@ class Preset:
     router_steps: int
     test_queries: int | None
     latency_queries: int
-    max_model_params: int = 4_000_000
+    max_model_params: int = 2_000_000  # rewriters and routing heads above this are skipped (CPU training time)
+    edge_max_keys: int = 200_000  # larger sets skip Qdrant Edge (its ingest + HNSW build alone take too long here)
     coarse_candidates: tuple[int, ...] = (8, 16, 32)
     edge_rewriters: tuple[str, ...] = ("keynet ρ=0.003", "smoothmax ρ=0.003")
 
@@ -170,7 +172,6 @@ def search_curves(work: Workload, preset: Preset, rewriters: list[Rewriter]) -> 
                 sweep(work, index, mode, rewriter.name, knob, values,
                       lambda v, s=search, m=mode, r=rewriter: (lambda q: run_mode(m, s, keys, q, v, LIMIT, r)),
                       preset.latency_queries)
-    route_curves(work, preset, nlist)
 
 
 def route_curves(work: Workload, preset: Preset, nlist: int) -> None:
@@ -208,6 +209,9 @@ def routing_table(work: Workload, preset: Preset) -> list[dict]:
         costs = {"centroid": float(lists), "point router": float(len(partition.fine))}
         for kind in ("keynet", "supportnet"):
             model = CorrectedModelRouter(partition.coarse, kind, width=32)
+            if model.model.num_parameters() > preset.max_model_params:
+                log(f"  skip {kind} heads at c={lists}: {model.model.num_parameters():,} parameters")
+                continue
             fit_router(model, keys, work.data.train_queries, coarse_of_key,
                        RouterTraining(steps=preset.router_steps, noise_copies=work.noise_copies))
             routers[f"{kind} heads"], costs[f"{kind} heads"] = model.rank, model.routing_ipe()
@@ -321,10 +325,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", help="override the preset's datasets")
     parser.add_argument("--keynet-rho", type=float, nargs="*", help="override the preset's KeyNet ρ values")
     parser.add_argument("--smoothmax-rho", type=float, nargs="*", help="override the preset's SmoothMax ρ values")
+    parser.add_argument("--train-steps", type=int, help="override the preset's training steps (models and routers)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/search_cost"))
     parser.add_argument("--edge-root", type=Path, default=Path("/tmp/amips-bench-edge"),
                         help="folder for the Qdrant Edge shards (rebuilt each run)")
-    parser.add_argument("--no-edge", action="store_true", help="skip the Qdrant Edge curves")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="faiss: IVF/HNSW off/replace/hybrid; route: the routed IVF; edge: Qdrant Edge "
+                             "(sets up to the preset's edge_max_keys); routing: the router table")
     parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (1: single-query serving)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
@@ -332,6 +339,8 @@ def main() -> None:
         preset = replace(preset, keynet_rho=tuple(args.keynet_rho))
     if args.smoothmax_rho is not None:
         preset = replace(preset, smoothmax_rho=tuple(args.smoothmax_rho))
+    if args.train_steps is not None:
+        preset = replace(preset, train_steps=args.train_steps, router_steps=args.train_steps)
     torch.set_num_threads(args.threads)
     import faiss
 
@@ -344,12 +353,16 @@ def main() -> None:
         log(f"{name}: {len(work.data.keys):,} keys × {work.data.keys.shape[1]}, "
             f"{len(work.data.train_queries):,} train / {len(work.queries):,} test queries")
         rewriters = train_rewriters(work, preset, args.out / "models")
-        search_curves(work, preset, rewriters)
-        if not args.no_edge:
+        if "faiss" in args.parts:
+            search_curves(work, preset, rewriters)
+        if "route" in args.parts:
+            route_curves(work, preset, max(1, round(math.sqrt(len(work.data.keys)))))
+        if "edge" in args.parts and len(work.data.keys) <= preset.edge_max_keys:
             chosen = [r for r in rewriters if r.name in preset.edge_rewriters]
             work.points += edge_curves(name, work.data.keys, work.queries, work.truth, chosen,
                                        preset.latency_queries, args.edge_root, log)
-        routing += routing_table(work, preset)
+        if "routing" in args.parts:
+            routing += routing_table(work, preset)
         points += work.points
         (args.out / "points.json").write_text(json.dumps([p.to_dict() for p in points], indent=1))
         (args.out / "routing.json").write_text(json.dumps(routing, indent=1))

@@ -122,3 +122,16 @@ def test_a_store_held_by_another_process_is_one_clear_line(tmp_path, files):
         assert result.exit_code == 1 and "another process" in result.output and "Traceback" not in result.output
     finally:
         holder.kill()
+
+
+def test_synth_writes_a_seeded_collection_with_exact_answers(tmp_path):
+    args = ["synth", "--keys", "500", "--dim", "12", "--train-queries", "40", "--test-queries", "30", "--seed", "5"]
+    assert _run(*args, tmp_path / "a").exit_code == 0
+    assert _run(*args, tmp_path / "b").exit_code == 0
+    keys, test = np.load(tmp_path / "a" / "keys.npy"), np.load(tmp_path / "a" / "test_queries.npy")
+    assert keys.shape == (500, 12) and test.shape == (30, 12)
+    assert np.load(tmp_path / "a" / "train_queries.npy").shape == (40, 12)
+    assert np.array_equal(np.load(tmp_path / "a" / "test_argmax.i32.npy"), np.argmax(test @ keys.T, axis=1))
+    assert np.array_equal(keys, np.load(tmp_path / "b" / "keys.npy"))  # same seed, same collection
+    norms = np.linalg.norm(keys, axis=1)
+    assert norms.std() / norms.mean() > 0.1  # varying norms: MIPS is not cosine search

@@ -94,3 +94,16 @@ def test_fit_router_is_deterministic(collection, partition):
     for router in (a, b):
         fit_router(router, keys, train, partition.assignment, RouterTraining(steps=50, noise_copies=0))
     assert torch.equal(a.points, b.points)
+
+
+def test_batch_and_single_query_ranking_agree(collection, partition):
+    """The batched path (one matrix product) and the one-query path (M·s gathered points) rank alike."""
+    _, train, test = collection
+    router = PointRouter(partition)
+    with torch.no_grad():
+        router.bias.normal_(0.0, 0.1)
+        router.points.add_(0.05 * torch.randn_like(router.points))
+    ranker = router.freeze()
+    batch = ranker.rank(test[:40], coarse_candidates=5)
+    single = np.concatenate([ranker.rank(test[i : i + 1], coarse_candidates=5) for i in range(40)])
+    assert np.array_equal(batch, single)
