@@ -142,18 +142,19 @@ def assign_anisotropic(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarra
             rows = slice(start, start + _ROWS_PER_CHUNK)
             x, u, c, w = keys[rows], unit[rows], codes[rows], eta[rows] - 1.0
             residual = x - np.concatenate([codebooks[j][c[:, j]] for j in range(m)], axis=1)
+            parallel = (residual * u).sum(axis=1)
             for j in range(m):
                 cols = slice(j * sub, (j + 1) * sub)
-                # remove subspace j's contribution, then score all 256 centroids for it
-                rest = residual.copy()
-                rest[:, cols] = 0.0
-                parallel_rest = (rest * u).sum(axis=1, keepdims=True)
-                candidate_residual = x[:, None, cols] - codebooks[j][None, :, :]  # (n, 256, sub)
-                loss = (candidate_residual ** 2).sum(axis=2) + w[:, None] * (
-                    parallel_rest + (candidate_residual * u[:, None, cols]).sum(axis=2)) ** 2
+                x_j, u_j, book = x[:, cols], u[:, cols], codebooks[j]
+                # the parallel residual without subspace j, then ℓ for each of the 256 centroids
+                # (up to the constant ‖r_{−j}‖² + ‖x_j‖²), by two (n × sub)·(sub × 256) products
+                parallel_rest = parallel - (residual[:, cols] * u_j).sum(axis=1)
+                loss = (book ** 2).sum(axis=1)[None, :] - 2.0 * (x_j @ book.T) + w[:, None] * (
+                    (parallel_rest + (x_j * u_j).sum(axis=1))[:, None] - u_j @ book.T) ** 2
                 best = loss.argmin(axis=1)
                 c[:, j] = best
-                residual[:, cols] = candidate_residual[np.arange(len(best)), best]
+                residual[:, cols] = x_j - book[best]
+                parallel = parallel_rest + (residual[:, cols] * u_j).sum(axis=1)
             codes[rows] = c
     return codes
 
