@@ -86,7 +86,7 @@ class TwoLevelPartition:
         coarse_km = faiss.Kmeans(dim, lists, niter=20, seed=seed, verbose=False)
         coarse_km.train(keys)
         coarse = coarse_km.centroids
-        owner = _argmax_ip(keys, coarse)
+        owner = _nearest(keys, coarse, by="ip")
         fine = np.repeat(coarse, sublists, axis=0)
         assignment = owner * sublists
         for j in range(lists if sublists > 1 else 0):
@@ -98,12 +98,13 @@ class TwoLevelPartition:
             km.train(keys[members])
             fine[j * sublists : j * sublists + count] = km.centroids
             fine[j * sublists + count : (j + 1) * sublists] = km.centroids[-1]
-            assignment[members] = j * sublists + _argmax_ip(keys[members], km.centroids, metric_l2=True)
+            assignment[members] = j * sublists + _nearest(keys[members], km.centroids, by="l2")
         return cls(coarse=coarse, fine=fine, assignment=assignment.astype(np.int64))
 
 
-def _argmax_ip(vectors: np.ndarray, centroids: np.ndarray, metric_l2: bool = False) -> np.ndarray:
-    index = faiss.IndexFlatL2(centroids.shape[1]) if metric_l2 else faiss.IndexFlatIP(centroids.shape[1])
+def _nearest(vectors: np.ndarray, centroids: np.ndarray, by: str) -> np.ndarray:
+    """Index of the best centroid per vector: largest inner product (by="ip") or nearest (by="l2")."""
+    index = faiss.IndexFlatIP(centroids.shape[1]) if by == "ip" else faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     return index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0]
 

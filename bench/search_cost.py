@@ -265,9 +265,10 @@ def headline(points: list[CurvePoint]) -> str:
                 if off and others:
                     (mode, model), top = min(others.items(), key=lambda kv: cost_of(kv[1]))
                     unit = "ms p50" if index.startswith("edge") else "IPE"
-                    summary.append(f"- {dataset} / {index} @ recall@1 {t}: off {cost_of(off):,.3g} {unit} "
-                                   f"({off.latency_ms_p50:.3f} ms p50); best other mode: {mode} {model} "
-                                   f"{cost_of(top):,.3g} {unit} ({top.latency_ms_p50:.3f} ms p50); off / best = "
+                    shown = (lambda p: f"{p.latency_ms_p50:.3f} ms p50") if unit == "ms p50" else \
+                        (lambda p: f"{p.ipe:,.0f} IPE ({p.latency_ms_p50:.3f} ms p50)")
+                    summary.append(f"- {dataset} / {index} @ recall@1 {t}: off {shown(off)}; best other mode: "
+                                   f"{mode} {model} {shown(top)}; off / best = "
                                    f"{cost_of(off) / cost_of(top):.2f}× in {unit}, "
                                    f"{off.latency_ms_p50 / top.latency_ms_p50:.2f}× in p50")
     return "\n".join(lines) + "\n\n" + "\n".join(summary) + "\n"
@@ -295,14 +296,16 @@ def plot(points: list[CurvePoint], dataset: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(15, 11))
-    for axis, index in zip(axes.flat, ("ivf", "hnsw", "edge", "edge-sq")):
+    for axis, index in zip(axes.flat, ("ivf", "hnsw", "edge", "edge-sq"), strict=True):
         curves: dict[str, list[CurvePoint]] = {}
         for p in points:
             if p.dataset == dataset and p.index == index:
                 curves.setdefault(f"{p.mode} {p.model}".replace(" -", ""), []).append(p)
-        for label, curve in curves.items():
-            style = "k-o" if label == "off" else ("-s" if label.startswith("route") else "--.")
+        palette = plt.get_cmap("tab20").colors
+        for number, (label, curve) in enumerate(curves.items()):
+            style = "-o" if label == "off" else ("-s" if label.startswith("route") else "--.")
             axis.plot([cost_of(p) for p in curve], [p.recall_at_1 for p in curve], style, label=label,
+                      color="black" if label == "off" else palette[number % len(palette)],
                       linewidth=2 if label == "off" else 1, markersize=3)
         for t in TARGETS:
             axis.axhline(t, color="grey", linewidth=0.5)
@@ -310,13 +313,20 @@ def plot(points: list[CurvePoint], dataset: str, path: Path) -> None:
         axis.set_xlabel("p50 single-query latency, ms (model included)" if index.startswith("edge")
                         else "cost per query (inner-product equivalents, model included)")
         axis.set_ylabel("recall@1")
-        axis.set_ylim(0.5, 1.0)
+        lowest = min((p.recall_at_1 for curve in curves.values() for p in curve), default=0.5)
+        axis.set_ylim(max(0.5, lowest - 0.02), 1.0)
         axis.set_title(f"{dataset}: " + {"ivf": "FAISS IVF-Flat", "hnsw": "FAISS HNSW", "edge": "Qdrant Edge HNSW",
                                          "edge-sq": "Qdrant Edge HNSW, int8 scalar quantization"}[index])
         axis.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_results(out: Path, points: list[CurvePoint], routing: list[dict]) -> None:
+    """Written after every part, so an interrupted run keeps what it has measured."""
+    (out / "points.json").write_text(json.dumps([p.to_dict() for p in points], indent=1))
+    (out / "routing.json").write_text(json.dumps(routing, indent=1))
 
 
 def main() -> None:
@@ -355,17 +365,19 @@ def main() -> None:
         rewriters = train_rewriters(work, preset, args.out / "models")
         if "faiss" in args.parts:
             search_curves(work, preset, rewriters)
+            save_results(args.out, points + work.points, routing)
         if "route" in args.parts:
             route_curves(work, preset, max(1, round(math.sqrt(len(work.data.keys)))))
+            save_results(args.out, points + work.points, routing)
         if "edge" in args.parts and len(work.data.keys) <= preset.edge_max_keys:
             chosen = [r for r in rewriters if r.name in preset.edge_rewriters]
             work.points += edge_curves(name, work.data.keys, work.queries, work.truth, chosen,
                                        preset.latency_queries, args.edge_root, log)
+            save_results(args.out, points + work.points, routing)
         if "routing" in args.parts:
             routing += routing_table(work, preset)
+            save_results(args.out, points + work.points, routing)
         points += work.points
-        (args.out / "points.json").write_text(json.dumps([p.to_dict() for p in points], indent=1))
-        (args.out / "routing.json").write_text(json.dumps(routing, indent=1))
         plot(work.points, name, args.out / f"{name}.png")
     table, routes = headline(points), routing_markdown(routing)
     (args.out / "table.md").write_text(table)
