@@ -46,7 +46,7 @@ import numpy as np
 CENTROIDS = 256  # 8 bits per subspace
 DEFAULT_RELATIVE_THRESHOLD = 0.2  # τ: T = τ·max‖x‖
 MAX_T = 0.99  # t = T/‖x‖ is capped here, so η stays finite for keys with ‖x‖ ≤ T
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 8  # the loss still falls 3–7% a round after 3 rounds; ~1% after 8
 _ROWS_PER_CHUNK = 8192
 
 
@@ -171,10 +171,12 @@ def update_codebooks(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
         x_j, u_j = keys[:, cols], unit[:, cols]
         parallel_rest = ((residual * unit).sum(axis=1) - (residual[:, cols] * u_j).sum(axis=1))
         rhs_rows = x_j + (weight * (parallel_rest + (u_j * x_j).sum(axis=1)))[:, None] * u_j
-        for c in np.unique(codes[:, j]):
-            members = codes[:, j] == c
+        order = np.argsort(codes[:, j], kind="stable")  # the keys of each centroid, as one slice
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[:, j], minlength=k))])
+        for c in np.flatnonzero(np.diff(bounds)):
+            members = order[bounds[c]:bounds[c + 1]]
             u, w = u_j[members], weight[members]
-            system = members.sum() * np.eye(sub, dtype=np.float64) + (u.T * w) @ u
+            system = len(members) * np.eye(sub, dtype=np.float64) + (u.T * w) @ u
             codebooks[j, c] = np.linalg.solve(system, rhs_rows[members].sum(axis=0))
         residual[:, cols] = x_j - codebooks[j][codes[:, j]]
     return codebooks
