@@ -15,7 +15,7 @@ import torch
 from .targets import exact_top1
 
 UNIT_NORM_TOLERANCE = 1e-2
-NORM_CHUNK_ROWS = 1 << 16  # rows per pass: the squares are never held for a whole key table
+NORM_CHUNK_ROWS = 1 << 14  # rows per pass: the squares are never held for a whole key table
 
 
 def is_unit_norm(vectors: np.ndarray, tolerance: float = UNIT_NORM_TOLERANCE) -> bool:

@@ -63,7 +63,7 @@ def _discard(store: VectorStore, collection: str, blob_id: int) -> None:
     try:
         store.delete_blob(collection, blob_id)
     except Exception as exc:  # the store may be what failed
-        log.warning("amips: could not remove unpublished blob %s of %r: %s", blob_id, collection, exc)
+        log.warning("amips: could not remove blob %s of %r, which no manifest names: %s", blob_id, collection, exc)
 
 
 def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
