@@ -317,7 +317,8 @@ def plot(points: list[CurvePoint], dataset: str, path: Path) -> None:
         axis.set_ylim(max(0.5, lowest - 0.02), 1.0)
         axis.set_title(f"{dataset}: " + {"ivf": "FAISS IVF-Flat", "hnsw": "FAISS HNSW", "edge": "Qdrant Edge HNSW",
                                          "edge-sq": "Qdrant Edge HNSW, int8 scalar quantization"}[index])
-        axis.legend(fontsize=6, ncol=2)
+        if curves:
+            axis.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
