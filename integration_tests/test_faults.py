@@ -44,19 +44,24 @@ def _spec(backend: str, folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The files (200 keys in 16-d), and per backend a closed store folder holding collection "c" with a
+    """The files (80 keys in 16-d), and per backend a closed store folder holding collection "c" with a
     trained model as version 1, built once: each test works on a copy (local mode on disk commits every
     point to SQLite on its own, which takes seconds)."""
-    keys, queries = gaussian_mixture(num_keys=200, num_queries=700, dim=16, clusters=8, seed=13)
+    keys, queries = gaussian_mixture(num_keys=80, num_queries=700, dim=16, clusters=8, seed=13)
     train, test = queries[:600], queries[600:]
     folder = tmp_path_factory.mktemp("faults")
     paths = {n: folder / f"{n}.npy" for n in ("keys", "train", "test")}
     for name, array in zip(paths, (keys, train, test)):
         np.save(paths[name], array)
-    for backend in BACKENDS:
+    blob = None
+    for backend in ("edge", "local-dir"):  # trained once, on Edge; the same model published into local mode
         store = open_store(_spec(backend, folder / backend))
         collection_ops.ingest(store, "c", keys)
-        collection_ops.train(store, "c", train, QUICK, progress=False)
+        if blob is None:
+            collection_ops.train(store, "c", train, QUICK, progress=False)
+            blob = model_registry.read_blob(store, "c")
+        else:
+            model_registry.publish(store, "c", blob, model_registry.current_fingerprint(store, "c"))
         store.close()
     return paths, folder
 
@@ -264,7 +269,7 @@ class FaultyStore:
 def store_with_model(request, tmp_path, trained, monkeypatch):
     """A store with the model as version 1: qdrant-client in memory (the same adapter as local mode on disk,
     without its per-point SQLite commits) and Edge."""
-    monkeypatch.setattr(model_registry, "SCROLL_BATCH", 50)  # several batches, so a scroll can fail part-way
+    monkeypatch.setattr(model_registry, "SCROLL_BATCH", 20)  # several batches, so a scroll can fail part-way
     if request.param == "edge":
         store = open_store(_prepare("edge", tmp_path / "edge", trained))
     else:
@@ -310,7 +315,7 @@ def test_an_append_failing_part_way_leaves_the_model_marked_stale(store_with_mod
     store = store_with_model
     with pytest.raises(StoreError):
         collection_ops.ingest(FaultyStore(store, "upsert"), "c", np.load(paths["test"])[:40])
-    assert store.info("c").count == 220  # half of the append landed
+    assert store.info("c").count == 100  # half of the append landed
     assert store.read_manifest("c")["stale"] is True  # so the model no longer claims to describe every key
     status = collection_ops.status(store, "c", verify=False)
     assert status["model"]["stale"] is True
