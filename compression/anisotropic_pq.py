@@ -182,6 +182,15 @@ def update_codebooks(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
     return codebooks
 
 
+def refine_anisotropic(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, eta: np.ndarray,
+                       rounds: int = DEFAULT_ROUNDS) -> ProductCodes:
+    """`rounds` alternations from (codebooks, codes): re-assign the codes, then re-fit the codebooks, under ℓ."""
+    for _ in range(rounds):
+        codes = assign_anisotropic(keys, codebooks, codes, eta, sweeps=1)
+        codebooks = update_codebooks(keys, codebooks, codes, eta).astype(np.float32)
+    return ProductCodes(codebooks, codes)
+
+
 def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
                    rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> tuple[ProductCodes, ProductCodes]:
     """(anisotropic, plain k-means) product codes of the same keys at the same bits per key.
@@ -192,8 +201,4 @@ def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: flo
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     codebooks, plain = train_codebooks(keys, num_subspaces, seed)
     eta = anisotropic_weight(np.linalg.norm(keys, axis=1), score_threshold(keys, relative_threshold), keys.shape[1])
-    books, codes = codebooks, plain
-    for _ in range(rounds):
-        codes = assign_anisotropic(keys, books, codes, eta, sweeps=1)
-        books = update_codebooks(keys, books, codes, eta).astype(np.float32)
-    return ProductCodes(books, codes), ProductCodes(codebooks, plain)
+    return refine_anisotropic(keys, codebooks, plain, eta, rounds), ProductCodes(codebooks, plain)

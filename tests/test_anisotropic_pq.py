@@ -113,7 +113,8 @@ def test_anisotropic_beats_plain_pq_on_varying_norms(mixture):
     assert r1 > p1 + 0.02 and r10 > p10 + 0.05, (r1, r10, p1, p10)
     # and on the pairs that matter, the score error is smaller
     top = truth[:, :10]
-    error = lambda codes: np.mean((np.einsum("qd,qkd->qk", queries, codes.decode()[top] - keys[top])) ** 2)  # noqa: E731
+    def error(codes):
+        return np.mean(np.einsum("qd,qkd->qk", queries, codes.decode()[top] - keys[top]) ** 2)
     assert error(scored) < error(plain)
 
 
