@@ -24,7 +24,9 @@ the second term anchoring the points at the key centroids M₀ so that the route
 centroid routing where it has seen no queries. At query time only the fine lists of the M coarse
 lists nearest by centroid are scored: c + M·s IPE of routing, then the chosen fine lists are
 scanned exactly (Σ |f| IPE) and rescored with x. The coarse step is never learned, so a query
-from outside the training distribution is routed at least to its nearest coarse lists.
+from outside the training distribution is routed at least to its nearest coarse lists, and a
+confidence gate (`ListRanker`) ranks the fine lists of a query the router is unsure of by their
+key centroids, as the untrained router would.
 
 **Model routers** (the routing table). A c-headed KeyNet (σ̂_j = <g_j(x), x>) or SupportNet
 (σ̂_j = f_j(x)) adds a learned correction to the centroid scores, logits_j = a·<x, μ_j> + β·σ̂_j(x)
@@ -32,7 +34,7 @@ with β starting at 0, trained with the same cross-entropy on the coarse list ho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -137,9 +139,10 @@ class PointRouter(nn.Module):
         return nn.functional.cross_entropy(logits, fine_target) + anchor * drift
 
     def freeze(self) -> ListRanker:
-        """The trained router as plain arrays for the query path (no autograd, no torch overhead)."""
+        """The trained router as plain arrays for the query path (no autograd, no torch overhead), ungated."""
         return ListRanker(coarse=self.coarse.numpy().copy(), points=self.points.detach().numpy().copy(),
-                          bias=self.bias.detach().numpy().copy(), sublists=self.sublists)
+                          bias=self.bias.detach().numpy().copy(), anchor=self.anchor.numpy().copy(),
+                          logit_scale=float(self.log_scale.detach().exp()), sublists=self.sublists)
 
     @torch.no_grad()
     def rank_coarse(self, queries: np.ndarray) -> np.ndarray:
@@ -151,36 +154,84 @@ class PointRouter(nn.Module):
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """Fine list ids per query, best first (B, M·s), and which queries the gate sent to the anchors (B,)."""
+
+    lists: np.ndarray
+    gated: np.ndarray
+
+
+@dataclass(frozen=True)
 class ListRanker:
-    """A frozen point router: ranks the fine lists of the M nearest coarse lists by σ̂_f(x)."""
+    """A frozen point router: ranks the fine lists of the M nearest coarse lists by σ̂_f(x).
+
+    **Confidence gate.** Over the M·s candidate fine lists, the router's confidence is the softmax
+    probability of its first choice at the trained logit scale a,
+
+        p(x) = exp(a·σ̂_top(x)) / Σ_f exp(a·σ̂_f(x)).
+
+    A query with p(x) < min_confidence is ranked by the anchors instead, <x, m⁰_f> with m⁰_f the
+    fine list's key centroid (the untrained router), so a query unlike the training sample gets
+    centroid routing; that costs M·s more inner products for that query. `calibrate_gate` sets
+    min_confidence to a low quantile of p on held-out training queries; 0 switches the gate off.
+    """
 
     coarse: np.ndarray  # (c, d)
     points: np.ndarray  # (c·s, d)
     bias: np.ndarray  # (c·s,)
+    anchor: np.ndarray  # (c·s, d): the fine lists' key centroids
+    logit_scale: float
     sublists: int
+    min_confidence: float = 0.0
 
-    def rank(self, queries: np.ndarray, coarse_candidates: int) -> np.ndarray:
-        """Fine list ids per query, best first, shape (B, M·s).
+    def rank(self, queries: np.ndarray, coarse_candidates: int) -> Ranking:
+        """Rank each query's M·s candidate fine lists, by the learned scores or, when gated, the anchors.
 
         One query scores only its M·s candidate points (what `routing_ipe` counts); a batch scores
         all c·s points in one matrix product and picks the same candidates' scores, which is faster
         in BLAS than gathering M·s points per query and ranks identically."""
         queries = np.asarray(queries, dtype=np.float32)
-        m = min(coarse_candidates, len(self.coarse))
-        coarse_scores = queries @ self.coarse.T
-        top = np.argpartition(-coarse_scores, m - 1, axis=1)[:, :m] if m < len(self.coarse) else \
-            np.broadcast_to(np.arange(m), (len(queries), m))
-        fine = (top[:, :, None] * self.sublists + np.arange(self.sublists)).reshape(len(queries), -1)
+        fine = self._candidates(queries, coarse_candidates)
         if len(queries) == 1:
-            scores = self.points[fine[0]] @ queries[0] + self.bias[fine[0]] * np.linalg.norm(queries[0])
-            return fine[:, np.argsort(-scores)]
-        every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
-        scores = np.take_along_axis(every, fine, axis=1)
-        return np.take_along_axis(fine, np.argsort(-scores, axis=1), axis=1)
+            scores = (self.points[fine[0]] @ queries[0] + self.bias[fine[0]] * np.linalg.norm(queries[0]))[None, :]
+        else:
+            every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
+            scores = np.take_along_axis(every, fine, axis=1)
+        gated = self._confidence(scores) < self.min_confidence
+        if gated.any():
+            scores[gated] = np.einsum("bkd,bd->bk", self.anchor[fine[gated]], queries[gated])
+        return Ranking(np.take_along_axis(fine, np.argsort(-scores, axis=1), axis=1), gated)
 
-    def routing_ipe(self, coarse_candidates: int) -> float:
-        """Inner products spent choosing lists: c coarse centroids + M·s fine points."""
-        return float(len(self.coarse) + min(coarse_candidates, len(self.coarse)) * self.sublists)
+    def confidence(self, queries: np.ndarray, coarse_candidates: int) -> np.ndarray:
+        """p(x) per query: the softmax probability of the router's first choice among its candidates."""
+        queries = np.asarray(queries, dtype=np.float32)
+        fine = self._candidates(queries, coarse_candidates)
+        every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
+        return self._confidence(np.take_along_axis(every, fine, axis=1))
+
+    def calibrate_gate(self, held_out: np.ndarray, coarse_candidates: int, quantile: float) -> ListRanker:
+        """This ranker gated at the `quantile` of p(x) over held-out in-distribution queries: about
+        that share of such queries falls back to the anchors, and more of the queries it has not learned."""
+        threshold = float(np.quantile(self.confidence(held_out, coarse_candidates), quantile)) if quantile > 0 else 0.0
+        return replace(self, min_confidence=threshold)
+
+    def routing_ipe(self, coarse_candidates: int, gated_share: float = 0.0) -> float:
+        """Inner products spent choosing lists: c coarse centroids + M·s fine points (+ M·s anchors if gated)."""
+        fine = min(coarse_candidates, len(self.coarse)) * self.sublists
+        return float(len(self.coarse) + fine * (1.0 + gated_share))
+
+    def _candidates(self, queries: np.ndarray, coarse_candidates: int) -> np.ndarray:
+        """The fine lists of each query's M nearest coarse lists by <x, μ_j>, shape (B, M·s)."""
+        m = min(coarse_candidates, len(self.coarse))
+        if m < len(self.coarse):
+            top = np.argpartition(-(queries @ self.coarse.T), m - 1, axis=1)[:, :m]
+        else:
+            top = np.broadcast_to(np.arange(m), (len(queries), m))
+        return (top[:, :, None] * self.sublists + np.arange(self.sublists)).reshape(len(queries), -1)
+
+    def _confidence(self, scores: np.ndarray) -> np.ndarray:
+        logits = self.logit_scale * (scores - scores.max(axis=1, keepdims=True))
+        return 1.0 / np.exp(logits).sum(axis=1)
 
 
 class CorrectedModelRouter(nn.Module):

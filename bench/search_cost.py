@@ -6,8 +6,10 @@
 For each dataset: FAISS IVF-Flat (inner product, √N lists, nprobe swept over the whole range) and
 FAISS HNSW (efSearch swept), each searched with `off` (plain x), `replace` and `hybrid` (KeyNet at
 several ρ and the SmoothMax SupportNet); `route` scans the fine lists a learned point router ranks
-first (amips_plugin/routing.py) and `route-untrained` is the same two-level index routed by its key
-centroids (the router before training: what the learning adds). Cost is inner-product equivalents
+first (amips_plugin/routing.py), `route-gated` sends the queries it is least sure of (confidence
+below the 10th percentile of held-out training queries) to the key centroids, and `route-untrained`
+is the same two-level index routed by its key centroids (the router before training: what the
+learning adds). Cost is inner-product equivalents
 per query (bench/cost_curves.py); wall-clock p50/p99 and batched throughput come from the same run.
 The routing table compares routers at c = 10 and c = √N lists: the share of test queries whose
 best-ranked lists hold the true argmax, against the fraction of keys scanned.
@@ -51,6 +53,7 @@ SUBLISTS = 8
 TARGETS = (0.9, 0.95)
 PARTS = ("faiss", "route", "edge", "routing")
 STOP_AT_RECALL = 0.99  # a curve stops once it is this close to exact
+GATE_QUANTILE = 0.1  # route-gated: about this share of in-distribution queries falls back to the centroids
 
 
 @dataclass(frozen=True)
@@ -175,21 +178,27 @@ def search_curves(work: Workload, preset: Preset, rewriters: list[Rewriter]) -> 
 
 
 def route_curves(work: Workload, preset: Preset, nlist: int) -> None:
-    keys = work.data.keys
+    """`route` (the trained point router), `route-gated` (the same, with its confidence gate
+    calibrated on held-out training queries) and `route-untrained` (the key centroids)."""
+    keys, sample = work.data.keys, work.data.train_queries
+    held_out = min(len(sample) // 10, 5000)
     started = time.perf_counter()
     partition = TwoLevelPartition.build(keys, nlist, SUBLISTS)
     index = IVFIndex(keys, len(partition.fine), centroids=partition.fine, assignment=partition.assignment)
     trained = PointRouter(partition)
-    fit_router(trained, keys, work.data.train_queries, partition.assignment,
+    fit_router(trained, keys, sample[held_out:], partition.assignment,
                RouterTraining(steps=preset.router_steps, noise_copies=work.noise_copies))
-    log(f"  two-level partition ({nlist}×{SUBLISTS}) and point router trained in {time.perf_counter() - started:.0f}s")
-    for name, router in (("route", trained.freeze()), ("route-untrained", PointRouter(partition).freeze())):
-        for candidates in preset.coarse_candidates:
+    log(f"  two-level partition ({nlist}×{SUBLISTS}) and point router trained in {time.perf_counter() - started:.0f}s "
+        f"({held_out:,} training queries held out for the gate)")
+    learned, untrained = trained.freeze(), PointRouter(partition).freeze()
+    for candidates in preset.coarse_candidates:
+        gated = learned.calibrate_gate(sample[:held_out], candidates, GATE_QUANTILE)
+        for name, router in (("route", learned), ("route-gated", gated), ("route-untrained", untrained)):
             def answer_at(p: int, router=router, candidates=candidates):
                 def answer(q: np.ndarray) -> tuple[np.ndarray, float]:
-                    lists = router.rank(q, candidates)[:, :p]
-                    hits = index.search_lists(q, 1, lists)
-                    return hits.ids[:, 0], hits.ipe + router.routing_ipe(candidates)
+                    ranking = router.rank(q, candidates)
+                    hits = index.search_lists(q, 1, ranking.lists[:, :p])
+                    return hits.ids[:, 0], hits.ipe + router.routing_ipe(candidates, float(ranking.gated.mean()))
                 return answer
             sweep(work, "ivf", name, f"M={candidates}", "fine lists",
                   knob_range(min(candidates, nlist) * SUBLISTS), answer_at, preset.latency_queries)

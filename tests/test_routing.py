@@ -1,6 +1,8 @@
 """Learned routing: the two-level partition, the point router and the corrected model router."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -46,11 +48,11 @@ def test_partition_assigns_every_key_to_a_fine_list_of_its_inner_product_coarse_
 def test_untrained_point_router_with_every_list_ranks_all_fine_lists(collection, partition):
     _, _, test = collection
     ranker = PointRouter(partition).freeze()
-    order = ranker.rank(test, coarse_candidates=16)
+    order = ranker.rank(test, coarse_candidates=16).lists
     assert order.shape == (len(test), 64)
     assert all(len(set(row)) == 64 for row in order[:20])
     assert ranker.routing_ipe(16) == 16 + 64 and ranker.routing_ipe(4) == 16 + 16
-    restricted = ranker.rank(test, coarse_candidates=2)
+    restricted = ranker.rank(test, coarse_candidates=2).lists
     coarse_top2 = rank_by_centroids(test, partition.coarse)[:, :2]
     assert np.array_equal(np.sort(np.unique(restricted // 4, axis=None)),
                           np.sort(np.unique(coarse_top2, axis=None)))
@@ -104,6 +106,39 @@ def test_batch_and_single_query_ranking_agree(collection, partition):
         router.bias.normal_(0.0, 0.1)
         router.points.add_(0.05 * torch.randn_like(router.points))
     ranker = router.freeze()
-    batch = ranker.rank(test[:40], coarse_candidates=5)
-    single = np.concatenate([ranker.rank(test[i : i + 1], coarse_candidates=5) for i in range(40)])
-    assert np.array_equal(batch, single)
+    gated = ranker.calibrate_gate(train, coarse_candidates=5, quantile=0.3)
+    for r in (ranker, gated):
+        batch = r.rank(test[:40], coarse_candidates=5)
+        single = [r.rank(test[i : i + 1], coarse_candidates=5) for i in range(40)]
+        assert np.array_equal(batch.lists, np.concatenate([s.lists for s in single]))
+        assert np.array_equal(batch.gated, np.concatenate([s.gated for s in single]))
+    assert 0 < gated.rank(test[:40], coarse_candidates=5).gated.sum() < 40
+
+
+@pytest.fixture(scope="module")
+def trained_ranker(collection, partition):
+    keys, train, _ = collection
+    router = PointRouter(partition)
+    fit_router(router, keys, train[:2000], partition.assignment, RouterTraining(steps=600, noise_copies=1))
+    return router.freeze()
+
+
+def test_gated_queries_are_ranked_by_the_key_centroids(collection, partition, trained_ranker):
+    _, _, test = collection
+    untrained = PointRouter(partition).freeze().rank(test, coarse_candidates=4).lists
+    learned = trained_ranker.rank(test, coarse_candidates=4)
+    assert not learned.gated.any() and not np.array_equal(learned.lists, untrained)
+    everyone = replace(trained_ranker, min_confidence=1.01).rank(test, coarse_candidates=4)
+    assert everyone.gated.all() and np.array_equal(everyone.lists, untrained)
+    assert trained_ranker.routing_ipe(4, gated_share=0.5) == 16 + 16 * 1.5
+
+
+def test_gate_calibrated_on_held_out_queries_sends_more_unseen_queries_to_the_centroids(collection, trained_ranker):
+    """About `quantile` of in-distribution queries fall back; queries from elsewhere fall back more often."""
+    keys, train, test = collection
+    gated = trained_ranker.calibrate_gate(train[2000:], coarse_candidates=4, quantile=0.2)
+    assert 0.1 < gated.rank(test, coarse_candidates=4).gated.mean() < 0.3
+    elsewhere = np.random.default_rng(5).normal(size=test.shape).astype(np.float32) * np.linalg.norm(
+        test, axis=1, keepdims=True) / np.sqrt(test.shape[1])
+    assert gated.rank(elsewhere, coarse_candidates=4).gated.mean() > 0.5
+    assert trained_ranker.calibrate_gate(train[2000:], coarse_candidates=4, quantile=0.0).min_confidence == 0.0
