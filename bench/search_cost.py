@@ -180,8 +180,10 @@ def search_curves(work: Workload, preset: Preset, rewriters: list[Rewriter]) -> 
 def route_curves(work: Workload, preset: Preset, nlist: int) -> None:
     """`route` (the trained point router), `route-gated` (the same, with its confidence gate
     calibrated on held-out training queries) and `route-untrained` (the key centroids)."""
-    keys, sample = work.data.keys, work.data.train_queries
-    held_out = min(len(sample) // 10, 5000)
+    keys = work.data.keys
+    held_out = min(len(work.data.train_queries) // 10, 5000)
+    # a random split: the query files are grouped by article, and a leading slice would drop whole topics
+    sample = work.data.train_queries[np.random.default_rng(0).permutation(len(work.data.train_queries))]
     started = time.perf_counter()
     partition = TwoLevelPartition.build(keys, nlist, SUBLISTS)
     index = IVFIndex(keys, len(partition.fine), centroids=partition.fine, assignment=partition.assignment)
@@ -193,6 +195,10 @@ def route_curves(work: Workload, preset: Preset, nlist: int) -> None:
     learned, untrained = trained.freeze(), PointRouter(partition).freeze()
     for candidates in preset.coarse_candidates:
         gated = learned.calibrate_gate(sample[:held_out], candidates, GATE_QUANTILE)
+        shares = [f"{name} {gated.rank(q, candidates).gated.mean():.1%}"
+                  for name, q in (("test", work.queries), ("new topics", work.new_queries)) if q is not None]
+        log(f"  M={candidates}: the gate (confidence < {gated.min_confidence:.3f}) sends to the centroids: "
+            + ", ".join(shares))
         for name, router in (("route", learned), ("route-gated", gated), ("route-untrained", untrained)):
             def answer_at(p: int, router=router, candidates=candidates):
                 def answer(q: np.ndarray) -> tuple[np.ndarray, float]:
