@@ -24,7 +24,7 @@ import numpy as np
 from amips_plugin.errors import StoreBusyError
 
 DISTANCES = ("dot", "cosine")
-MANIFEST_SLOTS = ("model", "pq")
+MANIFEST_SLOTS = ("model", "pq", "router")
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
 
@@ -127,7 +127,7 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        """The manifest in `slot` ("model", or "pq" for the compressed key store), or None."""
+        """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists), or None."""
 
     @abc.abstractmethod
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:

@@ -41,7 +41,7 @@ from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, Store
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
 
 SIDECAR_SUFFIX = "__amips"
-METADATA_KEYS = {"model": "amips", "pq": "amips_pq"}
+METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024

@@ -35,6 +35,7 @@ from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
+from .routing import RouterTraining
 from .models import MODEL_KINDS, params_fraction
 from .synthetic import gaussian_mixture
 from .targets import exact_top1
@@ -96,7 +97,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 
     \b
     Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, status, search, export, import, drop-model, pq-build
+    Collections:  ingest, train, status, search, export, import, drop-model, pq-build, route-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     ctx.obj = {"store_spec": store, "api_key": api_key}
@@ -366,10 +367,12 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
               help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
 @click.option("--candidates", type=click.IntRange(min=1), default=None,
-              help="Candidates each prefetch returns before rescoring (default: max(limit, 10)).")
+              help="Candidates each prefetch returns before rescoring (default: max(limit, 10)); "
+                   "with --candidates-from route, the fine lists scanned per probe.")
 @click.option("--candidates-from", "candidate_source", type=click.Choice(CANDIDATE_SOURCES), default="engine",
-              show_default=True, help="engine: Qdrant's index; pq: the compressed key store (`amips pq-build`), "
-                                      "its candidates rescored exactly.")
+              show_default=True, help="engine: Qdrant's index; pq: the compressed key store (`amips pq-build`); "
+                                      "route: the lists a learned router ranks first (`amips route-build`). "
+                                      "pq and route candidates are rescored exactly.")
 @click.option("--hnsw-ef", type=click.IntRange(min=1), default=None, help="HNSW beam width (server/Edge).")
 @click.option("--exact", is_flag=True, help="Exact (brute-force) scoring in the engine.")
 @click.option("--oversampling", type=click.FloatRange(min=1), default=None,
@@ -447,6 +450,35 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
     ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
     click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
                f"{manifest['bytes']:,} bytes ({ratio:.1%} of the fp32 keys)")
+
+
+@main.command("route-build")
+@click.argument("collection")
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="A sample of the collection's query distribution (.npy, M×d).")
+@click.option("--lists", type=click.IntRange(min=1), default=None, help="Coarse lists c (default: √N).")
+@click.option("--sublists", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Fine lists s inside each coarse list; the router ranks these.")
+@click.option("--coarse-candidates", type=click.IntRange(min=1), default=16, show_default=True,
+              help="M: coarse lists, nearest by centroid, whose fine lists a query ranks (routing costs c + M·s).")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Router training steps.")
+@click.pass_context
+@_friendly_errors
+def route_build_command(ctx: click.Context, collection: str, queries_path: str, lists: int | None, sublists: int,
+                        coarse_candidates: int, steps: int) -> None:
+    """Train a list router for COLLECTION on a query sample and store it alongside (IVF with learned routing).
+
+    The keys are split into c coarse × s fine lists; each fine list gets a learned point, trained so
+    that a query's best key lies in the list ranked first. Searches with `--candidates-from route
+    --candidates P` then scan the P best-ranked fine lists and rescore their keys exactly.
+    """
+    from . import router_store
+
+    queries = load_vectors(queries_path, "QUERIES")
+    manifest = router_store.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
+                                  RouterTraining(steps=steps))
+    click.echo(f"{collection}: routed list index v{manifest['version']}, {manifest['lists']} × {manifest['sublists']} "
+               f"lists, {manifest['bytes']:,} bytes")
 
 
 @main.command("export")

@@ -9,9 +9,10 @@
              squad-train, gating here cost recall (bench/gate.py)
 
 Candidates come from the engine (one store call per batch: Qdrant's Query API, prefetch + outer
-query) or, with candidate source "pq", from the compressed key store kept alongside the collection
-(top candidates by asymmetric PQ score for each probe vector, then their stored vectors are
-retrieved and rescored exactly by <x, ·>). Every query is
+query) or from an index kept alongside the collection, whose candidates' stored vectors are then
+retrieved and rescored exactly by <x, ·>: "pq", the compressed key store (the top `candidates` keys
+by asymmetric PQ score per probe vector), or "route", the routed lists (the keys of the
+`candidates` fine lists the point router ranks first per probe vector). Every query is
 answered by plain search when the collection's model is missing, stale, or cannot be loaded;
 those cases log a warning and never raise. Bad *queries* (wrong dimension, NaN) are the caller's error and do raise.
 """
@@ -32,7 +33,7 @@ from .models import MIPSModel
 
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid")
-CANDIDATE_SOURCES = ("engine", "pq")
+CANDIDATE_SOURCES = ("engine", "pq", "route")
 
 
 @dataclass
@@ -103,7 +104,7 @@ class QueryRewriter:
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
-        key_store = self._key_store(collection, report) if candidate_source == "pq" else None
+        side_index = self._side_index(collection, candidate_source, report) if candidate_source != "engine" else None
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
@@ -121,8 +122,8 @@ class QueryRewriter:
 
         result = SearchResult.empty(len(queries), limit)
         for rows, probes in self._probe_groups(mode, queries, predicted, confident):
-            part = (self._rescored_pq_candidates(collection, key_store, queries[rows], probes, L, limit)
-                    if key_store is not None else self._engine_candidates(collection, queries[rows], probes, L, limit, params))
+            part = (self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
+                    if side_index is not None else self._engine_candidates(collection, queries[rows], probes, L, limit, params))
             result.ids[rows], result.scores[rows] = part.ids, part.scores
         return result, report
 
@@ -144,31 +145,38 @@ class QueryRewriter:
             return self.store.search(collection, queries, limit, params)
         return self.store.search_prefetched(collection, queries, probes, candidates, limit, params)
 
-    def _rescored_pq_candidates(self, collection: str, key_store, queries: np.ndarray,
-                                probes: list[np.ndarray] | None, candidates: int, limit: int) -> SearchResult:
-        """Union of PQ top candidates over the probes, rescored exactly by <x, ·> with stored vectors."""
-        pools = [key_store.candidates(p, candidates) for p in (probes or [queries])]
+    def _rescored_candidates(self, collection: str, side_index, queries: np.ndarray,
+                             probes: list[np.ndarray] | None, candidates: int, limit: int) -> SearchResult:
+        """Union of the side index's candidates over the probes, rescored exactly by <x, ·> with stored vectors."""
+        pools = [side_index.candidates(p, candidates) for p in (probes or [queries])]
         union = [np.unique(np.concatenate([pool[row] for pool in pools])) for row in range(len(queries))]
         unique_ids = np.unique(np.concatenate(union))
         vectors = dict(zip(unique_ids.tolist(), self.store.retrieve(collection, unique_ids)))
         result = SearchResult.empty(len(queries), limit)
         for row, ids in enumerate(union):
+            if not len(ids):  # only empty lists were chosen: nothing to return for this query
+                continue
             scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
             best = np.argsort(-scores)[:limit]
             result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
         return result
 
-    def _key_store(self, collection: str, report: SearchReport):
-        """The collection's compressed key store, or None (engine candidates) with the reason noted."""
+    def _side_index(self, collection: str, source: str, report: SearchReport):
+        """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
+        candidates) with the reason noted."""
         from compression import pq_store  # the compression package builds on this one
 
+        from . import router_store
+
+        module, name, command = ((pq_store, "compressed key store", "pq-build") if source == "pq"
+                                 else (router_store, "routed list index", "route-build"))
         try:
-            loaded = pq_store.load(self.store, collection)
+            loaded = module.load(self.store, collection)
         except AmipsError as exc:
-            loaded, reason = None, f"the compressed key store cannot be loaded: {exc}"
+            loaded, reason = None, f"the {name} cannot be loaded: {exc}"
         else:
-            reason = ("no compressed key store (run `amips pq-build`)" if loaded is None
-                      else "the compressed key store is stale; run `amips pq-build`" if loaded[1].get("stale") else None)
+            reason = (f"no {name} (run `amips {command}`)" if loaded is None
+                      else f"the {name} is stale; run `amips {command}`" if loaded[1].get("stale") else None)
         if reason:
             log.warning("amips: engine candidates for %r: %s", collection, reason)
             report.notes.append(reason)

@@ -168,3 +168,34 @@ def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collecti
                    "--candidates-from", "pq", "--exact")
     assert after["notes"] == ["the compressed key store is stale; run `amips pq-build`"]
     assert after["recall@1"] == 1.0
+
+
+def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, files):
+    """route-build → search --candidates-from route: learned list routing, rescored exactly; stale after an append."""
+    c = collection_name
+    amips(store_spec, "ingest", c, files["keys"])
+    built = amips(store_spec, "route-build", c, "--queries", files["train"], "--lists", "12", "--sublists", "4",
+                  "--coarse-candidates", "12", "--steps", "300").output
+    assert "12 × 4 lists" in built
+    store = open_store(store_spec)
+    try:
+        manifest = store.read_manifest(c, "router")
+        assert manifest["lists"] == 12 and manifest["fingerprint"]["count"] == 600
+        assert store.read_blob(c, manifest["blob"])  # the router lives alongside the collection
+    finally:
+        store.close()
+    every = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",
+                   "--candidates", "48")
+    assert every["notes"] == [] and every["recall@1"] == 1.0  # all 48 lists scanned: exact search
+    one_list = files["truth"].parent / "one_list.npy"
+    one = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",
+                 "--candidates", "1", "--limit", "20", "-o", one_list)
+    assert one["recall@1"] >= 0.8  # the router's first list holds the best key for most queries
+    assert (np.load(one_list) == -1).any(axis=1).mean() > 0.5  # one list of ~12 keys: most rows come up short
+    amips(store_spec, "ingest", c, files["extra"])  # appended keys belong to no list: fall back to the engine
+    all_keys = np.concatenate([np.load(files["keys"]), np.load(files["extra"])])
+    np.save(files["truth"].parent / "extra_truth.npy", (np.load(files["extra"]) @ all_keys.T).argmax(axis=1))
+    after = search(store_spec, c, files["extra"], files["truth"].parent / "extra_truth.npy", "--mode", "off",
+                   "--candidates-from", "route", "--exact")
+    assert after["notes"] == ["the routed list index is stale; run `amips route-build`"]
+    assert after["recall@1"] == 1.0

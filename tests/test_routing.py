@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from amips_plugin.errors import ArtifactError
+from amips_plugin.router_store import RoutedLists, decode_routed_lists, encode_routed_lists
 from amips_plugin.routing import (
     CorrectedModelRouter,
     PointRouter,
@@ -16,6 +18,8 @@ from amips_plugin.routing import (
     rank_by_centroids,
 )
 from amips_plugin.synthetic import gaussian_mixture
+from compression.artifact import pack, unpack
+from compression.quantization import encode_exact
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +139,31 @@ def test_gated_queries_are_ranked_by_the_key_centroids(collection, partition, tr
 
 def test_gate_calibrated_on_held_out_queries_sends_more_unseen_queries_to_the_centroids(collection, trained_ranker):
     """About `quantile` of in-distribution queries fall back; queries from elsewhere fall back more often."""
-    keys, train, test = collection
+    _, train, test = collection
     gated = trained_ranker.calibrate_gate(train[2000:], coarse_candidates=4, quantile=0.2)
     assert 0.1 < gated.rank(test, coarse_candidates=4).gated.mean() < 0.3
     elsewhere = np.random.default_rng(5).normal(size=test.shape).astype(np.float32) * np.linalg.norm(
         test, axis=1, keepdims=True) / np.sqrt(test.shape[1])
     assert gated.rank(elsewhere, coarse_candidates=4).gated.mean() > 0.5
     assert trained_ranker.calibrate_gate(train[2000:], coarse_candidates=4, quantile=0.0).min_confidence == 0.0
+
+
+def test_routed_lists_round_trip_and_refuse_a_mismatched_artifact(collection, partition, trained_ranker):
+    """The stored router ranks and gathers exactly as the trained one; parts that do not fit are refused."""
+    _, _, test = collection
+    ids = np.arange(len(partition.assignment), dtype=np.int64) + 1000
+    routed = RoutedLists.from_assignment(trained_ranker, ids, partition.assignment, coarse_candidates=4)
+    restored = decode_routed_lists(encode_routed_lists(routed, {"lists": 16}))
+    for a, b in zip(routed.candidates(test[:30], 3), restored.candidates(test[:30], 3)):
+        assert np.array_equal(a, b)
+    first = routed.candidates(test[:1], 1)[0]
+    best = trained_ranker.rank(test[:1], 4).lists[0, 0]
+    assert np.array_equal(np.sort(first), np.flatnonzero(partition.assignment == best) + 1000)
+    header, tensors = unpack(encode_routed_lists(routed, {}), "amips-router")
+    tensors["bias"] = tensors["bias"][:-1]
+    broken = pack("amips-router", {k: v for k, v in header.items() if k not in ("format", "tensors")},
+                  [(name, encode_exact(array)) for name, array in tensors.items()])
+    with pytest.raises(ArtifactError, match="do not fit together"):
+        decode_routed_lists(broken)
+    with pytest.raises(ArtifactError):
+        decode_routed_lists(encode_routed_lists(routed, {})[:-5])

@@ -1,0 +1,115 @@
+"""The routed list index: a trained point router kept alongside the collection, as a candidate stage.
+
+`amips route-build` splits the collection's keys into c coarse × s fine lists
+(`routing.TwoLevelPartition`), trains a `routing.PointRouter` on a query sample, and publishes it
+like the model (blob first, then the manifest in the "router" slot) in the same checksummed
+container, kind "amips-router": coarse centroids, the fine lists' points, biases and key centroids
+(fp32), and each point id's fine list (int64). A search with `--candidates-from route` ranks the
+fine lists of the M coarse lists nearest to the probe, takes the keys of the best `candidates`
+fine lists, and rescores them exactly with x (IVF search with a learned list ranking; measured
+against plain IVF in bench/search_cost.py). Appending keys marks it stale, since new keys belong
+to no list; searches then use the engine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapters.base import VectorStore
+from compression.artifact import pack, unpack
+from compression.quantization import encode_exact
+
+from . import model_registry
+from .collections import read_keys
+from .errors import ArtifactError, InputError
+from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition, fit_router
+
+KIND = "amips-router"
+SLOT = "router"
+DEFAULT_SUBLISTS = 8
+DEFAULT_COARSE_CANDIDATES = 16
+
+
+@dataclass(frozen=True)
+class RoutedLists:
+    """A frozen router over the collection's point ids, grouped by fine list."""
+
+    ranker: ListRanker
+    ids: np.ndarray  # (N,) int64 point ids, sorted by fine list
+    bounds: np.ndarray  # (c·s + 1,) fine list f holds ids[bounds[f]:bounds[f + 1]]
+    coarse_candidates: int
+
+    @classmethod
+    def from_assignment(cls, ranker: ListRanker, ids: np.ndarray, assignment: np.ndarray,
+                        coarse_candidates: int) -> RoutedLists:
+        order = np.argsort(assignment, kind="stable")
+        sizes = np.bincount(assignment, minlength=len(ranker.points))
+        return cls(ranker, ids[order], np.concatenate([[0], np.cumsum(sizes)]), coarse_candidates)
+
+    def candidates(self, probes: np.ndarray, lists: int) -> list[np.ndarray]:
+        """Point ids of the best `lists` fine lists, per probe row (their counts differ by list size)."""
+        ranked = self.ranker.rank(probes, self.coarse_candidates).lists[:, :lists]
+        return [np.concatenate([self.ids[self.bounds[f]:self.bounds[f + 1]] for f in row]) for row in ranked]
+
+
+def encode_routed_lists(routed: RoutedLists, metadata: dict[str, Any]) -> bytes:
+    r = routed.ranker
+    assignment = np.repeat(np.arange(len(r.points), dtype=np.int64), np.diff(routed.bounds))
+    tensors = [(name, encode_exact(np.ascontiguousarray(array)))
+               for name, array in (("coarse", r.coarse), ("points", r.points), ("bias", r.bias),
+                                   ("anchor", r.anchor), ("ids", routed.ids.astype(np.int64)),
+                                   ("assignment", assignment))]
+    header = {"metadata": metadata, "logit_scale": r.logit_scale, "min_confidence": r.min_confidence,
+              "sublists": r.sublists, "coarse_candidates": routed.coarse_candidates}
+    return pack(KIND, header, tensors)
+
+
+def decode_routed_lists(blob: bytes) -> RoutedLists:
+    header, tensors = unpack(blob, KIND)
+    try:
+        coarse, points, bias, anchor = (tensors[n].astype(np.float32) for n in ("coarse", "points", "bias", "anchor"))
+        ids, assignment = tensors["ids"], tensors["assignment"]
+        ranker = ListRanker(coarse=coarse, points=points, bias=bias, anchor=anchor,
+                            logit_scale=float(header["logit_scale"]), sublists=int(header["sublists"]),
+                            min_confidence=float(header["min_confidence"]))
+        coarse_candidates = int(header["coarse_candidates"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"routed list index lacks or garbles {exc}") from None
+    lists = len(coarse) * ranker.sublists
+    if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
+            or ids.shape != assignment.shape or (len(assignment) and not 0 <= assignment.min() <= assignment.max() < lists)
+            or np.any(np.diff(assignment) < 0) or coarse_candidates < 1):
+        raise ArtifactError("routed list index's lists, points and ids do not fit together")
+    return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
+
+
+def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int | None = None,
+          sublists: int = DEFAULT_SUBLISTS, coarse_candidates: int = DEFAULT_COARSE_CANDIDATES,
+          training: RouterTraining = RouterTraining()) -> dict[str, Any]:
+    """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
+    (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
+    expected = store.read_manifest(collection, SLOT)
+    keys, ids, fingerprint = read_keys(store, collection)
+    if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
+        raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")
+    lists = lists or max(1, round(math.sqrt(len(keys))))
+    if not 1 <= lists <= len(keys):
+        raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {lists}")
+    partition = TwoLevelPartition.build(keys, lists, sublists)
+    router = PointRouter(partition)
+    fit_router(router, keys, queries, partition.assignment, training)
+    routed = RoutedLists.from_assignment(router.freeze(), ids, partition.assignment, coarse_candidates)
+    fields = {"lists": lists, "sublists": sublists, "coarse_candidates": coarse_candidates,
+              "router_steps": training.steps, "fingerprint": fingerprint}
+    return model_registry.publish_blob(store, collection, encode_routed_lists(routed, fields), fields,
+                                       slot=SLOT, expected=expected)
+
+
+def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, Any]] | None:
+    manifest = store.read_manifest(collection, SLOT)
+    if not manifest:
+        return None
+    return decode_routed_lists(model_registry.read_verified_blob(store, collection, manifest)), manifest
