@@ -161,12 +161,19 @@ def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collecti
                 "--candidates", "20")
     assert pq["notes"] == [] and engine["recall@1"] == 1.0
     assert pq["recall@1"] >= 0.95  # 64-bit codes find the best key among 20 candidates, rescored exactly
-    amips(store_spec, "ingest", c, files["extra"])  # appended keys are not coded: fall back to the engine
+    # appended keys are not coded: fall back to the engine
+    _append_and_expect_engine_fallback(store_spec, c, files, "pq",
+                                       "the compressed key store is stale; run `amips pq-build`")
+
+
+def _append_and_expect_engine_fallback(store_spec, c, files, source, note):
+    """Append keys; a search with the now stale side index says so and answers exactly from the engine."""
+    amips(store_spec, "ingest", c, files["extra"])
     all_keys = np.concatenate([np.load(files["keys"]), np.load(files["extra"])])
     np.save(files["truth"].parent / "extra_truth.npy", (np.load(files["extra"]) @ all_keys.T).argmax(axis=1))
     after = search(store_spec, c, files["extra"], files["truth"].parent / "extra_truth.npy", "--mode", "off",
-                   "--candidates-from", "pq", "--exact")
-    assert after["notes"] == ["the compressed key store is stale; run `amips pq-build`"]
+                   "--candidates-from", source, "--exact")
+    assert after["notes"] == [note]
     assert after["recall@1"] == 1.0
 
 
@@ -192,10 +199,6 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
                  "--candidates", "1", "--limit", "20", "-o", one_list)
     assert one["recall@1"] >= 0.8  # the router's first list holds the best key for most queries
     assert (np.load(one_list) == -1).any(axis=1).mean() > 0.5  # one list of ~12 keys: most rows come up short
-    amips(store_spec, "ingest", c, files["extra"])  # appended keys belong to no list: fall back to the engine
-    all_keys = np.concatenate([np.load(files["keys"]), np.load(files["extra"])])
-    np.save(files["truth"].parent / "extra_truth.npy", (np.load(files["extra"]) @ all_keys.T).argmax(axis=1))
-    after = search(store_spec, c, files["extra"], files["truth"].parent / "extra_truth.npy", "--mode", "off",
-                   "--candidates-from", "route", "--exact")
-    assert after["notes"] == ["the routed list index is stale; run `amips route-build`"]
-    assert after["recall@1"] == 1.0
+    # appended keys belong to no list: fall back to the engine
+    _append_and_expect_engine_fallback(store_spec, c, files, "route",
+                                       "the routed list index is stale; run `amips route-build`")
