@@ -122,8 +122,10 @@ class QueryRewriter:
 
         result = SearchResult.empty(len(queries), limit)
         for rows, probes in self._probe_groups(mode, queries, predicted, confident):
-            part = (self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
-                    if side_index is not None else self._engine_candidates(collection, queries[rows], probes, L, limit, params))
+            if side_index is not None:
+                part = self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
+            else:
+                part = self._engine_candidates(collection, queries[rows], probes, L, limit, params)
             result.ids[rows], result.scores[rows] = part.ids, part.scores
         return result, report
 

@@ -79,9 +79,10 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"routed list index lacks or garbles {exc}") from None
     lists = len(coarse) * ranker.sublists
+    lists_in_range = not len(assignment) or 0 <= assignment.min() <= assignment.max() < lists
     if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
-            or ids.shape != assignment.shape or (len(assignment) and not 0 <= assignment.min() <= assignment.max() < lists)
-            or np.any(np.diff(assignment) < 0) or coarse_candidates < 1):
+            or ids.shape != assignment.shape or not lists_in_range or np.any(np.diff(assignment) < 0)
+            or coarse_candidates < 1):
         raise ArtifactError("routed list index's lists, points and ids do not fit together")
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 
