@@ -396,12 +396,17 @@ def main() -> None:
             routing += routing_table(work, preset)
             save_results(args.out, points + work.points, routing)
         points += work.points
-        plot(work.points, name, args.out / f"{name}.png")
     table, routes = headline(points), routing_markdown(routing)
     (args.out / "table.md").write_text(table)
     (args.out / "routing.md").write_text(routes)
     print(table)
     print(routes)
+    try:
+        for name in args.datasets or preset.datasets:
+            plot(points, name, args.out / f"{name}.png")
+    except ImportError:
+        log("matplotlib is not installed (pip install -e '.[bench]'): no PNG written")
+        return
     log(f"wrote {args.out}/points.json, table.md, routing.md and one PNG per dataset")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install amips with its test extras. Safe to run again.
+# Create .venv (once) and install amips with its test and benchmark extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch is pinned to 2.13.0 (CPU build); an unpinned torch would pull gigabytes of CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
