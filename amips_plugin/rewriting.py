@@ -34,6 +34,7 @@ from .models import MIPSModel
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid")
 CANDIDATE_SOURCES = ("engine", "pq", "route")
+RESCORE_BATCH = 256  # queries whose side-index candidates are fetched from the store in one call
 
 
 @dataclass
@@ -150,17 +151,21 @@ class QueryRewriter:
     def _rescored_candidates(self, collection: str, side_index, queries: np.ndarray,
                              probes: list[np.ndarray] | None, candidates: int, limit: int) -> SearchResult:
         """Union of the side index's candidates over the probes, rescored exactly by <x, ·> with stored vectors."""
-        pools = [side_index.candidates(p, candidates) for p in (probes or [queries])]
-        union = [np.unique(np.concatenate([pool[row] for pool in pools])) for row in range(len(queries))]
-        unique_ids = np.unique(np.concatenate(union))
-        vectors = dict(zip(unique_ids.tolist(), self.store.retrieve(collection, unique_ids)))
         result = SearchResult.empty(len(queries), limit)
-        for row, ids in enumerate(union):
-            if not len(ids):  # only empty lists were chosen: nothing to return for this query
+        for start in range(0, len(queries), RESCORE_BATCH):  # bounds the vectors fetched at once
+            rows = slice(start, start + RESCORE_BATCH)
+            pools = [side_index.candidates(p[rows], candidates) for p in (probes or [queries])]
+            union = [np.unique(np.concatenate([pool[i] for pool in pools])) for i in range(len(pools[0]))]
+            unique_ids = np.unique(np.concatenate(union))
+            if not len(unique_ids):
                 continue
-            scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
-            best = np.argsort(-scores)[:limit]
-            result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
+            vectors = dict(zip(unique_ids.tolist(), self.store.retrieve(collection, unique_ids)))
+            for row, ids in enumerate(union, start=start):
+                if not len(ids):  # only empty lists were chosen: nothing to return for this query
+                    continue
+                scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
+                best = np.argsort(-scores)[:limit]
+                result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
         return result
 
     def _side_index(self, collection: str, source: str, report: SearchReport):

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from adapters import open_store
+from amips_plugin import rewriting
 from amips_plugin.cli import main
 from amips_plugin.errors import ArtifactError
 from compression.artifact import decode_model
@@ -177,7 +178,7 @@ def _append_and_expect_engine_fallback(store_spec, c, files, source, note):
     assert after["recall@1"] == 1.0
 
 
-def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, files):
+def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, files, monkeypatch):
     """route-build → search --candidates-from route: learned list routing, rescored exactly; stale after an append."""
     c = collection_name
     amips(store_spec, "ingest", c, files["keys"])
@@ -194,6 +195,9 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
     every = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",
                    "--candidates", "48")
     assert every["notes"] == [] and every["recall@1"] == 1.0  # all 48 lists scanned: exact search
+    monkeypatch.setattr(rewriting, "RESCORE_BATCH", 7)  # candidates fetched and rescored 7 queries at a time
+    assert search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",
+                  "--candidates", "48")["recall@1"] == 1.0
     one_list = files["truth"].parent / "one_list.npy"
     one = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",
                  "--candidates", "1", "--limit", "20", "-o", one_list)
