@@ -338,7 +338,7 @@ def train_command(ctx: click.Context, collection: str, queries_path: str, config
 @click.pass_context
 @_friendly_errors
 def status_command(ctx: click.Context, collection: str | None, as_json: bool, no_verify: bool) -> None:
-    """Per collection: points, model version, whether the model is stale, its size and training metrics."""
+    """Per collection: points, the model (version, stale or fresh, size, metrics) and the side indexes (pq, router)."""
     store = _store(ctx)
     names = [collection] if collection else store.collections()
     reports = [collection_ops.status(store, name, verify=not no_verify) for name in names]
@@ -357,6 +357,10 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
             line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
                      f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
                      f"validation match {metrics.get('match_rate', float('nan')):.3f}")
+        for slot, side in r["side_indexes"].items():
+            build = {"pq": "pq-build", "router": "route-build"}[slot]
+            line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
+                f"STALE — run amips {build}" if side["stale"] else "fresh")
         click.echo(line)
 
 

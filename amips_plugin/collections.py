@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from adapters.base import DISTANCES, VectorStore
+from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from compression.artifact import encode_model
 
 from . import model_registry
@@ -96,15 +96,21 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
     """A collection's points and model; with `verify`, recompute the keys' fingerprint for staleness."""
     info = store.info(collection)
-    manifest = store.read_manifest(collection)
+    manifests = {slot: store.read_manifest(collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
-                              "distance": info.distance, "model": None}
+                              "distance": info.distance, "model": None, "side_indexes": {}}
+    fingerprint = (model_registry.current_fingerprint(store, collection)
+                   if verify and any(manifests.values()) else None)
+    manifest = manifests.pop("model")
     if manifest:
-        fingerprint = model_registry.current_fingerprint(store, collection) if verify else None
         report["model"] = {
             "version": manifest.get("version"), "stale": model_registry.is_stale(manifest, fingerprint),
             "fingerprint": manifest.get("fingerprint"), "bytes": manifest.get("bytes"),
             "kind": (manifest.get("model") or {}).get("kind"), "metrics": manifest.get("metrics"),
             "created": manifest.get("created"),
         }
+    for slot, side in manifests.items():  # the compressed key store ("pq") and the routed lists ("router")
+        if side:
+            report["side_indexes"][slot] = {"version": side.get("version"), "bytes": side.get("bytes"),
+                                            "stale": model_registry.is_stale(side, fingerprint)}
     return report

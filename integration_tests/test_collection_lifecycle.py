@@ -176,6 +176,9 @@ def _append_and_expect_engine_fallback(store_spec, c, files, source, note):
                    "--candidates-from", source, "--exact")
     assert after["notes"] == [note]
     assert after["recall@1"] == 1.0
+    slot = {"pq": "pq", "route": "router"}[source]
+    assert status(store_spec, c)["side_indexes"][slot]["stale"] is True
+    assert "STALE — run amips" in amips(store_spec, "status", c).output
 
 
 def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, files, monkeypatch):
@@ -185,6 +188,8 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
     built = amips(store_spec, "route-build", c, "--queries", files["train"], "--lists", "12", "--sublists", "4",
                   "--coarse-candidates", "12", "--steps", "300").output
     assert "12 × 4 lists" in built
+    assert status(store_spec, c)["side_indexes"]["router"]["stale"] is False
+    assert "router v1" in amips(store_spec, "status", c).output
     store = open_store(store_spec)
     try:
         manifest = store.read_manifest(c, "router")
