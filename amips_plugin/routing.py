@@ -192,11 +192,7 @@ class ListRanker:
         in BLAS than gathering M·s points per query and ranks identically."""
         queries = np.asarray(queries, dtype=np.float32)
         fine = self._candidates(queries, coarse_candidates)
-        if len(queries) == 1:
-            scores = (self.points[fine[0]] @ queries[0] + self.bias[fine[0]] * np.linalg.norm(queries[0]))[None, :]
-        else:
-            every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
-            scores = np.take_along_axis(every, fine, axis=1)
+        scores = self._learned_scores(queries, fine)
         gated = self._confidence(scores) < self.min_confidence
         if gated.any():
             scores[gated] = np.einsum("bkd,bd->bk", self.anchor[fine[gated]], queries[gated])
@@ -205,9 +201,7 @@ class ListRanker:
     def confidence(self, queries: np.ndarray, coarse_candidates: int) -> np.ndarray:
         """p(x) per query: the softmax probability of the router's first choice among its candidates."""
         queries = np.asarray(queries, dtype=np.float32)
-        fine = self._candidates(queries, coarse_candidates)
-        every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
-        return self._confidence(np.take_along_axis(every, fine, axis=1))
+        return self._confidence(self._learned_scores(queries, self._candidates(queries, coarse_candidates)))
 
     def calibrate_gate(self, held_out: np.ndarray, coarse_candidates: int, quantile: float) -> ListRanker:
         """This ranker gated at the `quantile` of p(x) over held-out in-distribution queries: about
@@ -228,6 +222,14 @@ class ListRanker:
         else:
             top = np.broadcast_to(np.arange(m), (len(queries), m))
         return (top[:, :, None] * self.sublists + np.arange(self.sublists)).reshape(len(queries), -1)
+
+    def _learned_scores(self, queries: np.ndarray, fine: np.ndarray) -> np.ndarray:
+        """σ̂_f(x) for each query's candidate fine lists `fine` (B, M·s): one query gathers its M·s
+        points; a batch scores all c·s points in one matrix product and picks the candidates'."""
+        if len(queries) == 1:
+            return (self.points[fine[0]] @ queries[0] + self.bias[fine[0]] * np.linalg.norm(queries[0]))[None, :]
+        every = queries @ self.points.T + self.bias * np.linalg.norm(queries, axis=1, keepdims=True)
+        return np.take_along_axis(every, fine, axis=1)
 
     def _confidence(self, scores: np.ndarray) -> np.ndarray:
         logits = self.logit_scale * (scores - scores.max(axis=1, keepdims=True))
