@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from adapters import SearchParams, VectorStore, open_store
 from compression.artifact import decode_model, load_model, read_header, save_model
+from compression import pq_store
 from compression.quantization import STORAGE_DTYPES
 
 from . import __version__
 from .arrays import load_vectors
 from . import collections as collection_ops
-from . import model_registry
+from . import model_registry, router_store
 from .errors import AmipsError, InputError, StoreError
 from .files import atomic_write
 from .fingerprint import keys_fingerprint
@@ -42,6 +43,7 @@ from .targets import exact_top1
 from .training import TrainConfig, fit
 
 DEFAULTS = TrainConfig()
+_SIDE_INDEX_BUILDERS = {pq_store.SLOT: pq_store.BUILD_COMMAND, router_store.SLOT: router_store.BUILD_COMMAND}
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
 
 
@@ -358,9 +360,8 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
                      f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
                      f"validation match {metrics.get('match_rate', float('nan')):.3f}")
         for slot, side in r["side_indexes"].items():
-            build = {"pq": "pq-build", "router": "route-build"}[slot]
             line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
-                f"STALE — run amips {build}" if side["stale"] else "fresh")
+                f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
         click.echo(line)
 
 
@@ -448,8 +449,6 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
 
     Searches with `--candidates-from pq` then take their candidates from it and rescore them exactly.
     """
-    from compression import pq_store
-
     manifest = pq_store.build(_store(ctx), collection, subspaces, threshold)
     ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
     click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
@@ -476,8 +475,6 @@ def route_build_command(ctx: click.Context, collection: str, queries_path: str, 
     that a query's best key lies in the list ranked first. Searches with `--candidates-from route
     --candidates P` then scan the P best-ranked fine lists and rescore their keys exactly.
     """
-    from . import router_store
-
     queries = load_vectors(queries_path, "QUERIES")
     manifest = router_store.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
                                   RouterTraining(steps=steps))

@@ -175,8 +175,8 @@ class QueryRewriter:
 
         from . import router_store
 
-        module, name, command = ((pq_store, "compressed key store", "pq-build") if source == "pq"
-                                 else (router_store, "routed list index", "route-build"))
+        module = pq_store if source == "pq" else router_store
+        name, command = module.DESCRIPTION, module.BUILD_COMMAND
         try:
             loaded = module.load(self.store, collection)
         except AmipsError as exc:

@@ -29,6 +29,8 @@ from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition,
 
 KIND = "amips-router"
 SLOT = "router"
+DESCRIPTION = "routed list index"  # how searches and `status` name it
+BUILD_COMMAND = "route-build"
 DEFAULT_SUBLISTS = 8
 DEFAULT_COARSE_CANDIDATES = 16
 

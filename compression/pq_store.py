@@ -22,6 +22,8 @@ from .quantization import encode_exact
 
 KIND = "amips-pq"
 SLOT = "pq"
+DESCRIPTION = "compressed key store"  # how searches and `status` name it
+BUILD_COMMAND = "pq-build"
 
 
 @dataclass(frozen=True)
