@@ -25,6 +25,7 @@ from amips_plugin.errors import StoreBusyError
 
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = ("model", "pq", "router")
+SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate to this quantile
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
 

@@ -32,7 +32,8 @@ import qdrant_edge as edge
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.files import atomic_write
 
-from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
+from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
+                   records_as_arrays)
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
@@ -69,8 +70,8 @@ class EdgeStore(VectorStore):
         return self.root / collection
 
     def _config(self, dim: int, distance: str, scalar_quantization: bool) -> edge.EdgeConfig:
-        quantization = edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, always_ram=True) \
-            if scalar_quantization else None
+        quantization = edge.ScalarQuantizationConfig(
+            type=edge.ScalarType.Int8, quantile=SCALAR_QUANTILE, always_ram=True) if scalar_quantization else None
         return edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], quantization_config=quantization),
             hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT,

@@ -38,7 +38,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 
-from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results, records_as_arrays
+from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
+                   records_as_arrays)
 
 SIDECAR_SUFFIX = "__amips"
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
@@ -126,7 +127,7 @@ class QdrantClientStore(VectorStore):
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=0.99, always_ram=True)) if scalar_quantization else None
+            type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
         self.client.create_collection(collection, vectors_config=models.VectorParams(size=dim, distance=_DISTANCE[distance]),
                                       shard_number=shards, replication_factor=replication_factor,
                                       quantization_config=quantization)

@@ -37,7 +37,7 @@ from edge_curves import edge_curves
 from datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
 
 from adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
-from compression.artifact import load_model, save_model  # noqa: E402
+from compression.artifact import load_model, save_model
 from amips_plugin.routing import (
     CorrectedModelRouter,
     PointRouter,
