@@ -1,6 +1,7 @@
 """Backends behind one small interface (base.VectorStore), opened from a --store string."""
 from __future__ import annotations
 
+from . import point_ids
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore
 
 
@@ -15,4 +16,4 @@ def open_store(spec: str, api_key: str | None = None) -> VectorStore:
     return QdrantClientStore(spec, api_key=api_key)
 
 
-__all__ = ["CollectionInfo", "SearchParams", "SearchResult", "VectorStore", "open_store"]
+__all__ = ["CollectionInfo", "SearchParams", "SearchResult", "VectorStore", "open_store", "point_ids"]

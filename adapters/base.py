@@ -1,6 +1,7 @@
 """The one small interface every backend implements (DESIGN.md §3–4).
 
-A store holds named collections of dense vectors with integer ids, answers batched nearest-
+A store holds named collections of dense vectors with Qdrant point ids (integers or UUIDs, as
+arrays: `point_ids`), answers batched nearest-
 neighbour queries (plain, or with prefetch candidates rescored by the original query), and keeps
 two things for the model that rides along with each collection: a JSON manifest (the collection's
 metadata) and binary blobs under integer ids (the model artifact). `amips_plugin.model_registry` builds
@@ -21,7 +22,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from amips_plugin.errors import StoreBusyError
+from amips_plugin.errors import InputError, StoreBusyError
+
+from . import point_ids
 
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = ("model", "pq", "router")
@@ -51,34 +54,54 @@ class SearchParams:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Per query, the returned ids (−1 pads short rows) and their scores, best first."""
+    """Per query, the returned ids and their scores, best first. Ids are int64 (−1 pads short rows)
+    or, in a collection with UUID ids, canonical text ("" pads); see `point_ids`."""
 
-    ids: np.ndarray  # (M, k) int64
+    ids: np.ndarray  # (M, k) int64 or <U36
     scores: np.ndarray  # (M, k) float32
 
     @classmethod
-    def empty(cls, rows: int, limit: int) -> "SearchResult":
-        """All rows padded: ids −1, scores −inf."""
-        return cls(np.full((rows, limit), -1, dtype=np.int64), np.full((rows, limit), -np.inf, dtype=np.float32))
+    def empty(cls, rows: int, limit: int, text: bool = False) -> "SearchResult":
+        """All rows padded: ids −1 (or ""), scores −inf."""
+        return cls(point_ids.padded((rows, limit), text), np.full((rows, limit), -np.inf, dtype=np.float32))
+
+    def assign(self, rows: Any, part: "SearchResult") -> "SearchResult":
+        """This result with `rows` replaced by `part` (switching to text ids when `part` has them)."""
+        ids, part_ids = point_ids.common([self.ids, part.ids])
+        ids[rows], self.scores[rows] = part_ids, part.scores
+        return SearchResult(ids, self.scores)
 
 
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id and .score), one list per query, as padded arrays."""
-    result = SearchResult.empty(len(responses), limit)
+    flat = [point for points in responses for point in points[:limit]]
+    ids = point_ids.as_id_array([point.id for point in flat])
+    result = SearchResult.empty(len(responses), limit, text=point_ids.is_text(ids))
+    at = 0
     for row, points in enumerate(responses):
-        for col, point in enumerate(points[:limit]):
-            result.ids[row, col], result.scores[row, col] = int(point.id), point.score
+        n = min(len(points), limit)
+        result.ids[row, :n] = ids[at:at + n]
+        result.scores[row, :n] = [point.score for point in points[:n]]
+        at += n
     return result
 
 
 def records_as_arrays(records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Scrolled records (anything with .id and .vector) as (ids, vectors) arrays."""
-    return (np.array([r.id for r in records], dtype=np.int64),
+    return (point_ids.as_id_array([r.id for r in records]),
             np.array([r.vector for r in records], dtype=np.float32))
 
 
+def vectors_in_order(collection: str, wanted: Sequence[Any], found: dict[Any, Any]) -> np.ndarray:
+    """Retrieved vectors (by canonical id) in the order of `wanted`; InputError naming missing ids."""
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise InputError(f"{len(missing)} ids not in {collection!r}, e.g. {missing[:3]}")
+    return np.array([found[i] for i in wanted], dtype=np.float32).reshape(len(wanted), -1)
+
+
 class VectorStore(abc.ABC):
-    """A backend. Vectors are float32 (n, d); ids are non-negative int64."""
+    """A backend. Vectors are float32 (n, d); ids are arrays of Qdrant point ids (`point_ids`)."""
 
     location: str
     manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
@@ -100,8 +123,17 @@ class VectorStore(abc.ABC):
         searches, rescoring its candidates with the originals."""
 
     @abc.abstractmethod
-    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Insert or overwrite points."""
+    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
+        """Insert or overwrite points (with a payload each, when given)."""
+
+    @abc.abstractmethod
+    def existing(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` the collection already holds (a subset of `ids`, same representation)."""
+
+    @abc.abstractmethod
+    def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
+        """Every point id, in batches (no vectors read)."""
 
     @abc.abstractmethod
     def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

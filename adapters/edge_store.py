@@ -24,7 +24,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import qdrant_edge as edge
@@ -32,8 +32,9 @@ import qdrant_edge as edge
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.files import atomic_write
 
+from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   records_as_arrays)
+                   records_as_arrays, vectors_in_order)
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
@@ -112,13 +113,35 @@ class EdgeStore(VectorStore):
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
 
-    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
         shard = self._shard(collection)
+        qdrant_ids = point_ids.to_qdrant_list(ids)
         for start in range(0, len(ids), UPSERT_BATCH):
-            points = [edge.Point(int(i), v, None) for i, v in zip(ids[start:start + UPSERT_BATCH],
-                                                                  vectors[start:start + UPSERT_BATCH])]
+            stop = start + UPSERT_BATCH
+            points = [edge.Point(i, v, p) for i, v, p in zip(qdrant_ids[start:stop], vectors[start:stop].tolist(),
+                                                             payloads[start:stop] if payloads else [None] * len(ids))]
             shard.update(edge.UpdateOperation.upsert_points(points))
         shard.flush()
+
+    def existing(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        shard = self._shard(collection)
+        found: list[Any] = []
+        qdrant_ids = point_ids.to_qdrant_list(ids)
+        for start in range(0, len(qdrant_ids), UPSERT_BATCH):
+            found += [r.id for r in shard.retrieve(qdrant_ids[start:start + UPSERT_BATCH], False, False)]
+        return point_ids.common([point_ids.as_id_array(found), ids])[0]
+
+    def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
+        shard = self._shard(collection)
+        offset = None
+        while True:
+            records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size, with_vector=False,
+                                                              with_payload=False))
+            if records:
+                yield point_ids.as_id_array([r.id for r in records])
+            if offset is None:
+                return
 
     def finish_bulk_load(self, collection: str) -> None:
         shard = self._shard(collection)
@@ -170,11 +193,9 @@ class EdgeStore(VectorStore):
         return self._folder(collection) / "amips"
 
     def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
-        records = {int(r.id): r.vector for r in self._shard(collection).retrieve([int(i) for i in ids], None, True)}
-        missing = [int(i) for i in ids if int(i) not in records]
-        if missing:
-            raise InputError(f"{len(missing)} ids not in {collection!r}, e.g. {missing[:3]}")
-        return np.array([records[int(i)] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        wanted = point_ids.to_qdrant_list(ids)
+        records = {point_ids.canonical(r.id): r.vector for r in self._shard(collection).retrieve(wanted, None, True)}
+        return vectors_in_order(collection, wanted, records)
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         path = self._model_dir(collection) / _MANIFEST_FILES[slot]

@@ -30,7 +30,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -38,8 +38,9 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 
+from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   records_as_arrays)
+                   records_as_arrays, vectors_in_order)
 
 SIDECAR_SUFFIX = "__amips"
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
@@ -132,11 +133,34 @@ class QdrantClientStore(VectorStore):
                                       shard_number=shards, replication_factor=replication_factor,
                                       quantization_config=quantization)
 
-    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
+        qdrant_ids = point_ids.to_qdrant_list(ids)
         for start in range(0, len(ids), UPSERT_BATCH):
-            batch = models.Batch(ids=[int(i) for i in ids[start:start + UPSERT_BATCH]],
-                                 vectors=vectors[start:start + UPSERT_BATCH].tolist())
+            stop = start + UPSERT_BATCH
+            batch = models.Batch(ids=qdrant_ids[start:stop], vectors=vectors[start:stop].tolist(),
+                                 payloads=list(payloads[start:stop]) if payloads else None)
             self.client.upsert(collection, points=batch, wait=True)
+
+    def existing(self, collection: str, ids: np.ndarray) -> np.ndarray:
+        self._require(collection)
+        found: list[Any] = []
+        qdrant_ids = point_ids.to_qdrant_list(ids)
+        for start in range(0, len(qdrant_ids), UPSERT_BATCH):
+            found += [r.id for r in self.client.retrieve(collection, qdrant_ids[start:start + UPSERT_BATCH],
+                                                         with_payload=False, with_vectors=False)]
+        return point_ids.common([point_ids.as_id_array(found), ids])[0]
+
+    def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
+        self._require(collection)
+        offset = None
+        while True:
+            records, offset = self.client.scroll(collection, limit=batch_size, offset=offset, with_vectors=False,
+                                                 with_payload=False)
+            if records:
+                yield point_ids.as_id_array([r.id for r in records])
+            if offset is None:
+                return
 
     def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         self._require(collection)
@@ -180,11 +204,10 @@ class QdrantClientStore(VectorStore):
     # what rides along --------------------------------------------------------------------------
     def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
         self._require(collection)
-        records = {int(r.id): r.vector for r in self.client.retrieve(collection, [int(i) for i in ids], with_vectors=True)}
-        missing = [int(i) for i in ids if int(i) not in records]
-        if missing:
-            raise InputError(f"{len(missing)} ids not in {collection!r}, e.g. {missing[:3]}")
-        return np.array([records[int(i)] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        wanted = point_ids.to_qdrant_list(ids)
+        records = {point_ids.canonical(r.id): r.vector
+                   for r in self.client.retrieve(collection, wanted, with_payload=False, with_vectors=True)}
+        return vectors_in_order(collection, wanted, records)
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)

@@ -5,7 +5,9 @@ returned as contiguous float32, the dtype all computation uses.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +48,42 @@ def load_vectors(path: str | Path, what: str | None = None, dim: int | None = No
     if not isinstance(array, np.ndarray):
         raise InputError(f"{what}: expected a single .npy array, got {type(array).__name__}")
     return check_vectors(array, what, dim)
+
+
+def load_ids(path: str | Path) -> list[Any]:
+    """Point ids from a `.npy` array (integers or strings, never pickled) or a text file, one id a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ids: no such file: {path}")
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"ids: not a plain .npy array of integers or strings ({exc})") from None
+        if array.ndim != 1 or array.dtype.kind not in "iuU":
+            raise InputError(f"ids: expected a 1-D array of integers or strings, got {array.dtype} {array.shape}")
+        return array.tolist()
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"ids: cannot read {path} ({exc})") from None
+
+
+def load_payloads(path: str | Path) -> list[dict[str, Any] | None]:
+    """Payloads from a JSONL file: one JSON object (or null) per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"payload: no such file: {path}")
+    payloads: list[dict[str, Any] | None] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                value = json.loads(line)
+                if value is not None and not isinstance(value, dict):
+                    raise InputError(f"payload: line {number} is not a JSON object or null")
+                payloads.append(value)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"payload: cannot read {path} ({exc})") from None
+    return payloads

@@ -21,13 +21,13 @@ import torch
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
-from adapters import SearchParams, VectorStore, open_store
+from adapters import SearchParams, VectorStore, open_store, point_ids
 from compression.artifact import decode_model, load_model, read_header, save_model
 from compression import pq_store
 from compression.quantization import STORAGE_DTYPES
 
 from . import __version__
-from .arrays import load_vectors
+from .arrays import load_ids, load_payloads, load_vectors
 from . import collections as collection_ops
 from . import model_registry, router_store
 from .errors import AmipsError, InputError, StoreError
@@ -294,22 +294,39 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
 @click.argument("keys_path", metavar="KEYS.npy", type=click.Path(dir_okay=False))
 @click.option("--distance", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
               help="dot: maximum inner product; cosine: Qdrant normalises the stored vectors.")
+@click.option("--ids", "ids_path", type=click.Path(dir_okay=False), default=None,
+              help="The points' ids: a .npy array (integers or UUID strings) or a text file, one id a line. "
+                   "Default: 0..N−1 for a new collection, else the largest integer id + 1 onwards.")
+@click.option("--payload", "payload_path", type=click.Path(dir_okay=False), default=None,
+              help="A JSONL file: one JSON object (the point's payload) or null per key, in order.")
+@click.option("--upsert", is_flag=True,
+              help="Overwrite points whose ids already exist (without it such an append is refused, nothing written).")
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection (server/cluster).")
 @click.option("--replication-factor", type=click.IntRange(min=1), default=None,
               help="Copies of each shard of a new collection (cluster).")
 @click.option("--scalar-quantization", is_flag=True,
               help="New collection: also keep int8 copies of the vectors for HNSW (4× less memory to search), "
                    "candidates rescored with the originals.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
-def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance: str, shards: int | None,
-                   replication_factor: int | None, scalar_quantization: bool) -> None:
-    """Create COLLECTION from KEYS.npy (ids 0..N−1), or append to it (ids continue; the model becomes stale)."""
+def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance: str, ids_path: str | None,
+                   payload_path: str | None, upsert: bool, shards: int | None, replication_factor: int | None,
+                   scalar_quantization: bool, quiet: bool) -> None:
+    """Create COLLECTION from KEYS.npy, or append to it without touching the points it holds.
+
+    An append whose ids already exist is refused before anything is written (unless --upsert);
+    it marks the model and side indexes stale.
+    """
     keys = load_vectors(keys_path, "KEYS")
-    start, total = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
-                                         scalar_quantization)
-    click.echo(f"{collection}: {'appended' if start else 'created with'} {len(keys):,} points "
-               f"(ids {start}..{total - 1}); {total:,} in all")
+    ingested = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
+                                     scalar_quantization, ids=load_ids(ids_path) if ids_path else None,
+                                     payloads=load_payloads(payload_path) if payload_path else None, upsert=upsert,
+                                     progress=not quiet)
+    ids = ingested.ids
+    span = f"ids {ids[0]}..{ids[-1]}" if not point_ids.is_text(ids) and np.all(np.diff(ids) == 1) else f"{len(ids):,} ids"
+    click.echo(f"{collection}: {'created with' if ingested.created else 'appended'} {len(keys):,} points "
+               f"({span}); {ingested.count:,} in all")
 
 
 @main.command("train")
@@ -367,7 +384,8 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 
 @main.command("search")
 @click.argument("collection")
-@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="The query vectors (.npy, M×d).")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
               help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
@@ -383,7 +401,10 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 @click.option("--oversampling", type=click.FloatRange(min=1), default=None,
               help="Scalar-quantized collection: int8 candidates per result, rescored with the originals.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False), default=None,
-              help="True best ids (.npy, one per query): report recall@1 and recall@limit.")
+              help="True best ids (.npy: one per query, or each query's true top-k, best first): report "
+                   "recall@1 and recall@limit of the true best.")
+@click.option("--show", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Print the ids and scores of the first N queries' results.")
 @click.option("--single", is_flag=True, help="Send queries one at a time and report latency percentiles.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the ids (int64, M×limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -391,8 +412,8 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 @_friendly_errors
 def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str,
                    candidates: int | None, candidate_source: str, hnsw_ef: int | None, exact: bool,
-                   oversampling: float | None, truth_path: str | None, single: bool, output: str | None,
-                   as_json: bool) -> None:
+                   oversampling: float | None, truth_path: str | None, show: int, single: bool,
+                   output: str | None, as_json: bool) -> None:
     """Search COLLECTION for every row of QUERIES.npy, rewriting queries with the stored model."""
     queries = load_vectors(queries_path, "QUERIES")
     rewriter = QueryRewriter(_store(ctx))
@@ -410,12 +431,13 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
             tick = time.perf_counter()
             parts.append(run(queries[row:row + 1]))
             latencies.append(time.perf_counter() - tick)
-        ids = np.concatenate([p[0].ids for p in parts])
+        ids = point_ids.concatenate([p[0].ids for p in parts])
+        scores = np.concatenate([p[0].scores for p in parts])
         report = parts[-1][1]
         report.rewritten, report.plain = sum(p[1].rewritten for p in parts), sum(p[1].plain for p in parts)
     else:
         result, report = run(queries)
-        ids = result.ids
+        ids, scores = result.ids, result.scores
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {"collection": collection, "mode": mode, "candidates_from": candidate_source,
                                "notes": report.notes, "queries": len(queries), "limit": limit,
@@ -426,14 +448,27 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
         summary["latency_ms_p50"] = round(1000 * float(np.percentile(latencies, 50)), 3)
         summary["latency_ms_p99"] = round(1000 * float(np.percentile(latencies, 99)), 3)
     if truth_path:
-        truth = np.load(truth_path, allow_pickle=False).astype(np.int64).reshape(-1)
-        if len(truth) != len(queries):
-            raise InputError(f"--truth has {len(truth)} ids for {len(queries)} queries")
-        summary["recall@1"] = float(np.mean(ids[:, 0] == truth))
-        summary[f"recall@{limit}"] = float(np.mean((ids == truth[:, None]).any(axis=1)))
+        truth = _load_truth(truth_path, len(queries), ids)
+        summary["recall@1"] = round(float(np.mean(ids[:, 0] == truth[:, 0])), 4)
+        summary[f"recall@{limit}"] = round(float(np.mean((ids == truth[:, :1]).any(axis=1))), 4)
     if output:
         np.save(output, ids)
     click.echo(json.dumps(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+    for row in range(min(show, len(queries))):
+        hits = [f"{i}:{s:.4f}" for i, s in zip(ids[row].tolist(), scores[row].tolist()) if i not in (-1, "")]
+        click.echo(f"query {row}: " + "  ".join(hits))
+
+
+def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
+    """True best ids, one per query (or each query's true top-k, best first), as ids comparable with `ids`."""
+    try:
+        truth = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"--truth: not a plain .npy array ({exc})") from None
+    if truth.ndim not in (1, 2) or truth.dtype.kind not in "iuU" or len(truth) != rows:
+        raise InputError(f"--truth: expected {rows} ids (or {rows} rows of top-k ids), got {truth.dtype} {truth.shape}")
+    truth = truth.reshape(rows, -1)
+    return point_ids.common([truth if truth.dtype.kind == "U" else truth.astype(np.int64), ids])[0]
 
 
 @main.command("pq-build")

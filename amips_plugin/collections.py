@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from adapters import point_ids
 from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from compression.artifact import encode_model
 
@@ -17,33 +19,86 @@ from .training import FitResult, TrainConfig, fit
 
 
 
+INGEST_BATCH = 8192  # points per store call while ingesting (one progress step each)
+EXISTING_SHOWN = 5  # existing ids named when an append would overwrite them
+
+
+@dataclass(frozen=True)
+class Ingested:
+    created: bool  # a new collection was made
+    ids: np.ndarray  # the ids written, in input order
+    count: int  # points in the collection afterwards
+
+
 def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: str = "dot",
            shards: int | None = None, replication_factor: int | None = None,
-           scalar_quantization: bool = False) -> tuple[int, int]:
-    """Create the collection (ids 0..N−1) or append to it (ids continue after its point count).
+           scalar_quantization: bool = False, ids: np.ndarray | Sequence[Any] | None = None,
+           payloads: Sequence[dict[str, Any] | None] | None = None, upsert: bool = False,
+           progress: bool = False) -> Ingested:
+    """Create the collection, or append to it without ever changing a point it already holds.
 
-    Appending marks the collection's model stale, before the first point is written, so an append
-    that fails or is interrupted half-way leaves the model stale rather than fresh-looking.
-    Returns (first id, new point count).
+    Ids: `ids` when given (any Qdrant ids: unsigned integers or UUIDs, unique); otherwise 0..N−1 for
+    a new collection and, for an existing one, the largest integer id + 1 onwards. (Never the point
+    count: with gaps or deletions that would overwrite existing points.) Ids the collection already
+    holds are refused with an InputError naming some of them, before anything is written, unless
+    `upsert` is set. Appending marks the collection's model and side indexes stale before the first
+    point is written, so an append that fails half-way leaves them stale rather than fresh-looking.
     """
     if distance not in DISTANCES:
         raise InputError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
     vectors = check_vectors(vectors, "keys")
+    if payloads is not None and len(payloads) != len(vectors):
+        raise InputError(f"{len(payloads)} payloads for {len(vectors)} keys")
     try:
         info = store.info(collection)
     except UnknownCollectionError:
-        store.create(collection, vectors.shape[1], distance, shards, replication_factor, scalar_quantization)
-        start = 0
-    else:
+        info = None
+    if info is not None:
         if info.dim != vectors.shape[1]:
             raise InputError(f"keys have dimension {vectors.shape[1]}, collection {collection!r} has {info.dim}")
         if info.distance != distance:
             raise InputError(f"collection {collection!r} uses distance {info.distance!r}, not {distance!r}")
-        start = info.count
+    new_ids = _ids_for(store, collection if info else None, len(vectors), ids)
+    if info is not None and not upsert:
+        taken = store.existing(collection, new_ids)
+        if len(taken):
+            shown = ", ".join(str(i) for i in taken[:EXISTING_SHOWN].tolist())
+            raise InputError(f"{len(taken)} of these ids already exist in {collection!r} (e.g. {shown}); nothing "
+                             "was written — pass other ids, or --upsert to overwrite those points")
+    if info is None:
+        store.create(collection, vectors.shape[1], distance, shards, replication_factor, scalar_quantization)
+    else:
         model_registry.mark_stale(store, collection)
-    store.upsert(collection, np.arange(start, start + len(vectors), dtype=np.int64), vectors)
+    with tqdm(total=len(vectors), unit="pt", desc=f"ingest {collection}", disable=not progress) as bar:
+        for start in range(0, len(vectors), INGEST_BATCH):
+            stop = start + INGEST_BATCH
+            store.upsert(collection, new_ids[start:stop], vectors[start:stop],
+                         None if payloads is None else payloads[start:stop])
+            bar.update(min(stop, len(vectors)) - start)
     store.finish_bulk_load(collection)
-    return start, start + len(vectors)
+    return Ingested(info is None, new_ids, store.info(collection).count)
+
+
+def _ids_for(store: VectorStore, existing: str | None, n: int, ids: np.ndarray | Sequence[Any] | None) -> np.ndarray:
+    """The ids of n new points: validated given ones, or the next free integers."""
+    if ids is not None:
+        try:
+            chosen = point_ids.as_id_array(ids)
+        except ValueError as exc:
+            raise InputError(f"ids: {exc}") from None
+        if len(chosen) != n:
+            raise InputError(f"{len(chosen)} ids for {n} keys")
+        if len(np.unique(chosen)) != n:
+            raise InputError("ids: the same id is given more than once")
+        return chosen
+    start = 0
+    if existing is not None:
+        for batch in store.all_ids(existing, model_registry.SCROLL_BATCH):
+            numeric = batch if not point_ids.is_text(batch) else np.array(
+                [int(i) for i in batch.tolist() if i.isdigit()], dtype=np.int64)
+            if len(numeric):
+                start = max(start, int(numeric.max()) + 1)
+    return np.arange(start, start + n, dtype=np.int64)
 
 
 def read_keys(store: VectorStore, collection: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -52,16 +107,17 @@ def read_keys(store: VectorStore, collection: str) -> tuple[np.ndarray, np.ndarr
     if info.count == 0:
         raise InputError(f"collection {collection!r} is empty: there is nothing to learn")
     keys = np.empty((info.count, info.dim), dtype=np.float32)
-    ids = np.empty(info.count, dtype=np.int64)
+    id_batches: list[np.ndarray] = []
     fingerprint = KeyFingerprint()
     filled = 0
     for batch_ids, batch in store.scroll(collection, model_registry.SCROLL_BATCH):
         if filled + len(batch_ids) > len(keys):
             raise InputError(f"collection {collection!r} grew while it was read; try again")
-        keys[filled:filled + len(batch_ids)], ids[filled:filled + len(batch_ids)] = batch, batch_ids
+        keys[filled:filled + len(batch_ids)] = batch
+        id_batches.append(batch_ids)
         fingerprint.update(batch_ids, batch)
         filled += len(batch_ids)
-    return keys[:filled], ids[:filled], fingerprint.result()
+    return keys[:filled], point_ids.concatenate(id_batches), fingerprint.result()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Fingerprint of a key set: which keys a model was trained on (DESIGN.md §5, staleness).
 
-SHA-256 over (id, vector) in ascending id order, float32 little-endian, fed batch by batch so a
-store can be fingerprinted while it is scrolled. Keys read from a file get ids 0..N−1, the ids
+SHA-256 over (id, vector) in the store's scroll order (ids as `adapters.point_ids.id_bytes`, vectors
+float32 little-endian), fed batch by batch so a store can be fingerprinted while it is scrolled. Keys read from a file get ids 0..N−1, the ids
 `amips ingest` gives them, so a file and the collection made from it agree.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from adapters.point_ids import id_bytes
+
 
 class KeyFingerprint:
     def __init__(self) -> None:
@@ -19,7 +21,7 @@ class KeyFingerprint:
         self._dim: int | None = None
 
     def update(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self._digest.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+        self._digest.update(id_bytes(np.asarray(ids)))
         self._digest.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self._count += len(ids)
         self._dim = int(vectors.shape[1])

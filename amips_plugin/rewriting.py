@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from adapters import point_ids
 from adapters.base import SearchParams, SearchResult, VectorStore
 
 from . import model_registry
@@ -127,7 +128,7 @@ class QueryRewriter:
                 part = self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
             else:
                 part = self._engine_candidates(collection, queries[rows], probes, L, limit, params)
-            result.ids[rows], result.scores[rows] = part.ids, part.scores
+            result = result.assign(rows, part)
         return result, report
 
     @staticmethod
@@ -151,7 +152,7 @@ class QueryRewriter:
     def _rescored_candidates(self, collection: str, side_index, queries: np.ndarray,
                              probes: list[np.ndarray] | None, candidates: int, limit: int) -> SearchResult:
         """Union of the side index's candidates over the probes, rescored exactly by <x, ·> with stored vectors."""
-        result = SearchResult.empty(len(queries), limit)
+        result = SearchResult.empty(len(queries), limit, text=point_ids.is_text(side_index.ids))
         for start in range(0, len(queries), RESCORE_BATCH):  # bounds the vectors fetched at once
             rows = slice(start, start + RESCORE_BATCH)
             pools = [side_index.candidates(p[rows], candidates) for p in (probes or [queries])]

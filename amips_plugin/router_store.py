@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters import point_ids
 from adapters.base import VectorStore
 from compression.artifact import pack, unpack
 from compression.quantization import encode_exact
@@ -40,7 +41,7 @@ class RoutedLists:
     """A frozen router over the collection's point ids, grouped by fine list."""
 
     ranker: ListRanker
-    ids: np.ndarray  # (N,) int64 point ids, sorted by fine list
+    ids: np.ndarray  # (N,) point ids (int64 or text, `adapters.point_ids`), sorted by fine list
     bounds: np.ndarray  # (c·s + 1,) fine list f holds ids[bounds[f]:bounds[f + 1]]
     coarse_candidates: int
 
@@ -62,7 +63,7 @@ def encode_routed_lists(routed: RoutedLists, metadata: dict[str, Any]) -> bytes:
     assignment = np.repeat(np.arange(len(r.points), dtype=np.int64), np.diff(routed.bounds))
     tensors = [(name, encode_exact(np.ascontiguousarray(array)))
                for name, array in (("coarse", r.coarse), ("points", r.points), ("bias", r.bias),
-                                   ("anchor", r.anchor), ("ids", routed.ids.astype(np.int64)),
+                                   ("anchor", r.anchor), point_ids.encode_for_artifact(routed.ids),
                                    ("assignment", assignment))]
     header = {"metadata": metadata, "logit_scale": r.logit_scale, "min_confidence": r.min_confidence,
               "sublists": r.sublists, "coarse_candidates": routed.coarse_candidates}
@@ -73,7 +74,7 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     header, tensors = unpack(blob, KIND)
     try:
         coarse, points, bias, anchor = (tensors[n].astype(np.float32) for n in ("coarse", "points", "bias", "anchor"))
-        ids, assignment = tensors["ids"], tensors["assignment"]
+        ids, assignment = point_ids.decode_from_artifact(tensors), tensors["assignment"]
         ranker = ListRanker(coarse=coarse, points=points, bias=bias, anchor=anchor,
                             logit_scale=float(header["logit_scale"]), sublists=int(header["sublists"]),
                             min_confidence=float(header["min_confidence"]))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters import point_ids
 from adapters.base import VectorStore
 from amips_plugin import model_registry
 from amips_plugin.collections import read_keys
@@ -29,7 +30,7 @@ BUILD_COMMAND = "pq-build"
 @dataclass(frozen=True)
 class KeyStore:
     codes: ProductCodes
-    ids: np.ndarray  # (N,) int64: the store's point id of each coded key
+    ids: np.ndarray  # (N,) the store's point id of each coded key (int64 or text, `adapters.point_ids`)
 
     def candidates(self, probes: np.ndarray, limit: int) -> np.ndarray:
         """Point ids of the top-`limit` keys by asymmetric score, per probe row."""
@@ -37,17 +38,18 @@ class KeyStore:
 
 
 def encode_key_store(key_store: KeyStore, metadata: dict[str, Any]) -> bytes:
+    id_name, id_tensor = point_ids.encode_for_artifact(key_store.ids)
     tensors = [("codebooks", encode_exact(key_store.codes.codebooks.astype(np.float32))),
                ("codes", encode_exact(key_store.codes.codes.astype(np.uint8))),
-               ("ids", encode_exact(key_store.ids.astype(np.int64)))]
+               (id_name, encode_exact(id_tensor))]
     return pack(KIND, {"metadata": metadata}, tensors)
 
 
 def decode_key_store(blob: bytes) -> KeyStore:
     _, tensors = unpack(blob, KIND)
     try:
-        codebooks, codes, ids = tensors["codebooks"], tensors["codes"], tensors["ids"]
-    except KeyError as exc:
+        codebooks, codes, ids = tensors["codebooks"], tensors["codes"], point_ids.decode_from_artifact(tensors)
+    except (KeyError, ValueError) as exc:
         raise ArtifactError(f"compressed key store lacks {exc}") from None
     if codebooks.ndim != 3 or codes.shape != (len(ids), codebooks.shape[0]) or codebooks.shape[1] != 256:
         raise ArtifactError("compressed key store's codes, codebooks and ids do not fit together")

@@ -1,0 +1,135 @@
+"""Collections a user already has: made by plain qdrant-client / qdrant-edge, with gapped integer ids,
+UUID ids and payloads. amips must serve them and never change a point it did not write."""
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qdrant_edge as edge
+from click.testing import CliRunner
+from qdrant_client import QdrantClient, models
+
+from adapters import open_store
+from amips_plugin import collections as collection_ops
+from amips_plugin.cli import main
+from amips_plugin.errors import InputError
+from amips_plugin.rewriting import QueryRewriter
+from amips_plugin.training import TrainConfig
+
+BACKENDS = ["local-dir", "edge"]
+
+
+def _make_user_collection(backend: str, root: Path, name: str, ids: list, keys: np.ndarray,
+                          payloads: list[dict]) -> str:
+    """Create `name` the way an application would, without amips; returns the amips store spec."""
+    if backend == "local-dir":
+        client = QdrantClient(path=str(root / "local"))
+        client.create_collection(name, vectors_config=models.VectorParams(size=keys.shape[1],
+                                                                           distance=models.Distance.DOT))
+        client.upsert(name, points=[models.PointStruct(id=i, vector=v.tolist(), payload=p)
+                                    for i, v, p in zip(ids, keys, payloads)], wait=True)
+        client.close()
+        return str(root / "local")
+    shard_dir = root / "edge" / name / "shard"
+    shard_dir.mkdir(parents=True)
+    shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
+        vectors=edge.EdgeVectorParams(size=keys.shape[1], distance=edge.Distance.Dot)))
+    shard.update(edge.UpdateOperation.upsert_points(
+        [edge.Point(i, v.tolist(), p) for i, v, p in zip(ids, keys, payloads)]))
+    shard.flush()
+    shard.close()
+    return f"edge:{root / 'edge'}"
+
+
+def _points(store, name: str) -> dict:
+    """Every point as {id: (vector, payload)}, read through the engine's own client."""
+    if store.location.startswith("edge:"):
+        records, offset = store._shard(name).scroll(edge.ScrollRequest(limit=100_000, with_vector=True,
+                                                                       with_payload=True))
+    else:
+        records, offset = store.client.scroll(name, limit=100_000, with_vectors=True, with_payload=True)
+    assert offset is None
+    return {str(r.id): (np.round(np.asarray(r.vector, dtype=np.float32), 5).tolist(), r.payload) for r in records}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def test_append_never_overwrites_points_of_a_collection_with_gapped_ids(backend, tmp_path, mixture):
+    """Regression: appends used ids count..count+n−1, overwriting point 2071 (say) of a gapped collection."""
+    keys = mixture[0][:40]
+    ids = list(range(0, 80, 2))  # 40 points, ids with gaps, the largest 78
+    payloads = [{"title": f"doc {i}"} for i in ids]
+    spec = _make_user_collection(backend, tmp_path, "docs", ids, keys, payloads)
+    store = open_store(spec)
+    before = _points(store, "docs")
+    extra = mixture[0][40:50]
+
+    done = collection_ops.ingest(store, "docs", extra)
+
+    after = _points(store, "docs")
+    assert done.count == 50 and not done.created
+    assert done.ids.tolist() == list(range(79, 89))  # the largest id + 1 onwards
+    assert {k: after[k] for k in before} == before  # no existing vector or payload changed
+    with pytest.raises(InputError, match="already exist"):
+        collection_ops.ingest(store, "docs", extra[:3], ids=[4, 200, 6])
+    assert _points(store, "docs") == after  # the refused append wrote nothing
+    collection_ops.ingest(store, "docs", extra[:1], ids=[4], upsert=True, payloads=[{"title": "new"}])
+    assert _points(store, "docs")["4"][1] == {"title": "new"}
+    store.close()
+
+
+def test_cli_append_reports_the_ids_it_wrote_and_refuses_collisions(backend, tmp_path, mixture):
+    keys = mixture[0][:20]
+    spec = _make_user_collection(backend, tmp_path, "docs", [3, 7, 1000] + list(range(10, 27)), keys,
+                                 [{"n": i} for i in range(20)])
+    np.save(tmp_path / "extra.npy", mixture[0][20:25])
+    (tmp_path / "ids.txt").write_text("7\n2000\n2001\n2002\n2003\n")
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"k": i}) for i in range(5)))
+    runner = CliRunner()
+    ok = runner.invoke(main, ["--store", spec, "ingest", "docs", str(tmp_path / "extra.npy"), "--quiet",
+                              "--payload", str(tmp_path / "p.jsonl")])
+    assert ok.exit_code == 0, ok.output
+    assert "ids 1001..1005" in ok.output and "25 in all" in ok.output
+    refused = runner.invoke(main, ["--store", spec, "ingest", "docs", str(tmp_path / "extra.npy"), "--quiet",
+                                   "--ids", str(tmp_path / "ids.txt")])
+    assert refused.exit_code == 1 and "1 of these ids already exist" in refused.output and "7" in refused.output
+    store = open_store(spec)
+    points = _points(store, "docs")
+    assert len(points) == 25 and points["7"][1] == {"n": 1} and points["1001"][1] == {"k": 0}
+    store.close()
+
+
+def test_uuid_collection_trains_searches_and_serves_side_indexes(backend, tmp_path, mixture):
+    keys, train, test = mixture
+    ids = [str(uuid.UUID(int=(7919 * i + 13) * 104729)) for i in range(len(keys))]
+    spec = _make_user_collection(backend, tmp_path, "docs", ids, keys, [{"i": i} for i in range(len(keys))])
+    store = open_store(spec)
+    collection_ops.train(store, "docs", train, TrainConfig(steps=200, noise_copies=1, device="cpu"), progress=False)
+    truth = np.array(ids)[(test @ keys.T).argmax(axis=1)]
+    path = QueryRewriter(store)
+    for mode in ("off", "replace", "hybrid"):
+        result, report = path.search("docs", test, 5, mode)
+        assert report.fallback_reason is None
+        assert result.ids.dtype.kind == "U" and np.mean(result.ids[:, 0] == truth) > 0.95, mode
+    report = collection_ops.status(store, "docs")
+    assert report["model"]["stale"] is False
+
+    from amips_plugin import router_store
+    from amips_plugin.routing import RouterTraining
+    from compression import pq_store
+    pq_store.build(store, "docs", subspaces=8)
+    router_store.build(store, "docs", train, lists=6, training=RouterTraining(steps=50))
+    for source in ("pq", "route"):
+        result, report = path.search("docs", test, 5, "off", 10_000, candidate_source=source)
+        assert not report.notes, report.notes
+        assert np.mean(result.ids[:, 0] == truth) == 1.0, source  # every key a candidate: exact
+
+    added = collection_ops.ingest(store, "docs", keys[:2] * 0.5)  # UUIDs only: integer ids start at 0
+    assert added.ids.tolist() == [0, 1]
+    result, report = path.search("docs", test, 5, "hybrid")
+    assert "stale" in (report.fallback_reason or "")
+    store.close()
