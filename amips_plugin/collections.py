@@ -150,17 +150,24 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 
 
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
-    """A collection's points and model; with `verify`, recompute the keys' fingerprint for staleness."""
+    """A collection's points, model and side indexes. Each is stale when marked so by an amips write,
+    when it was built on another number of keys than the collection holds (writes by other clients),
+    and, with `verify`, when the keys' recomputed fingerprint differs from the one it was built on."""
     info = store.info(collection)
     manifests = {slot: store.read_manifest(collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
                               "distance": info.distance, "model": None, "side_indexes": {}}
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
+
+    def stale(manifest: dict[str, Any]) -> bool:
+        built_on = (manifest.get("fingerprint") or {}).get("count")
+        return model_registry.is_stale(manifest, fingerprint) or built_on != info.count
+
     manifest = manifests.pop("model")
     if manifest:
         report["model"] = {
-            "version": manifest.get("version"), "stale": model_registry.is_stale(manifest, fingerprint),
+            "version": manifest.get("version"), "stale": stale(manifest),
             "fingerprint": manifest.get("fingerprint"), "bytes": manifest.get("bytes"),
             "kind": (manifest.get("model") or {}).get("kind"), "metrics": manifest.get("metrics"),
             "created": manifest.get("created"),
@@ -168,5 +175,5 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     for slot, side in manifests.items():  # the compressed key store ("pq") and the routed lists ("router")
         if side:
             report["side_indexes"][slot] = {"version": side.get("version"), "bytes": side.get("bytes"),
-                                            "stale": model_registry.is_stale(side, fingerprint)}
+                                            "stale": stale(side)}
     return report

@@ -106,7 +106,8 @@ class QueryRewriter:
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
-        side_index = self._side_index(collection, candidate_source, report) if candidate_source != "engine" else None
+        side_index = (self._side_index(collection, candidate_source, info.count, report)
+                      if candidate_source != "engine" else None)
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
@@ -169,9 +170,10 @@ class QueryRewriter:
                 result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
         return result
 
-    def _side_index(self, collection: str, source: str, report: SearchReport):
+    def _side_index(self, collection: str, source: str, count: int, report: SearchReport):
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
-        candidates) with the reason noted."""
+        candidates) with the reason noted. Like the model, an index built on another number of keys
+        than the collection holds (`count`) is stale: writes by other clients cannot mark it."""
         from compression import pq_store  # the compression package builds on this one
 
         from . import router_store
@@ -183,8 +185,11 @@ class QueryRewriter:
         except AmipsError as exc:
             loaded, reason = None, f"the {name} cannot be loaded: {exc}"
         else:
+            built_on = None if loaded is None else (loaded[1].get("fingerprint") or {}).get("count")
             reason = (f"no {name} (run `amips {command}`)" if loaded is None
-                      else f"the {name} is stale; run `amips {command}`" if loaded[1].get("stale") else None)
+                      else f"the {name} is stale; run `amips {command}`" if loaded[1].get("stale")
+                      else f"the {name} is stale (built on {built_on} keys, the collection has {count}); run "
+                           f"`amips {command}`" if built_on != count else None)
         if reason:
             log.warning("amips: engine candidates for %r: %s", collection, reason)
             report.notes.append(reason)

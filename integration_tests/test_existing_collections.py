@@ -133,3 +133,21 @@ def test_uuid_collection_trains_searches_and_serves_side_indexes(backend, tmp_pa
     result, report = path.search("docs", test, 5, "hybrid")
     assert "stale" in (report.fallback_reason or "")
     store.close()
+
+
+def test_side_indexes_notice_points_added_by_other_clients(backend, tmp_path, mixture):
+    """Another client's write cannot mark the side indexes stale; the changed point count must."""
+    keys, train, test = mixture
+    spec = _make_user_collection(backend, tmp_path, "docs", list(range(len(keys))), keys, [{}] * len(keys))
+    store = open_store(spec)
+    from compression import pq_store
+    pq_store.build(store, "docs", subspaces=8)
+    path = QueryRewriter(store)
+    _, report = path.search("docs", test[:5], 3, "off", 50, candidate_source="pq")
+    assert report.notes == []
+    store.upsert("docs", np.array([10_000]), keys[:1])  # as another client would: no stale mark
+    result, report = path.search("docs", test[:5], 3, "off", 50, candidate_source="pq")
+    assert any("built on 600 keys, the collection has 601" in note for note in report.notes)
+    assert (result.ids[:, 0] >= 0).all()  # answered by the engine
+    assert collection_ops.status(store, "docs", verify=False)["side_indexes"]["pq"]["stale"] is True
+    store.close()
