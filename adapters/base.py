@@ -44,12 +44,14 @@ class CollectionInfo:
 @dataclass(frozen=True)
 class SearchParams:
     """Engine knobs passed through to every search: HNSW beam width, exact (brute-force) scoring,
-    and for a scalar-quantized collection the oversampling of its int8 search (oversampling × limit
-    candidates, rescored with the original vectors; None: the engine's default)."""
+    for a scalar-quantized collection the oversampling of its int8 search (oversampling × limit
+    candidates, rescored with the original vectors; None: the engine's default), and a payload
+    filter (a `qdrant_client.models.Filter`) applied to every prefetch and to the final query."""
 
     hnsw_ef: int | None = None
     exact: bool = False
     oversampling: float | None = None
+    filter: Any = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,12 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
         """The vectors of `ids`, in that order (for exact rescoring); InputError for unknown ids."""
+
+    @abc.abstractmethod
+    def records(self, collection: str, ids: np.ndarray, with_payload: Any = True,
+                with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
+        """{canonical id: (payload, vector)} for the `ids` that exist, as qdrant-client's `with_payload` /
+        `with_vectors` ask (True, False, or a list of payload keys / vector names)."""
 
     @abc.abstractmethod
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, Store
 from amips_plugin.files import atomic_write
 
 from . import point_ids
+from .edge_filters import edge_filter
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
                    records_as_arrays, vectors_in_order)
 
@@ -170,18 +171,21 @@ class EdgeStore(VectorStore):
         return collect_results(self._shard(collection).query_batch(edge.QueryBatchRequest(requests)), limit)
 
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
-        requests = [edge.QueryRequest(limit=limit, query=edge.Query.Nearest(q), params=self._params(params),
-                                      with_payload=False, with_vector=False) for q in queries]
+        search_params, flt = self._params(params), edge_filter(params.filter)
+        requests = [edge.QueryRequest(limit=limit, query=edge.Query.Nearest(q), params=search_params, filter=flt,
+                                      with_payload=False, with_vector=False) for q in queries.tolist()]
         return self._run(collection, requests, limit)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
                           candidates: int, limit: int, params: SearchParams) -> SearchResult:
+        search_params, flt = self._params(params), edge_filter(params.filter)
         requests = [
             edge.QueryRequest(
                 limit=limit,
-                prefetches=[edge.Prefetch(limit=candidates, query=edge.Query.Nearest(p[row]), params=self._params(params))
+                prefetches=[edge.Prefetch(limit=candidates, query=edge.Query.Nearest(p[row]), params=search_params,
+                                          filter=flt)
                             for p in prefetch],
-                query=edge.Query.Nearest(queries[row]), params=self._params(params),
+                query=edge.Query.Nearest(queries[row]), params=search_params, filter=flt,
                 with_payload=False, with_vector=False)
             for row in range(len(queries))
         ]
@@ -196,6 +200,11 @@ class EdgeStore(VectorStore):
         wanted = point_ids.to_qdrant_list(ids)
         records = {point_ids.canonical(r.id): r.vector for r in self._shard(collection).retrieve(wanted, None, True)}
         return vectors_in_order(collection, wanted, records)
+
+    def records(self, collection: str, ids: np.ndarray, with_payload: Any = True,
+                with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
+        found = self._shard(collection).retrieve(point_ids.to_qdrant_list(ids), with_payload, with_vectors)
+        return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         path = self._model_dir(collection) / _MANIFEST_FILES[slot]

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
@@ -82,18 +83,33 @@ class QdrantClientStore(VectorStore):
                  backoff: float = 0.5, shared: bool | None = None) -> None:
         """`shared`: whether other processes may write this store's manifests (default: only for a URL),
         which selects the leased lock point over an in-process lock."""
-        self.location = location
         remote = location.startswith(("http://", "https://"))
-        self.shared = remote if shared is None else shared
         if location == ":memory:":
             client = QdrantClient(":memory:")
         elif remote:
             client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
         else:
             client = QdrantClient(path=location)
-        self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
+        self._attach(client, location, remote, shared)
         if remote:
             self._wait_for_server(attempts, backoff)
+
+    @classmethod
+    def wrap(cls, client: QdrantClient, shared: bool | None = None) -> "QdrantClientStore":
+        """A store over an application's own QdrantClient (local mode or remote), which stays the
+        application's: closing the store does not close it."""
+        store = cls.__new__(cls)
+        remote = not isinstance(getattr(client, "_client", None), QdrantLocal)
+        location = getattr(getattr(client, "_client", None), "location", None) or ("server" if remote else "local")
+        store._attach(client, str(location), remote, shared)
+        store._owns_client = False
+        return store
+
+    def _attach(self, client: QdrantClient, location: str, remote: bool, shared: bool | None) -> None:
+        self.location = location
+        self.shared = remote if shared is None else shared
+        self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
+        self._owns_client = True
 
     def _wait_for_server(self, attempts: int, backoff: float) -> None:
         """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
@@ -186,7 +202,8 @@ class QdrantClientStore(VectorStore):
 
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
         self._require(collection)
-        requests = [models.QueryRequest(query=q.tolist(), limit=limit, params=self._params(params)) for q in queries]
+        requests = [models.QueryRequest(query=q, limit=limit, params=self._params(params), filter=params.filter)
+                    for q in queries.tolist()]
         return self._run(collection, requests, limit)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
@@ -194,9 +211,10 @@ class QdrantClientStore(VectorStore):
         self._require(collection)
         requests = [
             models.QueryRequest(
-                prefetch=[models.Prefetch(query=p[row].tolist(), limit=candidates, params=self._params(params))
+                prefetch=[models.Prefetch(query=p[row].tolist(), limit=candidates, params=self._params(params),
+                                          filter=params.filter)
                           for p in prefetch],
-                query=queries[row].tolist(), limit=limit, params=self._params(params))
+                query=queries[row].tolist(), limit=limit, params=self._params(params), filter=params.filter)
             for row in range(len(queries))
         ]
         return self._run(collection, requests, limit)
@@ -208,6 +226,13 @@ class QdrantClientStore(VectorStore):
         records = {point_ids.canonical(r.id): r.vector
                    for r in self.client.retrieve(collection, wanted, with_payload=False, with_vectors=True)}
         return vectors_in_order(collection, wanted, records)
+
+    def records(self, collection: str, ids: np.ndarray, with_payload: Any = True,
+                with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
+        self._require(collection)
+        found = self.client.retrieve(collection, point_ids.to_qdrant_list(ids), with_payload=with_payload,
+                                     with_vectors=with_vectors)
+        return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)
@@ -306,4 +331,5 @@ class QdrantClientStore(VectorStore):
         return bool(held) and (held[0].payload or {}).get("lock") == token
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()

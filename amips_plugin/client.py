@@ -1,56 +1,212 @@
-"""A small client for applications, mirroring qdrant-client's `query_points`, that rewrites transparently.
+"""A drop-in for qdrant-client's `query_points` / `query_batch_points` that rewrites queries with each
+collection's stored model, and lets the application retrain while it serves.
 
-    client = AmipsClient("edge:./data")                     # or ":memory:", a directory, a URL
-    hits = client.query_points("docs", query=vector, limit=10).points
-    # hits[0].id, hits[0].score — ranked by the true inner product with `vector`
+    from qdrant_client import QdrantClient, models
+from qdrant_client.http.models import QueryResponse
+    from amips_plugin.client import AmipsClient
 
-Rewriting follows the collection's stored model (mode "hybrid" by default); without a usable model
-the same call is a plain search.
+    client = AmipsClient(QdrantClient(url="http://localhost:6333"))   # wrap the application's client
+    # or AmipsClient("edge:./amips-data"), AmipsClient("./local-dir"), AmipsClient(":memory:")
+    hits = client.query_points("docs", query=vector, limit=10,
+                               query_filter=models.Filter(must=[...]), with_payload=True).points
+
+Same signatures and return types as qdrant-client (`QueryResponse` of `ScoredPoint`, with payloads and
+vectors as asked). A dense-vector query on a collection with a usable model is answered by the amips
+query path (`rewriting.QueryRewriter`, the code the CLI and the benchmarks run): the filter applies
+to every prefetch and to the final query; `score_threshold` and `offset` apply to the final, exactly
+rescored ranking, as in Qdrant. Anything amips does not rewrite — other query kinds, user prefetches,
+`lookup_from`, a named vector (`using`) — goes to the wrapped QdrantClient untouched (on Edge, where
+there is none, it is an InputError). Any other attribute is the wrapped client's, so the object can
+stand in for it.
+
+Refreshing a model without stopping: `client.train(...)` / `client.build_index(...)` publish with
+the same compare-and-swap as the CLI; queries are served by the old model until the new one commits,
+then by the new one (the query path re-reads the manifest and loads a model whose checksum changed).
+They may run on a background thread.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.models import QueryResponse
 
-from adapters import SearchParams, VectorStore, open_store
+from adapters import SearchParams, VectorStore, open_store, point_ids
+from adapters.qdrant_client_store import QdrantClientStore
 
+from . import collections as collection_ops
+from .errors import InputError
 from .rewriting import QueryRewriter, SearchReport
+from .training import TrainConfig
 
-
-@dataclass(frozen=True)
-class ScoredPoint:
-    id: int
-    score: float
-
-
-@dataclass(frozen=True)
-class QueryResponse:
-    points: list[ScoredPoint]
-    report: SearchReport = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+DEFAULT_MODE = "hybrid"
+_REWRITABLE = (list, tuple, np.ndarray)
 
 
 class AmipsClient:
-    def __init__(self, store: VectorStore | str, api_key: str | None = None) -> None:
-        self.store = open_store(store, api_key) if isinstance(store, str) else store
+    def __init__(self, store: QdrantClient | VectorStore | str, api_key: str | None = None,
+                 mode: str = DEFAULT_MODE, candidates: int | None = None) -> None:
+        """`store`: an application's QdrantClient (wrapped, not closed by `close`), a VectorStore, or a
+        store spec (`edge:DIR`, a local directory, `:memory:`, or a URL). `mode` and `candidates` are
+        the defaults of every query (see `rewriting`)."""
+        self._qdrant: QdrantClient | None = store if isinstance(store, QdrantClient) else None
+        if isinstance(store, QdrantClient):
+            self.store: VectorStore = QdrantClientStore.wrap(store)
+        elif isinstance(store, str):
+            self.store = open_store(store, api_key)
+            self._qdrant = getattr(getattr(self.store, "client", None), "_client", None)
+        else:
+            self.store = store
         self.rewriter = QueryRewriter(self.store)
+        self.mode, self.candidates = mode, candidates
+        self._local = threading.local()
 
-    def query_batch_points(self, collection_name: str, queries: np.ndarray | Sequence[Sequence[float]],
-                           limit: int = 10, mode: str = "hybrid", candidates: int | None = None,
-                           hnsw_ef: int | None = None, exact: bool = False,
-                           oversampling: float | None = None) -> list[QueryResponse]:
-        params = SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling)
-        result, report = self.rewriter.search(collection_name, np.asarray(queries, dtype=np.float32), limit, mode,
-                                              candidates, params)
-        return [QueryResponse([ScoredPoint(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0], report)
-                for ids, scores in zip(result.ids, result.scores)]
+    @property
+    def last_report(self) -> SearchReport | None:
+        """What the query path did for this thread's last rewritten call (mode, rewritten, fallback reason)."""
+        return getattr(self._local, "report", None)
 
-    def query_points(self, collection_name: str, query: np.ndarray | Sequence[float], limit: int = 10,
-                     mode: str = "hybrid", candidates: int | None = None, hnsw_ef: int | None = None,
-                     exact: bool = False, oversampling: float | None = None) -> QueryResponse:
-        return self.query_batch_points(collection_name, np.asarray(query, dtype=np.float32)[None, :], limit, mode,
-                                       candidates, hnsw_ef, exact, oversampling)[0]
+    # queries ------------------------------------------------------------------------------------
+    def query_points(self, collection_name: str, query: Any = None, using: str | None = None,
+                     prefetch: Any = None, query_filter: models.Filter | None = None,
+                     search_params: models.SearchParams | None = None, limit: int = 10, offset: int | None = None,
+                     with_payload: Any = True, with_vectors: Any = False, score_threshold: float | None = None,
+                     lookup_from: Any = None, mode: str | None = None, candidates: int | None = None,
+                     **kwargs: Any) -> QueryResponse:
+        """qdrant-client's `query_points`; `mode` / `candidates` override the client's defaults."""
+        request = models.QueryRequest(query=_as_query(query), using=using, prefetch=prefetch, filter=query_filter,
+                                      params=search_params, limit=limit, offset=offset, with_payload=with_payload,
+                                      with_vector=with_vectors, score_threshold=score_threshold,
+                                      lookup_from=lookup_from)
+        return self.query_batch_points(collection_name, [request], mode=mode, candidates=candidates, **kwargs)[0]
+
+    def query_batch_points(self, collection_name: str, requests: Sequence[models.QueryRequest],
+                           mode: str | None = None, candidates: int | None = None,
+                           **kwargs: Any) -> list[QueryResponse]:
+        """qdrant-client's `query_batch_points`. Rewritable requests that share their options are
+        answered together, in one store call per group; the rest pass through."""
+        responses: list[QueryResponse | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            if _rewritable(request):
+                groups.setdefault(_options_key(request), []).append(index)
+            else:
+                responses[index] = self._pass_through(collection_name, request, **kwargs)
+        for indexes in groups.values():
+            batch = [requests[i] for i in indexes]
+            for i, response in zip(indexes, self._rewritten(collection_name, batch, mode, candidates)):
+                responses[i] = response
+        return [r for r in responses if r is not None]
+
+    def _rewritten(self, collection: str, requests: list[models.QueryRequest], mode: str | None,
+                   candidates: int | None) -> list[QueryResponse]:
+        first = requests[0]
+        offset, limit = first.offset or 0, first.limit or 10
+        engine = first.params or models.SearchParams()
+        quantization = engine.quantization
+        params = SearchParams(hnsw_ef=engine.hnsw_ef, exact=bool(engine.exact), filter=first.filter,
+                              oversampling=quantization.oversampling if quantization else None)
+        queries = np.array([_vector(r.query) for r in requests], dtype=np.float32)
+        result, report = self.rewriter.search(collection, queries, offset + limit, mode or self.mode,
+                                              candidates or self.candidates, params)
+        self._local.report = report
+        keep = point_ids.present(result.ids) & (result.scores >= (-np.inf if first.score_threshold is None
+                                                                  else first.score_threshold))
+        rows = [(ids[mask][offset:], scores[mask][offset:]) for ids, scores, mask in zip(result.ids, result.scores, keep)]
+        extras = self._extras(collection, rows, first.with_payload, first.with_vector)
+        return [QueryResponse(points=[
+            models.ScoredPoint(id=point_ids.to_qdrant(i), version=0, score=float(s),
+                               payload=extras.get(point_ids.to_qdrant(i), (None, None))[0],
+                               vector=extras.get(point_ids.to_qdrant(i), (None, None))[1])
+            for i, s in zip(ids, scores)]) for ids, scores in rows]
+
+    def _extras(self, collection: str, rows: list[tuple[np.ndarray, np.ndarray]], with_payload: Any,
+                with_vectors: Any) -> dict[Any, tuple[Any, Any]]:
+        """Payloads and vectors of every returned point, in one store call."""
+        if not with_payload and not with_vectors:
+            return {}
+        ids = point_ids.concatenate([ids for ids, _ in rows])
+        if not len(ids):
+            return {}
+        payload, exclude = _payload_selector(with_payload)
+        found = self.store.records(collection, np.unique(ids), payload, with_vectors if with_vectors else False)
+        if exclude:
+            found = {i: ({k: v for k, v in (p or {}).items() if k not in exclude}, vec) for i, (p, vec) in found.items()}
+        return found
+
+    def _pass_through(self, collection: str, request: models.QueryRequest, **kwargs: Any) -> QueryResponse:
+        if self._qdrant is None:
+            raise InputError("amips answers only dense-vector queries on this store (Edge); use qdrant_edge "
+                             "directly for other query kinds, prefetches or named vectors")
+        fields = {name: getattr(request, name) for name in ("query", "using", "prefetch", "limit", "offset",
+                                                            "with_payload", "score_threshold", "lookup_from")}
+        return self._qdrant.query_points(collection, query_filter=request.filter, search_params=request.params,
+                                         with_vectors=request.with_vector, **fields, **kwargs)
+
+    # models and side indexes --------------------------------------------------------------------
+    def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig = TrainConfig(),
+              progress: bool = False) -> dict[str, Any]:
+        """Train and publish the collection's model while this client keeps serving; returns the manifest."""
+        return collection_ops.train(self.store, collection_name, np.asarray(queries), config, progress=progress).manifest
+
+    def build_index(self, collection_name: str, kind: str, queries: np.ndarray | None = None,
+                    **options: Any) -> dict[str, Any]:
+        """Build and publish a side index: kind "pq" (options: subspaces, relative_threshold) or "route"
+        (queries required; options: lists, sublists, coarse_candidates, training)."""
+        if kind == "pq":
+            from compression import pq_store
+
+            return pq_store.build(self.store, collection_name, **options)
+        if kind == "route":
+            from . import router_store
+
+            if queries is None:
+                raise InputError("a route index is trained on a query sample: pass queries=")
+            return router_store.build(self.store, collection_name, np.asarray(queries, dtype=np.float32), **options)
+        raise InputError(f"unknown side index {kind!r}; expected 'pq' or 'route'")
 
     def close(self) -> None:
         self.store.close()
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the wrapped QdrantClient's (upsert, scroll, create_collection, ...)."""
+        qdrant = self.__dict__.get("_qdrant")
+        if qdrant is None:
+            raise AttributeError(f"AmipsClient has no attribute {name!r} (no QdrantClient behind this store)")
+        return getattr(qdrant, name)
+
+
+def _as_query(query: Any) -> Any:
+    return query.tolist() if isinstance(query, np.ndarray) else query
+
+
+def _vector(query: Any) -> list[float]:
+    return query.nearest if isinstance(query, models.NearestQuery) else query
+
+
+def _rewritable(request: models.QueryRequest) -> bool:
+    """A plain dense-vector query on the collection's unnamed vector, without user prefetches."""
+    query = request.query
+    if isinstance(query, models.NearestQuery):
+        query = query.nearest if query.mmr is None else None
+    dense = isinstance(query, _REWRITABLE) and len(query) > 0 and all(
+        isinstance(v, (int, float, np.floating, np.integer)) for v in query)
+    return dense and request.prefetch is None and request.lookup_from is None and request.using is None \
+        and request.shard_key is None
+
+
+def _options_key(request: models.QueryRequest) -> tuple[Any, ...]:
+    """Requests with equal options share one store call."""
+    return tuple(repr(getattr(request, name)) for name in ("filter", "params", "limit", "offset", "with_payload",
+                                                            "with_vector", "score_threshold"))
+
+
+def _payload_selector(with_payload: Any) -> tuple[Any, set[str]]:
+    """qdrant-client's with_payload as (what the store reads, keys to drop afterwards)."""
+    if isinstance(with_payload, models.PayloadSelectorInclude):
+        return list(with_payload.include), set()
+    if isinstance(with_payload, models.PayloadSelectorExclude):
+        return True, set(with_payload.exclude)
+    return with_payload, set()

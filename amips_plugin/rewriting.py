@@ -106,8 +106,11 @@ class QueryRewriter:
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
-        side_index = (self._side_index(collection, candidate_source, info.count, report)
-                      if candidate_source != "engine" else None)
+        side_index = None
+        if candidate_source != "engine" and params.filter is not None:
+            report.notes.append(f"a filter is applied by the engine, so {candidate_source} candidates were not used")
+        elif candidate_source != "engine":
+            side_index = self._side_index(collection, candidate_source, info.count, report)
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
