@@ -63,7 +63,6 @@ class EdgeStore(VectorStore):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.location = f"edge:{self.root}"
-        self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, edge.EdgeShard] = {}
 
     def _folder(self, collection: str) -> Path:
@@ -96,6 +95,8 @@ class EdgeStore(VectorStore):
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:
+        if not self.root.is_dir():  # nothing made yet; the folder is created by the first `create`
+            return []
         return sorted(p.name for p in self.root.iterdir() if (p / "shard" / "edge_config.json").is_file())
 
     def info(self, collection: str) -> CollectionInfo:
@@ -107,6 +108,9 @@ class EdgeStore(VectorStore):
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+        if (shards or 1) > 1 or (replication_factor or 1) > 1:
+            raise InputError("an Edge store is one local shard: --shards and --replication-factor apply to a "
+                             "Qdrant server or cluster")
         shard_dir = self._folder(collection) / "shard"
         shard_dir.mkdir(parents=True, exist_ok=True)
         try:

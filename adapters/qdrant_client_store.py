@@ -37,7 +37,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
 
 from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,

@@ -10,14 +10,12 @@ import functools
 import io
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 import numpy as np
-import torch
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
@@ -71,11 +69,6 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _library_versions() -> dict[str, str]:
-    return {"amips": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
 def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
     if array.shape[1] != model_dim:
         raise InputError(f"{what}: dimension {array.shape[1]} does not match the model's {model_dim}")
@@ -108,6 +101,8 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 def _store(ctx: click.Context) -> VectorStore:
     """Open the group's store once per command; it is closed when the command ends."""
     if "store" not in ctx.obj:
+        if ctx.obj["store_spec"] == ":memory:":
+            click.echo("note: a :memory: store lasts for this one command; use edge:DIR or a DIR to keep it", err=True)
         try:
             ctx.obj["store"] = open_store(ctx.obj["store_spec"], ctx.obj["api_key"])
         except AmipsError:
@@ -180,13 +175,7 @@ def fit_command(keys_path: str, queries_path: str, output: str, config: TrainCon
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
     result = fit(keys, queries, config, progress=not quiet)
     trained = result.model.cpu()
-    metadata = {
-        "training": config.to_dict(), "steps_run": result.steps_run, "train_seconds": round(result.seconds, 2),
-        "num_keys": len(keys), "num_queries": len(queries), "fingerprint": keys_fingerprint(keys),
-        "validation": result.validation.to_dict(), "params": trained.num_parameters(),
-        "params_fraction": params_fraction_of(trained.num_parameters(), keys),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _library_versions(),
-    }
+    metadata = result.metadata(keys, len(queries), keys_fingerprint(keys))
     size = save_model(output, trained, metadata, dtype)
     click.echo(f"wrote {output} ({size:,} bytes, {trained.num_parameters():,} parameters, "
                f"ρ = {metadata['params_fraction']:.4f}) after {result.steps_run} steps in {result.seconds:.0f}s; "
@@ -334,17 +323,20 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="A sample of the collection's query distribution (.npy, M×d).")
 @training_options
+@click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="fp32", show_default=True,
+              help="Storage dtype of the weights in the stored model.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
-def train_command(ctx: click.Context, collection: str, queries_path: str, config: TrainConfig, quiet: bool) -> None:
+def train_command(ctx: click.Context, collection: str, queries_path: str, config: TrainConfig, dtype: str,
+                  quiet: bool) -> None:
     """Train a model on COLLECTION's keys and a query sample, and store it alongside the collection.
 
     The keys are read from the store in batches. The new model replaces the old one in one step:
     queries see the old model or the new one, never a mix.
     """
     queries = load_vectors(queries_path, "QUERIES")
-    trained = collection_ops.train(_store(ctx), collection, queries, config, progress=not quiet)
+    trained = collection_ops.train(_store(ctx), collection, queries, config, progress=not quiet, dtype=dtype)
     m = trained.manifest
     click.echo(f"{collection}: model version {m['version']} ({m['model']['kind']}, {m['bytes']:,} bytes) after "
                f"{trained.result.steps_run} steps in {trained.result.seconds:.0f}s; {_quality_line(trained.result.validation)}")

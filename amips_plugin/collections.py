@@ -127,7 +127,8 @@ class TrainedCollection:
 
 
 def train(store: VectorStore, collection: str, queries: np.ndarray, config: TrainConfig,
-          progress: bool = True, on_log: Callable[[dict[str, float]], None] | None = None) -> TrainedCollection:
+          progress: bool = True, on_log: Callable[[dict[str, float]], None] | None = None,
+          dtype: str = "fp32") -> TrainedCollection:
     """Train on the collection's keys and a query sample; publish the model alongside the collection.
 
     The publish is a compare-and-swap against the manifest read before the keys were: if another
@@ -139,10 +140,7 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
     queries = check_vectors(queries, "queries", dim=keys.shape[1])
     result = fit(keys, queries, config, progress=progress, on_log=on_log)
     model = result.model.cpu()
-    metadata = {"training": config.to_dict(), "steps_run": result.steps_run, "fingerprint": fingerprint,
-                "validation": result.validation.to_dict(), "params": model.num_parameters(),
-                "num_keys": len(keys), "collection": collection}
-    blob = encode_model(model, metadata)
+    blob = encode_model(model, result.metadata(keys, len(queries), fingerprint, collection=collection), dtype)
     grown = store.info(collection).count != len(keys)
     manifest = model_registry.publish(store, collection, blob, fingerprint, metrics=result.validation.to_dict(),
                                       stale=grown, expected=replaces)

@@ -60,6 +60,13 @@ class QueryRewriter:
     def __init__(self, store: VectorStore) -> None:
         self.store = store
         self._cache: dict[str, tuple[str, MIPSModel]] = {}
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str) -> None:
+        """Log a fallback once per collection and reason, not once per query (the report says it every time)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def model_for(self, collection: str, dim: int,
                   count: int | None = None) -> tuple[MIPSModel | None, dict | None, str | None]:
@@ -117,7 +124,7 @@ class QueryRewriter:
             model, manifest, reason = self.model_for(collection, info.dim, info.count)
             report.model_version = (manifest or {}).get("version")
             if model is None:
-                log.warning("amips: plain search for %r: %s", collection, reason)
+                self._warn_once(f"amips: plain search for {collection!r}: {reason}")
                 report.fallback_reason = reason
             else:
                 with torch.no_grad():
@@ -194,7 +201,7 @@ class QueryRewriter:
                       else f"the {name} is stale (built on {built_on} keys, the collection has {count}); run "
                            f"`amips {command}`" if built_on != count else None)
         if reason:
-            log.warning("amips: engine candidates for %r: %s", collection, reason)
+            self._warn_once(f"amips: engine candidates for {collection!r}: {reason}")
             report.notes.append(reason)
             return None
         return loaded[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
@@ -77,6 +78,21 @@ class FitResult:
     steps_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def metadata(self, keys: np.ndarray, num_queries: int, fingerprint: dict[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+        """What a model artifact records about its training, the same for `amips fit` and `amips train`."""
+        from . import __version__  # the package's version, set in its __init__
+        from .models import params_fraction
+
+        params = self.model.num_parameters()
+        return {"training": self.config.to_dict(), "steps_run": self.steps_run, "train_seconds": round(self.seconds, 2),
+                "num_keys": len(keys), "num_queries": num_queries, "fingerprint": fingerprint,
+                "validation": self.validation.to_dict(), "params": params,
+                "params_fraction": params_fraction(params, keys.shape[0], keys.shape[1]),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "versions": {"amips": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                             "python": platform.python_version()}, **extra}
 
 
 def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:

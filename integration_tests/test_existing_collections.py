@@ -151,3 +151,29 @@ def test_side_indexes_notice_points_added_by_other_clients(backend, tmp_path, mi
     assert (result.ids[:, 0] >= 0).all()  # answered by the engine
     assert collection_ops.status(store, "docs", verify=False)["side_indexes"]["pq"]["stale"] is True
     store.close()
+
+
+def test_store_spec_mistakes_are_caught(tmp_path, mixture, caplog):
+    """An Edge folder opened without `edge:` is refused (it would be written into as local mode); a
+    status of a store that does not exist creates nothing; a fallback is logged once, not per query."""
+    runner = CliRunner()
+    np.save(tmp_path / "keys.npy", mixture[0][:30])
+    edge_dir = tmp_path / "edge"
+    assert runner.invoke(main, ["--store", f"edge:{edge_dir}", "ingest", "c", str(tmp_path / "keys.npy"),
+                                "--quiet"]).exit_code == 0
+    wrong = runner.invoke(main, ["--store", str(edge_dir), "status"])
+    assert wrong.exit_code == 1 and f"open it as 'edge:{edge_dir}'" in wrong.output
+    bare = runner.invoke(main, ["--store", f"edge:{tmp_path / 'nothing'}", "status"])
+    assert bare.exit_code == 0 and "no collections" in bare.output and not (tmp_path / "nothing").exists()
+    sharded = runner.invoke(main, ["--store", f"edge:{edge_dir}", "ingest", "d", str(tmp_path / "keys.npy"),
+                                   "--shards", "2"])
+    assert sharded.exit_code == 1 and "apply to a Qdrant server" in sharded.output
+
+    store = open_store(f"edge:{edge_dir}")
+    path = QueryRewriter(store)
+    with caplog.at_level("WARNING", logger="amips"):
+        for row in range(5):
+            path.search("c", mixture[2][row:row + 1], 3, "hybrid")
+    assert [r.getMessage() for r in caplog.records].count(
+        "amips: plain search for 'c': no model trained for this collection") == 1
+    store.close()
