@@ -33,12 +33,30 @@ MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's comm
 _LOCKS_GUARD = threading.Lock()
 
 
+UNNAMED = ""  # Qdrant's name for a collection's single unnamed vector
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
     dim: int
     distance: str  # "dot" or "cosine"
-    count: int
+    count: int  # points that hold this vector
+    vector: str = UNNAMED  # the dense vector described (and searched)
+
+
+def vector_slot(slot: str, vector: str) -> str:
+    """The manifest slot of `slot` ("model", "pq", ...) for one vector: `slot` for the unnamed vector,
+    `slot@name` for a named one, so each vector of a collection has its own model and side indexes."""
+    return f"{slot}@{vector}" if vector else slot
+
+
+def split_slot(slot: str) -> tuple[str, str]:
+    """(base slot, vector name) of a slot from `vector_slot`; KeyError for an unknown base slot."""
+    base, _, vector = slot.partition("@")
+    if base not in MANIFEST_SLOTS:
+        raise KeyError(f"unknown manifest slot {slot!r}")
+    return base, vector
 
 
 @dataclass(frozen=True)
@@ -88,10 +106,15 @@ def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchRes
     return result
 
 
-def records_as_arrays(records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def vector_of(record: Any, vector: str) -> Any:
+    """A record's vector `vector` (records of named vectors carry a {name: vector} dict)."""
+    return record.vector[vector] if isinstance(record.vector, dict) else record.vector
+
+
+def records_as_arrays(records: Sequence[Any], vector: str = UNNAMED) -> tuple[np.ndarray, np.ndarray]:
     """Scrolled records (anything with .id and .vector) as (ids, vectors) arrays."""
     return (point_ids.as_id_array([r.id for r in records]),
-            np.array([r.vector for r in records], dtype=np.float32))
+            np.array([vector_of(r, vector) for r in records], dtype=np.float32))
 
 
 def vectors_in_order(collection: str, wanted: Sequence[Any], found: dict[Any, Any]) -> np.ndarray:
@@ -114,19 +137,51 @@ class VectorStore(abc.ABC):
         """Names of the user's collections (sidecars and internal files excluded)."""
 
     @abc.abstractmethod
-    def info(self, collection: str) -> CollectionInfo:
-        """Dimension, distance and point count; UnknownCollectionError when absent."""
+    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+        """({name: (dim, distance)} of the dense vectors amips can serve ("" is the unnamed one),
+        {name: why amips cannot serve it} for the others: sparse, multivector, other distances)."""
+
+    def resolve_vector(self, collection: str, using: str | None) -> tuple[str, int, str]:
+        """(name, dim, distance) of the vector `using` names, or of the collection's only servable one."""
+        servable, unsupported = self.vector_spaces(collection)
+        if using is None:
+            if len(servable) == 1:
+                name, (dim, distance) = next(iter(servable.items()))
+                return name, dim, distance
+            if not servable:
+                why = "; ".join(f"{n!r}: {r}" for n, r in unsupported.items()) or "no vectors"
+                raise InputError(f"collection {collection!r} has no dense vector amips can serve ({why})")
+            raise InputError(f"collection {collection!r} has several vectors ({', '.join(sorted(servable))}); "
+                             "choose one with --using (using= in Python)")
+        if using in servable:
+            return (using, *servable[using])
+        if using in unsupported:
+            raise InputError(f"vector {using!r} of {collection!r} cannot be served by amips: {unsupported[using]}")
+        raise InputError(f"collection {collection!r} has no vector {using!r} "
+                         f"(it has {', '.join(repr(n) for n in [*servable, *unsupported]) or 'none'})")
+
+    def manifest_slot(self, collection: str, slot: str) -> str:
+        """A slot as stored: one already naming its vector ("model@text") as it is; a bare one ("model")
+        for the collection's only dense vector, so a model trained without `using` on a collection whose
+        one vector is named "text" is the same as one trained with using="text"."""
+        return slot if "@" in slot else vector_slot(slot, self.resolve_vector(collection, None)[0])
+
+    @abc.abstractmethod
+    def info(self, collection: str, using: str | None = None) -> CollectionInfo:
+        """Dimension, distance and point count of a vector (`using`, default the only one);
+        UnknownCollectionError when the collection is absent, InputError for an unusable vector."""
 
     @abc.abstractmethod
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
-        """Create an empty collection; shards and replication apply to servers and clusters only.
-        `scalar_quantization` keeps an int8 copy of the vectors (quantile 0.99, in RAM) that HNSW
-        searches, rescoring its candidates with the originals."""
+               replication_factor: int | None = None, scalar_quantization: bool = False,
+               using: str | None = None) -> None:
+        """Create an empty collection with one dense vector (unnamed, or named `using`); shards and
+        replication apply to servers and clusters only. `scalar_quantization` keeps an int8 copy of
+        the vectors (quantile 0.99, in RAM) that HNSW searches, rescoring its candidates with the originals."""
 
     @abc.abstractmethod
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
-               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
+               payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:
         """Insert or overwrite points (with a payload each, when given)."""
 
     @abc.abstractmethod
@@ -138,26 +193,28 @@ class VectorStore(abc.ABC):
         """Every point id, in batches (no vectors read)."""
 
     @abc.abstractmethod
-    def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every point, as (ids, vectors) batches in ascending id order."""
+    def scroll(self, collection: str, batch_size: int,
+               using: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every point that holds the vector, as (ids, vectors) batches in the store's id order."""
 
     def finish_bulk_load(self, collection: str) -> None:
         """Build indexes after a bulk load (Edge: HNSW); a no-op where the engine does it itself."""
 
     # search ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
+    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
+               using: str | None = None) -> SearchResult:
         """Plain top-`limit` by the collection's distance, one row per query."""
 
     @abc.abstractmethod
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
-                          candidates: int, limit: int, params: SearchParams) -> SearchResult:
+                          candidates: int, limit: int, params: SearchParams, using: str | None = None) -> SearchResult:
         """Prefetch `candidates` points with each vector set in `prefetch` (each (M, d)), then rescore
         the union by `queries` and return the top `limit`: the Query API's prefetch + outer query."""
 
     # what rides along with a collection ----------------------------------------------------------
     @abc.abstractmethod
-    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
+    def retrieve(self, collection: str, ids: np.ndarray, using: str | None = None) -> np.ndarray:
         """The vectors of `ids`, in that order (for exact rescoring); InputError for unknown ids."""
 
     @abc.abstractmethod
@@ -168,7 +225,8 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists), or None."""
+        """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists;
+        each `vector_slot`-suffixed for a named vector), or None."""
 
     @abc.abstractmethod
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:

@@ -24,6 +24,7 @@ import os
 import re
 import time
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -35,7 +36,7 @@ from amips_plugin.files import atomic_write
 from . import point_ids
 from .edge_filters import edge_filter
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   records_as_arrays, vectors_in_order)
+                   UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
@@ -64,17 +65,19 @@ class EdgeStore(VectorStore):
         self.root = Path(root)
         self.location = f"edge:{self.root}"
         self._shards: dict[str, edge.EdgeShard] = {}
+        self._spaces: dict[str, tuple[dict[str, tuple[int, str]], dict[str, str]]] = {}
 
     def _folder(self, collection: str) -> Path:
         if not _NAME.match(collection):
             raise UnknownCollectionError(f"invalid collection name {collection!r} (letters, digits, _ . - only)")
         return self.root / collection
 
-    def _config(self, dim: int, distance: str, scalar_quantization: bool) -> edge.EdgeConfig:
+    def _config(self, dim: int, distance: str, scalar_quantization: bool, vector: str) -> edge.EdgeConfig:
         quantization = edge.ScalarQuantizationConfig(
             type=edge.ScalarType.Int8, quantile=SCALAR_QUANTILE, always_ram=True) if scalar_quantization else None
+        params = edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], quantization_config=quantization)
         return edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], quantization_config=quantization),
+            vectors={vector: params} if vector else params,
             hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT,
                                              full_scan_threshold=FULL_SCAN_THRESHOLD_KB),
             optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
@@ -99,33 +102,57 @@ class EdgeStore(VectorStore):
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "shard" / "edge_config.json").is_file())
 
-    def info(self, collection: str) -> CollectionInfo:
-        shard = self._shard(collection)
+    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+        self._shard(collection)
+        if collection not in self._spaces:  # a shard's vectors are fixed at its creation
+            self._spaces[collection] = self._read_spaces(collection)
+        return self._spaces[collection]
+
+    def _read_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
-        vector = config["vectors"][""]
-        count = shard.count(edge.CountRequest())
-        return CollectionInfo(collection, int(vector["size"]), _DISTANCE_NAME.get(vector["distance"], vector["distance"]), count)
+        servable: dict[str, tuple[int, str]] = {}
+        unsupported = {name: "a sparse vector" for name in config.get("sparse_vectors") or {}}
+        for name, params in (config.get("vectors") or {}).items():
+            distance = _DISTANCE_NAME.get(params.get("distance"))
+            if params.get("multivector_config"):
+                unsupported[name] = "a multivector"
+            elif distance is None:
+                unsupported[name] = f"distance {params.get('distance')} (amips serves Dot and Cosine)"
+            else:
+                servable[name] = (int(params["size"]), distance)
+        return servable, unsupported
+
+    def info(self, collection: str, using: str | None = None) -> CollectionInfo:
+        name, dim, distance = self.resolve_vector(collection, using)
+        holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
+        return CollectionInfo(collection, dim, distance, self._shard(collection).count(edge.CountRequest(filter=holds)),
+                              name)
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+               replication_factor: int | None = None, scalar_quantization: bool = False,
+               using: str | None = None) -> None:
         if (shards or 1) > 1 or (replication_factor or 1) > 1:
             raise InputError("an Edge store is one local shard: --shards and --replication-factor apply to a "
                              "Qdrant server or cluster")
         shard_dir = self._folder(collection) / "shard"
         shard_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._shards[collection] = edge.EdgeShard.create(str(shard_dir), self._config(dim, distance, scalar_quantization))
+            self._shards[collection] = edge.EdgeShard.create(
+                str(shard_dir), self._config(dim, distance, scalar_quantization, using or UNNAMED))
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
-               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
+               payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:
         shard = self._shard(collection)
+        name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
+        rows = vectors.tolist()
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
-            points = [edge.Point(i, v, p) for i, v, p in zip(qdrant_ids[start:stop], vectors[start:stop].tolist(),
-                                                             payloads[start:stop] if payloads else [None] * len(ids))]
+            points = [edge.Point(i, {name: v} if name else v, p)
+                      for i, v, p in zip(qdrant_ids[start:stop], rows[start:stop],
+                                         payloads[start:stop] if payloads else [None] * len(ids))]
             shard.update(edge.UpdateOperation.upsert_points(points))
         shard.flush()
 
@@ -153,14 +180,18 @@ class EdgeStore(VectorStore):
         shard.optimize()
         shard.flush()
 
-    def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def scroll(self, collection: str, batch_size: int,
+               using: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         shard = self._shard(collection)
+        name = self.resolve_vector(collection, using)[0]
+        holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
         offset = None
         while True:
-            records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size, with_vector=True,
+            records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size, filter=holds,
+                                                              with_vector=[name] if name else True,
                                                               with_payload=False))
             if records:
-                yield records_as_arrays(records)
+                yield records_as_arrays(records, name)
             if offset is None:
                 return
 
@@ -174,22 +205,25 @@ class EdgeStore(VectorStore):
     def _run(self, collection: str, requests: list[edge.QueryRequest], limit: int) -> SearchResult:
         return collect_results(self._shard(collection).query_batch(edge.QueryBatchRequest(requests)), limit)
 
-    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
+    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
+               using: str | None = None) -> SearchResult:
+        name = self.resolve_vector(collection, using)[0] or None
         search_params, flt = self._params(params), edge_filter(params.filter)
-        requests = [edge.QueryRequest(limit=limit, query=edge.Query.Nearest(q), params=search_params, filter=flt,
-                                      with_payload=False, with_vector=False) for q in queries.tolist()]
+        requests = [edge.QueryRequest(limit=limit, query=edge.Query.Nearest(q, using=name), params=search_params,
+                                      filter=flt, with_payload=False, with_vector=False) for q in queries.tolist()]
         return self._run(collection, requests, limit)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
-                          candidates: int, limit: int, params: SearchParams) -> SearchResult:
+                          candidates: int, limit: int, params: SearchParams, using: str | None = None) -> SearchResult:
+        name = self.resolve_vector(collection, using)[0] or None
         search_params, flt = self._params(params), edge_filter(params.filter)
         requests = [
             edge.QueryRequest(
                 limit=limit,
-                prefetches=[edge.Prefetch(limit=candidates, query=edge.Query.Nearest(p[row]), params=search_params,
-                                          filter=flt)
+                prefetches=[edge.Prefetch(limit=candidates, query=edge.Query.Nearest(p[row].tolist(), using=name),
+                                          params=search_params, filter=flt)
                             for p in prefetch],
-                query=edge.Query.Nearest(queries[row]), params=search_params, filter=flt,
+                query=edge.Query.Nearest(queries[row].tolist(), using=name), params=search_params, filter=flt,
                 with_payload=False, with_vector=False)
             for row in range(len(queries))
         ]
@@ -200,18 +234,25 @@ class EdgeStore(VectorStore):
         self._shard(collection)  # the collection must exist
         return self._folder(collection) / "amips"
 
-    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
+    def retrieve(self, collection: str, ids: np.ndarray, using: str | None = None) -> np.ndarray:
+        name = self.resolve_vector(collection, using)[0]
         wanted = point_ids.to_qdrant_list(ids)
-        records = {point_ids.canonical(r.id): r.vector for r in self._shard(collection).retrieve(wanted, None, True)}
-        return vectors_in_order(collection, wanted, records)
+        found = self._shard(collection).retrieve(wanted, None, [name] if name else True)
+        return vectors_in_order(collection, wanted, {point_ids.canonical(r.id): vector_of(r, name) for r in found})
 
     def records(self, collection: str, ids: np.ndarray, with_payload: Any = True,
                 with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
         found = self._shard(collection).retrieve(point_ids.to_qdrant_list(ids), with_payload, with_vectors)
         return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
+    def _manifest_path(self, collection: str, slot: str) -> Path:
+        """`manifest.json` (or pq.json, router.json); for a named vector `manifest@<name, %-quoted>.json`."""
+        base, vector = split_slot(slot)
+        stem = _MANIFEST_FILES[base].removesuffix(".json")
+        return self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
+
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        path = self._model_dir(collection) / _MANIFEST_FILES[slot]
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot))
         with _file_errors(f"read the manifest of {collection!r}"):
             if not path.is_file():
                 return None
@@ -223,7 +264,7 @@ class EdgeStore(VectorStore):
                                 "remove it with `amips drop-model`") from None
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
-        path = self._model_dir(collection) / _MANIFEST_FILES[slot]
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot))
         with _file_errors(f"write the manifest of {collection!r}"):
             if manifest is None:
                 path.unlink(missing_ok=True)

@@ -41,7 +41,7 @@ from amips_plugin.errors import ArtifactError, StoreBusyError, StoreError, Unkno
 
 from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   records_as_arrays, vectors_in_order)
+                   UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
 
 SIDECAR_SUFFIX = "__amips"
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
@@ -133,28 +133,49 @@ class QdrantClientStore(VectorStore):
         if collection.endswith(SIDECAR_SUFFIX) or not self.client.collection_exists(collection):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
-    def info(self, collection: str) -> CollectionInfo:
+    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         self._require(collection)
-        params = self.client.get_collection(collection).config.params.vectors
-        if not isinstance(params, models.VectorParams):
-            raise UnknownCollectionError(f"collection {collection!r} has no single unnamed dense vector")
-        count = self.client.count(collection, exact=True).count
-        return CollectionInfo(collection, params.size, _DISTANCE_NAME.get(params.distance, str(params.distance)), count)
+        config = self.client.get_collection(collection).config.params
+        vectors = config.vectors
+        named = {UNNAMED: vectors} if isinstance(vectors, models.VectorParams) else dict(vectors or {})
+        servable: dict[str, tuple[int, str]] = {}
+        unsupported = {name: "a sparse vector" for name in config.sparse_vectors or {}}
+        for name, params in named.items():
+            if params.multivector_config is not None:
+                unsupported[name] = "a multivector"
+            elif params.distance not in _DISTANCE_NAME:
+                unsupported[name] = f"distance {params.distance} (amips serves Dot and Cosine)"
+            else:
+                servable[name] = (params.size, _DISTANCE_NAME[params.distance])
+        return servable, unsupported
+
+    def info(self, collection: str, using: str | None = None) -> CollectionInfo:
+        name, dim, distance = self.resolve_vector(collection, using)
+        count = self.client.count(collection, count_filter=self._holds(name), exact=True).count
+        return CollectionInfo(collection, dim, distance, count, name)
+
+    @staticmethod
+    def _holds(vector: str) -> models.Filter | None:
+        return None if not vector else models.Filter(must=[models.HasVectorCondition(has_vector=vector)])
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+               replication_factor: int | None = None, scalar_quantization: bool = False,
+               using: str | None = None) -> None:
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
-        self.client.create_collection(collection, vectors_config=models.VectorParams(size=dim, distance=_DISTANCE[distance]),
+        params = models.VectorParams(size=dim, distance=_DISTANCE[distance])
+        self.client.create_collection(collection, vectors_config={using: params} if using else params,
                                       shard_number=shards, replication_factor=replication_factor,
                                       quantization_config=quantization)
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
-               payloads: Sequence[dict[str, Any] | None] | None = None) -> None:
+               payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:
+        name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
-            batch = models.Batch(ids=qdrant_ids[start:stop], vectors=vectors[start:stop].tolist(),
+            rows = vectors[start:stop].tolist()
+            batch = models.Batch(ids=qdrant_ids[start:stop], vectors={name: rows} if name else rows,
                                  payloads=list(payloads[start:stop]) if payloads else None)
             self.client.upsert(collection, points=batch, wait=True)
 
@@ -178,14 +199,16 @@ class QdrantClientStore(VectorStore):
             if offset is None:
                 return
 
-    def scroll(self, collection: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        self._require(collection)
+    def scroll(self, collection: str, batch_size: int,
+               using: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        name = self.resolve_vector(collection, using)[0]
         offset = None
         while True:
-            records, offset = self.client.scroll(collection, limit=batch_size, offset=offset, with_vectors=True,
+            records, offset = self.client.scroll(collection, scroll_filter=self._holds(name), limit=batch_size,
+                                                 offset=offset, with_vectors=[name] if name else True,
                                                  with_payload=False)
             if records:
-                yield records_as_arrays(records)
+                yield records_as_arrays(records, name)
             if offset is None:
                 return
 
@@ -200,32 +223,33 @@ class QdrantClientStore(VectorStore):
         responses = self.client.query_batch_points(collection, requests=requests)
         return collect_results([response.points for response in responses], limit)
 
-    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams) -> SearchResult:
-        self._require(collection)
-        requests = [models.QueryRequest(query=q, limit=limit, params=self._params(params), filter=params.filter)
-                    for q in queries.tolist()]
+    def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
+               using: str | None = None) -> SearchResult:
+        name = self.resolve_vector(collection, using)[0] or None
+        requests = [models.QueryRequest(query=q, using=name, limit=limit, params=self._params(params),
+                                        filter=params.filter) for q in queries.tolist()]
         return self._run(collection, requests, limit)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
-                          candidates: int, limit: int, params: SearchParams) -> SearchResult:
-        self._require(collection)
+                          candidates: int, limit: int, params: SearchParams, using: str | None = None) -> SearchResult:
+        name = self.resolve_vector(collection, using)[0] or None
         requests = [
             models.QueryRequest(
-                prefetch=[models.Prefetch(query=p[row].tolist(), limit=candidates, params=self._params(params),
-                                          filter=params.filter)
+                prefetch=[models.Prefetch(query=p[row].tolist(), using=name, limit=candidates,
+                                          params=self._params(params), filter=params.filter)
                           for p in prefetch],
-                query=queries[row].tolist(), limit=limit, params=self._params(params), filter=params.filter)
+                query=queries[row].tolist(), using=name, limit=limit, params=self._params(params),
+                filter=params.filter)
             for row in range(len(queries))
         ]
         return self._run(collection, requests, limit)
 
     # what rides along --------------------------------------------------------------------------
-    def retrieve(self, collection: str, ids: np.ndarray) -> np.ndarray:
-        self._require(collection)
+    def retrieve(self, collection: str, ids: np.ndarray, using: str | None = None) -> np.ndarray:
+        name = self.resolve_vector(collection, using)[0]
         wanted = point_ids.to_qdrant_list(ids)
-        records = {point_ids.canonical(r.id): r.vector
-                   for r in self.client.retrieve(collection, wanted, with_payload=False, with_vectors=True)}
-        return vectors_in_order(collection, wanted, records)
+        found = self.client.retrieve(collection, wanted, with_payload=False, with_vectors=[name] if name else True)
+        return vectors_in_order(collection, wanted, {point_ids.canonical(r.id): vector_of(r, name) for r in found})
 
     def records(self, collection: str, ids: np.ndarray, with_payload: Any = True,
                 with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
@@ -237,11 +261,18 @@ class QdrantClientStore(VectorStore):
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)
         metadata = self.client.get_collection(collection).config.metadata or {}
-        return metadata.get(METADATA_KEYS[slot]) or None
+        return metadata.get(self._metadata_key(self.manifest_slot(collection, slot))) or None
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)
-        self.client.update_collection(collection, metadata={METADATA_KEYS[slot]: manifest})
+        self.client.update_collection(collection, metadata={self._metadata_key(self.manifest_slot(collection, slot)):
+                                                            manifest})
+
+    @staticmethod
+    def _metadata_key(slot: str) -> str:
+        """"amips" (or amips_pq, amips_router); for a named vector "amips@<name>"."""
+        base, vector = split_slot(slot)
+        return f"{METADATA_KEYS[base]}@{vector}" if vector else METADATA_KEYS[base]
 
     def _sidecar(self, collection: str) -> str:
         return collection + SIDECAR_SUFFIX

@@ -20,6 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from tqdm import tqdm
 
 from adapters import SearchParams, VectorStore, open_store, point_ids
+from adapters.vector_view import for_vector
 from compression.artifact import decode_model, load_model, read_header, save_model
 from compression import pq_store
 from compression.quantization import STORAGE_DTYPES
@@ -98,7 +99,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
     ctx.obj = {"store_spec": store, "api_key": api_key}
 
 
-def _store(ctx: click.Context) -> VectorStore:
+def _base_store(ctx: click.Context) -> VectorStore:
     """Open the group's store once per command; it is closed when the command ends."""
     if "store" not in ctx.obj:
         if ctx.obj["store_spec"] == ":memory:":
@@ -111,6 +112,25 @@ def _store(ctx: click.Context) -> VectorStore:
             raise StoreError(f"cannot open store {ctx.obj['store_spec']!r}: {exc}") from None
         ctx.call_on_close(ctx.obj["store"].close)
     return ctx.obj["store"]
+
+
+def _store(ctx: click.Context) -> VectorStore:
+    """The store, seen through the vector `--using` names (the collection's only vector by default)."""
+    return for_vector(_base_store(ctx), ctx.obj.get("using"))
+
+
+def using_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--using NAME`: which named vector of a collection a command works on."""
+
+    @click.option("--using", default=None, metavar="NAME",
+                  help="The collection's named vector to use (default: its only dense vector). Each vector has "
+                       "its own model and side indexes.")
+    @functools.wraps(command)
+    def wrapper(*args: Any, using: str | None, **kwargs: Any) -> Any:
+        click.get_current_context().obj["using"] = using
+        return command(*args, **kwargs)
+
+    return wrapper
 
 
 def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -280,6 +300,7 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
 # collections ---------------------------------------------------------------------------------------
 @main.command("ingest")
 @click.argument("collection")
+@using_option
 @click.argument("keys_path", metavar="KEYS.npy", type=click.Path(dir_okay=False))
 @click.option("--distance", type=click.Choice(["dot", "cosine"]), default="dot", show_default=True,
               help="dot: maximum inner product; cosine: Qdrant normalises the stored vectors.")
@@ -320,6 +341,7 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
 
 @main.command("train")
 @click.argument("collection")
+@using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="A sample of the collection's query distribution (.npy, M×d).")
 @training_options
@@ -344,38 +366,53 @@ def train_command(ctx: click.Context, collection: str, queries_path: str, config
 
 @main.command("status")
 @click.argument("collection", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when no COLLECTION is given).")
+@using_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object for a COLLECTION with one vector (or --using), else a list.")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the keys' fingerprint (faster; trusts the stale flag).")
 @click.pass_context
 @_friendly_errors
 def status_command(ctx: click.Context, collection: str | None, as_json: bool, no_verify: bool) -> None:
-    """Per collection: points, the model (version, stale or fresh, size, metrics) and the side indexes (pq, router)."""
-    store = _store(ctx)
+    """Per collection and vector: points, the model (version, stale or fresh, size, metrics) and the side
+    indexes (pq, router); vectors amips cannot serve are listed with the reason."""
+    store = _base_store(ctx)
     names = [collection] if collection else store.collections()
-    reports = [collection_ops.status(store, name, verify=not no_verify) for name in names]
+    reports = [report for name in names
+               for report in collection_ops.status_reports(store, name, not no_verify, ctx.obj.get("using"),
+                                                           quiet_errors=collection is None)]
     if as_json:
-        click.echo(json.dumps(reports[0] if collection else reports))
+        click.echo(json.dumps(reports[0] if collection and len(reports) == 1 else reports))
         return
     if not reports:
         click.echo(f"no collections in {store.location}")
     for r in reports:
-        model = r["model"]
-        line = f"{r['collection']}: {r['points']:,} points, dim {r['dim']}, {r['distance']}; "
-        if model is None:
-            line += "no model"
-        else:
-            metrics = model.get("metrics") or {}
-            line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
-                     f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
-                     f"validation match {metrics.get('match_rate', float('nan')):.3f}")
-        for slot, side in r["side_indexes"].items():
-            line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
-                f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
-        click.echo(line)
+        click.echo(_status_line(r))
+
+
+def _status_line(r: dict[str, Any]) -> str:
+    name = r["collection"] + (f" [{r['vector']}]" if r.get("vector") else "")
+    if "error" in r:
+        return f"{name}: cannot be read: {r['error']}"
+    if "unsupported" in r:
+        return f"{name}: not served by amips ({r['unsupported']})"
+    model = r["model"]
+    line = f"{name}: {r['points']:,} points, dim {r['dim']}, {r['distance']}; "
+    if model is None:
+        line += "no model"
+    else:
+        metrics = model.get("metrics") or {}
+        line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
+                 f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
+                 f"validation match {metrics.get('match_rate', float('nan')):.3f}")
+    for slot, side in r["side_indexes"].items():
+        line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
+            f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
+    return line
 
 
 @main.command("search")
 @click.argument("collection")
+@using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="The query vectors (.npy, M×d).")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
@@ -465,6 +502,7 @@ def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
 
 @main.command("pq-build")
 @click.argument("collection")
+@using_option
 @click.option("--subspaces", type=click.IntRange(min=1), required=True,
               help="m: subspaces of 8 bits each, so 8·m bits per key; must divide the dimension.")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
@@ -484,6 +522,7 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
 
 @main.command("route-build")
 @click.argument("collection")
+@using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="A sample of the collection's query distribution (.npy, M×d).")
 @click.option("--lists", type=click.IntRange(min=1), default=None, help="Coarse lists c (default: √N).")
@@ -511,6 +550,7 @@ def route_build_command(ctx: click.Context, collection: str, queries_path: str, 
 
 @main.command("export")
 @click.argument("collection")
+@using_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
 @click.pass_context
 @_friendly_errors
@@ -523,6 +563,7 @@ def export_command(ctx: click.Context, collection: str, output: str) -> None:
 
 @main.command("import")
 @click.argument("collection")
+@using_option
 @click.argument("model_path", metavar="MODEL.amips", type=click.Path(dir_okay=False))
 @click.pass_context
 @_friendly_errors
@@ -546,6 +587,7 @@ def import_command(ctx: click.Context, collection: str, model_path: str) -> None
 
 @main.command("drop-model")
 @click.argument("collection")
+@using_option
 @click.pass_context
 @_friendly_errors
 def drop_model_command(ctx: click.Context, collection: str) -> None:

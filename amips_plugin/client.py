@@ -14,9 +14,9 @@ Same signatures and return types as qdrant-client (`QueryResponse` of `ScoredPoi
 vectors as asked). A dense-vector query on a collection with a usable model is answered by the amips
 query path (`rewriting.QueryRewriter`, the code the CLI and the benchmarks run): the filter applies
 to every prefetch and to the final query; `score_threshold` and `offset` apply to the final, exactly
-rescored ranking, as in Qdrant. Anything amips does not rewrite — other query kinds, user prefetches,
-`lookup_from`, a named vector (`using`) — goes to the wrapped QdrantClient untouched (on Edge, where
-there is none, it is an InputError). Any other attribute is the wrapped client's, so the object can
+rescored ranking, as in Qdrant; `using` picks a named vector (each has its own model). Anything amips
+does not rewrite — other query kinds, user prefetches, `lookup_from`, a sparse or multivector `using` —
+goes to the wrapped QdrantClient untouched (on Edge, where there is none, it is an InputError). Any other attribute is the wrapped client's, so the object can
 stand in for it.
 
 Refreshing a model without stopping: `client.train(...)` / `client.build_index(...)` publish with
@@ -35,6 +35,7 @@ from qdrant_client.http.models import QueryResponse
 
 from adapters import SearchParams, VectorStore, open_store, point_ids
 from adapters.qdrant_client_store import QdrantClientStore
+from adapters.vector_view import for_vector
 
 from . import collections as collection_ops
 from .errors import InputError
@@ -59,7 +60,7 @@ class AmipsClient:
             self._qdrant = getattr(getattr(self.store, "client", None), "_client", None)
         else:
             self.store = store
-        self.rewriter = QueryRewriter(self.store)
+        self._rewriters: dict[str | None, QueryRewriter] = {}
         self.mode, self.candidates = mode, candidates
         self._local = threading.local()
 
@@ -90,7 +91,7 @@ class AmipsClient:
         responses: list[QueryResponse | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, request in enumerate(requests):
-            if _rewritable(request):
+            if _rewritable(request) and self._servable(collection_name, request.using):
                 groups.setdefault(_options_key(request), []).append(index)
             else:
                 responses[index] = self._pass_through(collection_name, request, **kwargs)
@@ -109,8 +110,8 @@ class AmipsClient:
         params = SearchParams(hnsw_ef=engine.hnsw_ef, exact=bool(engine.exact), filter=first.filter,
                               oversampling=quantization.oversampling if quantization else None)
         queries = np.array([_vector(r.query) for r in requests], dtype=np.float32)
-        result, report = self.rewriter.search(collection, queries, offset + limit, mode or self.mode,
-                                              candidates or self.candidates, params)
+        result, report = self.rewriter(first.using).search(collection, queries, offset + limit, mode or self.mode,
+                                                           candidates or self.candidates, params)
         self._local.report = report
         keep = point_ids.present(result.ids) & (result.scores >= (-np.inf if first.score_threshold is None
                                                                   else first.score_threshold))
@@ -121,6 +122,22 @@ class AmipsClient:
                                payload=extras.get(point_ids.to_qdrant(i), (None, None))[0],
                                vector=extras.get(point_ids.to_qdrant(i), (None, None))[1])
             for i, s in zip(ids, scores)]) for ids, scores in rows]
+
+    def rewriter(self, using: str | None = None) -> QueryRewriter:
+        """The query path of one vector (the default one for None); each caches its model."""
+        if using not in self._rewriters:
+            self._rewriters[using] = QueryRewriter(for_vector(self.store, using))
+        return self._rewriters[using]
+
+    def _servable(self, collection: str, using: str | None) -> bool:
+        """Whether amips can answer queries on this vector (a dense one); the rest pass through."""
+        if using is None or self._qdrant is None:
+            return True  # the query path answers, or says clearly why not
+        try:
+            self.store.resolve_vector(collection, using)
+        except InputError:
+            return False
+        return True
 
     def _extras(self, collection: str, rows: list[tuple[np.ndarray, np.ndarray]], with_payload: Any,
                 with_vectors: Any) -> dict[Any, tuple[Any, Any]]:
@@ -147,24 +164,27 @@ class AmipsClient:
 
     # models and side indexes --------------------------------------------------------------------
     def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig = TrainConfig(),
-              progress: bool = False) -> dict[str, Any]:
-        """Train and publish the collection's model while this client keeps serving; returns the manifest."""
-        return collection_ops.train(self.store, collection_name, np.asarray(queries), config, progress=progress).manifest
+              using: str | None = None, progress: bool = False) -> dict[str, Any]:
+        """Train and publish the model of a collection's vector while this client keeps serving; returns
+        the manifest."""
+        return collection_ops.train(for_vector(self.store, using), collection_name, np.asarray(queries), config,
+                                    progress=progress).manifest
 
     def build_index(self, collection_name: str, kind: str, queries: np.ndarray | None = None,
-                    **options: Any) -> dict[str, Any]:
+                    using: str | None = None, **options: Any) -> dict[str, Any]:
         """Build and publish a side index: kind "pq" (options: subspaces, relative_threshold) or "route"
         (queries required; options: lists, sublists, coarse_candidates, training)."""
         if kind == "pq":
             from compression import pq_store
 
-            return pq_store.build(self.store, collection_name, **options)
+            return pq_store.build(for_vector(self.store, using), collection_name, **options)
         if kind == "route":
             from . import router_store
 
             if queries is None:
                 raise InputError("a route index is trained on a query sample: pass queries=")
-            return router_store.build(self.store, collection_name, np.asarray(queries, dtype=np.float32), **options)
+            return router_store.build(for_vector(self.store, using), collection_name,
+                                      np.asarray(queries, dtype=np.float32), **options)
         raise InputError(f"unknown side index {kind!r}; expected 'pq' or 'route'")
 
     def close(self) -> None:
@@ -187,20 +207,19 @@ def _vector(query: Any) -> list[float]:
 
 
 def _rewritable(request: models.QueryRequest) -> bool:
-    """A plain dense-vector query on the collection's unnamed vector, without user prefetches."""
+    """A plain dense-vector query, without user prefetches."""
     query = request.query
     if isinstance(query, models.NearestQuery):
         query = query.nearest if query.mmr is None else None
     dense = isinstance(query, _REWRITABLE) and len(query) > 0 and all(
         isinstance(v, (int, float, np.floating, np.integer)) for v in query)
-    return dense and request.prefetch is None and request.lookup_from is None and request.using is None \
-        and request.shard_key is None
+    return dense and request.prefetch is None and request.lookup_from is None and request.shard_key is None
 
 
 def _options_key(request: models.QueryRequest) -> tuple[Any, ...]:
     """Requests with equal options share one store call."""
-    return tuple(repr(getattr(request, name)) for name in ("filter", "params", "limit", "offset", "with_payload",
-                                                            "with_vector", "score_threshold"))
+    return tuple(repr(getattr(request, name)) for name in ("using", "filter", "params", "limit", "offset",
+                                                            "with_payload", "with_vector", "score_threshold"))
 
 
 def _payload_selector(with_payload: Any) -> tuple[Any, set[str]]:

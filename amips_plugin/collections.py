@@ -9,11 +9,12 @@ from tqdm import tqdm
 
 from adapters import point_ids
 from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
+from adapters.vector_view import for_vector
 from compression.artifact import encode_model
 
 from . import model_registry
 from .arrays import check_vectors
-from .errors import InputError, UnknownCollectionError
+from .errors import AmipsError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
 from .training import FitResult, TrainConfig, fit
 
@@ -175,3 +176,20 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
             report["side_indexes"][slot] = {"version": side.get("version"), "bytes": side.get("bytes"),
                                             "stale": stale(side)}
     return report
+
+
+def status_reports(store: VectorStore, collection: str, verify: bool = True, using: str | None = None,
+                   quiet_errors: bool = False) -> list[dict[str, Any]]:
+    """`status` of each vector of a collection (or of `using` alone), each report naming its vector,
+    plus one entry per vector amips cannot serve, with the reason. With `quiet_errors` a collection
+    that cannot be read is an entry with its error, so one bad collection never hides the others."""
+    try:
+        if using is not None:
+            return [{**status(for_vector(store, using), collection, verify), "vector": using}]
+        servable, unsupported = store.vector_spaces(collection)
+        return ([{**status(for_vector(store, name or None), collection, verify), "vector": name} for name in servable]
+                + [{"collection": collection, "vector": name, "unsupported": why} for name, why in unsupported.items()])
+    except AmipsError as exc:
+        if not quiet_errors:
+            raise
+        return [{"collection": collection, "error": str(exc)}]

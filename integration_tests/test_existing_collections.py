@@ -177,3 +177,77 @@ def test_store_spec_mistakes_are_caught(tmp_path, mixture, caplog):
     assert [r.getMessage() for r in caplog.records].count(
         "amips: plain search for 'c': no model trained for this collection") == 1
     store.close()
+
+
+def _two_vector_collection(backend: str, root: Path, keys: np.ndarray, other: np.ndarray) -> str:
+    """A collection with two named cosine vectors ("text", "title") and a sparse one, UUID ids and
+    payloads, made without amips."""
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(len(keys))]
+    if backend == "local-dir":
+        client = QdrantClient(path=str(root / "local"))
+        client.create_collection("docs", vectors_config={
+            "text": models.VectorParams(size=keys.shape[1], distance=models.Distance.COSINE),
+            "title": models.VectorParams(size=other.shape[1], distance=models.Distance.COSINE)},
+            sparse_vectors_config={"bm25": models.SparseVectorParams()})
+        client.upsert("docs", points=[models.PointStruct(id=i, vector={"text": k.tolist(), "title": o.tolist()},
+                                                         payload={"n": n})
+                                      for n, (i, k, o) in enumerate(zip(ids, keys, other))], wait=True)
+        client.close()
+        return str(root / "local")
+    shard_dir = root / "edge" / "docs" / "shard"
+    shard_dir.mkdir(parents=True)
+    shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
+        vectors={"text": edge.EdgeVectorParams(size=keys.shape[1], distance=edge.Distance.Cosine),
+                 "title": edge.EdgeVectorParams(size=other.shape[1], distance=edge.Distance.Cosine)},
+        sparse_vectors={"bm25": edge.EdgeSparseVectorParams()}))
+    shard.update(edge.UpdateOperation.upsert_points(
+        [edge.Point(i, {"text": k.tolist(), "title": o.tolist()}, {"n": n})
+         for n, (i, k, o) in enumerate(zip(ids, keys, other))]))
+    shard.flush()
+    shard.close()
+    return f"edge:{root / 'edge'}"
+
+
+def test_named_vectors_each_get_their_own_model(backend, tmp_path, mixture):
+    keys, train, test = mixture
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731 - cosine collections
+    other = np.random.default_rng(0).standard_normal((len(keys), 8)).astype(np.float32)
+    spec = _two_vector_collection(backend, tmp_path, keys, other)
+    runner = CliRunner()
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "test.npy", test)
+    ids = np.array([str(uuid.UUID(int=i + 1)) for i in range(len(keys))])
+    np.save(tmp_path / "truth.npy", ids[(unit(test) @ unit(keys).T).argmax(axis=1)])
+
+    no_vector = runner.invoke(main, ["--store", spec, "train", "docs", "--queries", str(tmp_path / "train.npy")])
+    assert no_vector.exit_code == 1 and "several vectors (text, title)" in no_vector.output
+    trained = runner.invoke(main, ["--store", spec, "train", "docs", "--using", "text", "--queries",
+                                   str(tmp_path / "train.npy"), "--steps", "200", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    for mode in ("off", "hybrid"):
+        found = runner.invoke(main, ["--store", spec, "search", "docs", "--using", "text", "--queries",
+                                     str(tmp_path / "test.npy"), "--truth", str(tmp_path / "truth.npy"),
+                                     "--mode", mode, "--exact", "--json"])
+        assert found.exit_code == 0, found.output
+        summary = json.loads(found.output.strip().splitlines()[-1])
+        assert summary["recall@1"] == 1.0 and summary["fallback_reason"] is None, summary
+
+    status = runner.invoke(main, ["--store", spec, "status", "--json"])
+    reports = {r["vector"]: r for r in json.loads(status.output)}
+    assert reports["text"]["model"]["stale"] is False and reports["title"]["model"] is None
+    assert reports["bm25"]["unsupported"] == "a sparse vector"
+    sparse = runner.invoke(main, ["--store", spec, "search", "docs", "--using", "bm25", "--queries",
+                                  str(tmp_path / "test.npy")])
+    assert sparse.exit_code == 1 and "cannot be served by amips: a sparse vector" in sparse.output
+
+    store = open_store(spec)
+    from amips_plugin.client import AmipsClient
+    client = AmipsClient(store)
+    hits = client.query_points("docs", query=test[0], using="text", limit=3,
+                               search_params=models.SearchParams(exact=True))
+    assert client.last_report.fallback_reason is None and hits.points[0].payload["n"] == int(
+        np.flatnonzero(ids == np.load(tmp_path / "truth.npy")[0])[0])
+    title = client.query_points("docs", query=other[5], using="title", limit=1,
+                                search_params=models.SearchParams(exact=True))
+    assert title.points[0].id == ids[5] and "no model" in client.last_report.fallback_reason
+    client.close()

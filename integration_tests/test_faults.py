@@ -229,8 +229,8 @@ class FaultyStore:
     def _fail(self, what: str):
         raise StoreError(f"injected: the store failed during {what}")
 
-    def scroll(self, collection, batch_size):
-        for number, batch in enumerate(self._store.scroll(collection, batch_size)):
+    def scroll(self, collection, batch_size, using=None):
+        for number, batch in enumerate(self._store.scroll(collection, batch_size, using)):
             if self.fault == "scroll" and number == 2:
                 self._fail("scroll")
             yield batch
@@ -258,11 +258,11 @@ class FaultyStore:
             self._fail("delete_blob")
         self._store.delete_blob(collection, blob_id)
 
-    def upsert(self, collection, ids, vectors):
+    def upsert(self, collection, ids, vectors, payloads=None, using=None):
         if self.fault == "upsert":
-            self._store.upsert(collection, ids[: len(ids) // 2], vectors[: len(ids) // 2])
+            self._store.upsert(collection, ids[: len(ids) // 2], vectors[: len(ids) // 2], None, using)
             self._fail("upsert")
-        self._store.upsert(collection, ids, vectors)
+        self._store.upsert(collection, ids, vectors, payloads, using)
 
 
 @pytest.fixture(params=[":memory:", "edge"])
