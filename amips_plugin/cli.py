@@ -39,7 +39,7 @@ from .routing import RouterTraining
 from .models import MODEL_KINDS, params_fraction
 from .synthetic import gaussian_mixture
 from .targets import exact_top1
-from .training import TrainConfig, fit
+from .training import FitResult, TrainConfig, fit
 
 DEFAULTS = TrainConfig()
 _SIDE_INDEX_BUILDERS = {pq_store.SLOT: pq_store.BUILD_COMMAND, router_store.SLOT: router_store.BUILD_COMMAND}
@@ -96,6 +96,8 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
     Collections:  ingest, train, status, search, export, import, drop-model, pq-build, route-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.captureWarnings(True)  # library warnings (qdrant-client's local mode, ...) go through logging,
+    logging.getLogger("py.warnings").setLevel(logging.INFO if verbose else logging.ERROR)  # shown with -v
     ctx.obj = {"store_spec": store, "api_key": api_key}
 
 
@@ -199,11 +201,16 @@ def fit_command(keys_path: str, queries_path: str, output: str, config: TrainCon
     size = save_model(output, trained, metadata, dtype)
     click.echo(f"wrote {output} ({size:,} bytes, {trained.num_parameters():,} parameters, "
                f"ρ = {metadata['params_fraction']:.4f}) after {result.steps_run} steps in {result.seconds:.0f}s; "
-               f"{_quality_line(result.validation)}")
+               f"{_quality_line(result)}")
 
 
-def _quality_line(quality: Any) -> str:
-    return f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
+def _quality_line(result: FitResult) -> str:
+    """Validation quality; with a confidence gate, the match rate without and with it and its share."""
+    quality, gate = result.validation, result.gate
+    if gate is None:
+        return f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
+    return (f"validation match rate {gate.ungated_match:.3f} ungated, {gate.gated_match:.3f} with the confidence "
+            f"gate, which sends {gate.gated_share:.1%} of queries to plain search; E_rel {quality.e_rel:.3f}")
 
 
 def params_fraction_of(num_parameters: int, keys: np.ndarray) -> float:
@@ -287,7 +294,7 @@ def inspect_command(model_path: str, as_json: bool) -> None:
 @click.argument("model_path", metavar="MODEL.amips", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(STORAGE_DTYPES), required=True,
-              help="fp16 halves the weights; int8 stores matrices with per-output-channel scales.")
+              help="fp32: full precision; fp16: half the bytes; int8: a quarter, matrices with per-output-channel scales.")
 @_friendly_errors
 def quantize_command(model_path: str, output: str, dtype: str) -> None:
     """Rewrite a model file with its weights stored as fp16 or int8."""
@@ -361,7 +368,7 @@ def train_command(ctx: click.Context, collection: str, queries_path: str, config
     trained = collection_ops.train(_store(ctx), collection, queries, config, progress=not quiet, dtype=dtype)
     m = trained.manifest
     click.echo(f"{collection}: model version {m['version']} ({m['model']['kind']}, {m['bytes']:,} bytes) after "
-               f"{trained.result.steps_run} steps in {trained.result.seconds:.0f}s; {_quality_line(trained.result.validation)}")
+               f"{trained.result.steps_run} steps in {trained.result.seconds:.0f}s; {_quality_line(trained.result)}")
 
 
 @main.command("status")

@@ -78,6 +78,7 @@ class FitResult:
     steps_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    gate: GateCalibration | None = None  # smoothmax with a gate: how it was calibrated
 
     def metadata(self, keys: np.ndarray, num_queries: int, fingerprint: dict[str, Any],
                  **extra: Any) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class FitResult:
         return {"training": self.config.to_dict(), "steps_run": self.steps_run, "train_seconds": round(self.seconds, 2),
                 "num_keys": len(keys), "num_queries": num_queries, "fingerprint": fingerprint,
                 "validation": self.validation.to_dict(), "params": params,
+                "gate": None if self.gate is None else asdict(self.gate),
                 "params_fraction": params_fraction(params, keys.shape[0], keys.shape[1]),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "versions": {"amips": __version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -143,13 +145,24 @@ def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -
     return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
 
 
+@dataclass(frozen=True)
+class GateCalibration:
+    """The confidence gate on the validation queries: its threshold, the match rate without and with
+    it, and the share of queries it answers with the radial key (i.e. sends to plain search)."""
+
+    threshold: float
+    ungated_match: float
+    gated_match: float
+    gated_share: float
+
+
 def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation: TargetedQueries,
-                   min_match: float) -> float:
+                   min_match: float) -> GateCalibration:
     """Set the smallest confidence threshold whose gated validation match rate reaches `min_match`.
 
     Queries below the threshold get the radial key, which ranks like the query itself. Scanning
     the validation queries' own confidences from low to high, the first threshold that reaches
-    the target sends the fewest queries to the fallback. Returns the threshold.
+    the target sends the fewest queries to the fallback.
     """
     step = max(1, min(rows_per_chunk(model, len(validation)), SCORE_BUDGET // len(keys_t)))
     hits_key, hits_radial, confidences = [], [], []
@@ -168,7 +181,9 @@ def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation:
             threshold = candidate
             break
     model.gate_threshold.fill_(float(threshold))
-    return float(threshold)
+    gated = confidence < threshold
+    return GateCalibration(float(threshold), hit_key.float().mean().item(),
+                           torch.where(gated, hit_radial, hit_key).float().mean().item(), gated.float().mean().item())
 
 
 def _accumulate_gradients(model: MIPSModel, train: TargetedQueries, keys_t: torch.Tensor, batch: torch.Tensor,
@@ -284,8 +299,9 @@ def fit(
         final.load_state_dict(best_state)
     final.eval()
     assert best_quality is not None  # at least one validation pass runs (step == total_steps)
+    gate = None
     if isinstance(final, SmoothMaxSupportNet) and config.min_match > 0:
-        calibrate_gate(final, keys_t, validation, config.min_match)
+        gate = calibrate_gate(final, keys_t, validation, config.min_match)
         best_quality = _validate(final, keys, validation)
     return FitResult(model=final, config=config, validation=best_quality, steps_run=step,
-                     seconds=time.perf_counter() - started, history=history)
+                     seconds=time.perf_counter() - started, history=history, gate=gate)

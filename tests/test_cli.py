@@ -22,7 +22,7 @@ def files(tmp_path_factory, small_collection):
     model = folder / "model.amips"
     result = CliRunner().invoke(main, ["fit", str(paths["keys"]), str(paths["train"]), "-o", str(model), *FIT_FAST])
     assert result.exit_code == 0, result.output
-    return {**paths, "model": model, "folder": folder}
+    return {**paths, "model": model, "folder": folder, "fit_output": result.output}
 
 
 def _run(*args: str):
@@ -46,6 +46,15 @@ def test_fit_predict_evaluate_round_trip(files):
     assert report["match_rate"] > 0.5 and report["e_rel"] < 1.0
     assert report["params_fraction"] == pytest.approx(report["params"] / (64 * 16))
     assert set(report) >= {"mrr", "recall@1", "recall@5", "recall@10", "flops_per_query"}
+
+
+def test_fit_reports_the_gate_it_calibrated(files):
+    """The closing line gives the match rate without and with the confidence gate and the gate's share,
+    as the model file records them (not the gate's target as if it were the model's match rate)."""
+    gate = json.loads(_run("inspect", files["model"], "--json").output)["metadata"]["gate"]
+    assert gate["gated_match"] >= 0.8 and 0 <= gate["gated_share"] <= 1
+    assert (f"validation match rate {gate['ungated_match']:.3f} ungated, {gate['gated_match']:.3f} with the "
+            f"confidence gate, which sends {gate['gated_share']:.1%} of queries to plain search") in files["fit_output"]
 
 
 def test_quantize_and_inspect(files):
