@@ -37,11 +37,14 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.limits import MAX_BLOB_BYTES
+from amips_plugin.manifest_schema import validate_manifest
 
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
                    records_as_arrays)
+from .names import SIDECAR_SUFFIX, check_collection_name
 
-SIDECAR_SUFFIX = "__amips"
+SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
@@ -52,6 +55,19 @@ LOCK_POINT_ID = 1 << 62  # above every blob chunk id (< 2**60)
 LEASE_SECONDS = 60.0
 _LEASE_POLL_SECONDS = 0.05
 log = logging.getLogger("amips")
+
+
+def _chunk_bytes(payload: Any, blob_id: int, index: int, total: int, collection: str) -> bytes:
+    """One sidecar chunk's bytes, after checking that its payload is what write_blob stored."""
+    payload = payload or {}
+    data = payload.get("data")
+    if (payload.get("blob") != blob_id or payload.get("index") != index or payload.get("total") != total
+            or not isinstance(data, str) or len(data) > 4 * (CHUNK_BYTES // 3 + 1)):
+        raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index} of {total})")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index}: bad base64)") from None
 
 
 class _GuardedClient:
@@ -113,7 +129,8 @@ class QdrantClientStore(VectorStore):
         return sorted(n for n in names if not n.endswith(SIDECAR_SUFFIX))
 
     def _require(self, collection: str) -> None:
-        if collection.endswith(SIDECAR_SUFFIX) or not self.client.collection_exists(collection):
+        check_collection_name(collection)
+        if not self.client.collection_exists(collection):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
     def info(self, collection: str) -> CollectionInfo:
@@ -126,6 +143,7 @@ class QdrantClientStore(VectorStore):
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, scalar_quantization: bool = False) -> None:
+        check_collection_name(collection)
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
         self.client.create_collection(collection, vectors_config=models.VectorParams(size=dim, distance=_DISTANCE[distance]),
@@ -189,7 +207,7 @@ class QdrantClientStore(VectorStore):
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)
         metadata = self.client.get_collection(collection).config.metadata or {}
-        return metadata.get(METADATA_KEYS[slot]) or None
+        return validate_manifest(metadata.get(METADATA_KEYS[slot]), slot, collection)
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)
@@ -198,14 +216,36 @@ class QdrantClientStore(VectorStore):
     def _sidecar(self, collection: str) -> str:
         return collection + SIDECAR_SUFFIX
 
-    def _ensure_sidecar(self, collection: str) -> str:
-        self._require(collection)
+    def _owned_sidecar(self, collection: str) -> str | None:
+        """The sidecar's name if it exists and belongs to amips's `collection`, None if it does not exist;
+        StoreError for a foreign collection of that name, which amips never reads or writes.
+
+        Ours: its metadata carries {SIDECAR_MARKER: collection}. A sidecar from before the marker (no
+        metadata, no vectors: how amips always created it) is adopted by writing the marker; any other
+        collection there is foreign.
+        """
         sidecar = self._sidecar(collection)
         if not self.client.collection_exists(sidecar):
+            return None
+        config = self.client.get_collection(sidecar).config
+        owner = (config.metadata or {}).get(SIDECAR_MARKER)
+        if owner == collection:
+            return sidecar
+        if owner is None and not config.metadata and not config.params.vectors:
+            self.client.update_collection(sidecar, metadata={SIDECAR_MARKER: collection})
+            return sidecar
+        raise StoreError(f"collection {sidecar!r} exists but is not amips's sidecar of {collection!r}; amips will not "
+                         f"touch it (rename it, or store {collection!r}'s model elsewhere)")
+
+    def _ensure_sidecar(self, collection: str) -> str:
+        self._require(collection)
+        sidecar = self._owned_sidecar(collection)
+        if sidecar is None:
+            sidecar = self._sidecar(collection)
             try:
-                self.client.create_collection(sidecar, vectors_config={})
+                self.client.create_collection(sidecar, vectors_config={}, metadata={SIDECAR_MARKER: collection})
             except Exception:
-                if not self.client.collection_exists(sidecar):  # not another writer creating it first
+                if self._owned_sidecar(collection) is None:  # not another writer creating it first
                     raise
         return sidecar
 
@@ -218,21 +258,30 @@ class QdrantClientStore(VectorStore):
             point = models.PointStruct(id=(blob_id << _CHUNK_ID_BITS) | index, vector={}, payload=payload)
             self.client.upsert(sidecar, points=[point], wait=True)
 
-    def read_blob(self, collection: str, blob_id: int) -> bytes:
-        sidecar = self._sidecar(collection)
-        first = self.client.retrieve(sidecar, [blob_id << _CHUNK_ID_BITS]) if self.client.collection_exists(sidecar) else []
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+        """The blob's chunks, each payload checked (types, index, total, base64) and the total bounded by
+        `max_bytes` before the chunks are fetched."""
+        sidecar = self._owned_sidecar(collection)
+        blob_id = int(blob_id)
+        first = self.client.retrieve(sidecar, [blob_id << _CHUNK_ID_BITS]) if sidecar else []
         if not first:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store")
-        total = int(first[0].payload["total"])
+        max_chunks = max(1, -(-min(max_bytes, MAX_BLOB_BYTES) // CHUNK_BYTES))
+        total = (first[0].payload or {}).get("total")
+        if type(total) is not int or not 1 <= total <= max_chunks:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk count {str(total)[:40]}, "
+                                f"expected 1..{max_chunks})")
         ids = [(blob_id << _CHUNK_ID_BITS) | i for i in range(total)]
         records = {int(r.id): r for r in self.client.retrieve(sidecar, ids)}
         if len(records) != total:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is incomplete ({len(records)} of {total} chunks)")
-        return b"".join(base64.b64decode(records[i].payload["data"]) for i in ids)
+        parts = [_chunk_bytes(records[point_id].payload, blob_id, index, total, collection)
+                 for index, point_id in enumerate(ids)]
+        return b"".join(parts)
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
-        sidecar = self._sidecar(collection)
-        if not self.client.collection_exists(sidecar):
+        sidecar = self._owned_sidecar(collection)
+        if sidecar is None:
             return
         if blob_id is None:
             self.client.delete_collection(sidecar)

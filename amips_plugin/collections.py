@@ -78,7 +78,7 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
     trainer published (or the model was dropped) meanwhile, ConcurrentPublishError and nothing is
     changed. If points were added while training ran, the new model is committed stale.
     """
-    replaces = store.read_manifest(collection)
+    replaces = model_registry.read_for_replace(store, collection)
     keys, _, fingerprint = read_keys(store, collection)
     queries = check_vectors(queries, "queries", dim=keys.shape[1])
     result = fit(keys, queries, config, progress=progress, on_log=on_log)

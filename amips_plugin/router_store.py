@@ -94,7 +94,7 @@ def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int |
           training: RouterTraining = RouterTraining()) -> dict[str, Any]:
     """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
     (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
-    expected = store.read_manifest(collection, SLOT)
+    expected = model_registry.read_for_replace(store, collection, SLOT)
     keys, ids, fingerprint = read_keys(store, collection)
     if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
         raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")

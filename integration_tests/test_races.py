@@ -207,11 +207,11 @@ def test_a_reader_whose_blob_is_replaced_between_its_two_reads_gets_the_new_mode
     racing = {"done": False}
     original = store.read_blob
 
-    def read_blob_after_a_swap(collection, blob_id):
+    def read_blob_after_a_swap(collection, blob_id, *bound):
         if not racing["done"]:
             racing["done"] = True
             model_registry.publish(store, collection, _blob(2), {"count": 300})
-        return original(collection, blob_id)
+        return original(collection, blob_id, *bound)
 
     store.read_blob = read_blob_after_a_swap
     try:
