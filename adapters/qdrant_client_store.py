@@ -39,6 +39,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.limits import MAX_BLOB_BYTES
 from amips_plugin.manifest_schema import validate_manifest
+from amips_plugin.redact import redact
 
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
                    records_as_arrays)
@@ -97,9 +98,10 @@ class QdrantClientStore(VectorStore):
                  backoff: float = 0.5, shared: bool | None = None) -> None:
         """`shared`: whether other processes may write this store's manifests (default: only for a URL),
         which selects the leased lock point over an in-process lock."""
-        self.location = location
+        self.location = redact(location)  # what messages show: never the URL's credentials
         remote = location.startswith(("http://", "https://"))
         self.shared = remote if shared is None else shared
+        self._api_key = api_key
         if location == ":memory:":
             client = QdrantClient(":memory:")
         elif remote:
@@ -121,7 +123,7 @@ class QdrantClientStore(VectorStore):
                 if attempt + 1 < attempts:
                     time.sleep(backoff * 2 ** attempt)
         self.client.close()
-        raise StoreError(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}")
+        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}", [self._api_key]))
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:

@@ -94,11 +94,22 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 
 
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
-    """A collection's points and model; with `verify`, recompute the keys' fingerprint for staleness."""
+    """A collection's points and model; with `verify`, recompute the keys' fingerprint for staleness.
+
+    A slot whose manifest does not validate is reported as {"error": reason} (the reason names the
+    command that clears it), never raised: one broken manifest does not hide the rest."""
     info = store.info(collection)
-    manifests = {slot: store.read_manifest(collection, slot) for slot in MANIFEST_SLOTS}
+    manifests = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
                               "distance": info.distance, "model": None, "side_indexes": {}}
+    for slot, manifest in list(manifests.items()):
+        if isinstance(manifest, model_registry.BrokenManifest):
+            entry = {"error": manifest.reason}
+            if slot == "model":
+                report["model"] = entry
+            else:
+                report["side_indexes"][slot] = entry
+            manifests[slot] = None
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
     manifest = manifests.pop("model")
