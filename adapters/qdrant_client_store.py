@@ -279,7 +279,11 @@ class QdrantClientStore(VectorStore):
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is incomplete ({len(records)} of {total} chunks)")
         parts = [_chunk_bytes(records[point_id].payload, blob_id, index, total, collection)
                  for index, point_id in enumerate(ids)]
-        return b"".join(parts)
+        blob = b"".join(parts)
+        if len(blob) > max_bytes:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is {len(blob):,} bytes, over the "
+                                f"{max_bytes:,} expected")
+        return blob
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         sidecar = self._owned_sidecar(collection)

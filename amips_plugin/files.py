@@ -30,10 +30,11 @@ def read_bounded(path: str | Path, max_bytes: int) -> bytes:
     too large, so nothing unbounded is ever read; OSError as the system raises it otherwise.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file")
         if info.st_size > max_bytes:
             raise ValueError(f"{path} is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit")
         data = fh.read(max_bytes + 1)

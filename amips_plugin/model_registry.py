@@ -211,7 +211,11 @@ def load(store: VectorStore, collection: str) -> StoredModel | None:
         if not manifest:
             return None
         try:
-            return StoredModel(decode_model(read_verified_blob(store, collection, manifest)), manifest)
+            loaded = decode_model(read_verified_blob(store, collection, manifest))
+            if loaded.header["model"] != manifest["model"]:
+                raise ArtifactError(f"the model manifest of {collection!r} does not describe its blob's architecture; "
+                                    f"retrain, or clear it with `amips drop-model {collection}`")
+            return StoredModel(loaded, manifest)
         except ArtifactError:
             if attempt + 1 == LOAD_ATTEMPTS or identity(store.read_manifest(collection)) == identity(manifest):
                 raise

@@ -44,6 +44,9 @@ _HEADER_LENGTH = struct.Struct("<I")
 _CHECKSUM_BYTES = 32
 MODEL_KIND = "amips-model"
 ZSTD_LEVEL = 19
+MAX_INFLATION = 64
+MIN_INFLATE_BYTES = 64 << 20
+MAX_WINDOW_BYTES = 1 << 24  # level 19 writes frames with windows ≤ 8 MiB; a larger one is not ours
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,12 @@ def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTens
         chunks += [encoded.data, encoded.scales]
         offset += len(encoded.data) + len(encoded.scales)
     header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True).encode("utf-8")
-    body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + b"".join(chunks)
+    return frame(header_bytes, b"".join(chunks))
+
+
+def frame(header_bytes: bytes, data: bytes) -> bytes:
+    """The container around a JSON header's bytes and the tensor section: compressed, prefixed, checksummed."""
+    body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + data
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
     framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(compressed)) + compressed
     return framed + hashlib.sha256(framed).digest()
@@ -100,6 +108,13 @@ def _unframe(blob: bytes) -> memoryview:
     if hashlib.sha256(framed).digest() != checksum:
         raise ArtifactError("artifact checksum mismatch: the file is corrupt or was modified")
     return framed[_PREFIX.size:]
+
+
+def inflation_cap(compressed_bytes: int) -> int:
+    """The most an artifact of `compressed_bytes` may inflate to: MAX_INFLATION × its size (real
+    weights barely compress; a decompression bomb inflates thousands of times), at least
+    MIN_INFLATE_BYTES, at most MAX_BODY_BYTES."""
+    return min(MAX_BODY_BYTES, max(MIN_INFLATE_BYTES, MAX_INFLATION * compressed_bytes))
 
 
 def _read_exact(reader: Any, size: int, what: str) -> bytes:
@@ -153,11 +168,14 @@ def _load(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None
     except zstandard.ZstdError as exc:
         raise ArtifactError(f"artifact body does not decompress: {exc}") from None
     known = declared not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR)
-    if known and declared > MAX_BODY_BYTES:
-        raise ArtifactError(f"artifact body declares {declared} bytes, over the {MAX_BODY_BYTES} limit")
-    with zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False) as reader:
+    cap = inflation_cap(len(frame))
+    if known and declared > cap:
+        raise ArtifactError(f"artifact body declares {declared:,} bytes, over the {cap:,}-byte limit for "
+                            f"{len(frame):,} compressed bytes")
+    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
+    with decompressor.stream_reader(frame, read_across_frames=False) as reader:
         (header_length,) = _HEADER_LENGTH.unpack(_read_exact(reader, _HEADER_LENGTH.size, "header length"))
-        if header_length > MAX_HEADER_BYTES or (known and _HEADER_LENGTH.size + header_length > declared):
+        if header_length > min(MAX_HEADER_BYTES, cap) or (known and _HEADER_LENGTH.size + header_length > declared):
             raise ArtifactError("artifact header runs past the end of the body")
         header_bytes = _read_exact(reader, header_length, "header")
         try:
@@ -166,6 +184,9 @@ def _load(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None
             raise ArtifactError(f"artifact header is not valid JSON: {str(exc)[:120] or type(exc).__name__}") from None
         validate_header(header, kind)
         data_size = _tensor_layout(header["tensors"])
+        if _HEADER_LENGTH.size + header_length + data_size > cap:
+            raise ArtifactError(f"artifact declares {data_size:,} bytes of tensors, over the {cap:,}-byte limit "
+                                f"for {len(frame):,} compressed bytes")
         if known and declared != _HEADER_LENGTH.size + header_length + data_size:
             raise ArtifactError(f"artifact body declares {declared:,} bytes; its header and tensor table account "
                                 f"for {_HEADER_LENGTH.size + header_length + data_size:,}")
