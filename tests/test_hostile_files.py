@@ -1,6 +1,7 @@
 """Hostile files that pass the checksum: artifacts re-framed with the artifact module's own `frame` (so
 every deeper check runs), decompression bombs, huge declared models, `.npy` headers declaring more
 than the file holds, and the peak memory of refusing them."""
+import hashlib
 import io
 import json
 import subprocess
@@ -37,24 +38,26 @@ HEADER, DATA = _parts(VALID)
 HUGE_MODEL = {"kind": "keynet", "dim": 65536, "width": 65536, "depth": 64}
 
 
-def huge_model_artifact() -> bytes:
-    """A checksum-valid artifact declaring a keynet of 65536 × 65536 × 64 (~275 G parameters) and no tensors."""
-    return frame(json.dumps({"format": MODEL_KIND, "tensors": [], "model": HUGE_MODEL, "dtype": "fp32"}).encode(), b"")
+def huge_model_artifact(**model) -> bytes:
+    """A checksum-valid artifact declaring a keynet of 65536 × 65536 × 64 (~275 G parameters; `model`
+    overrides fields) and no tensors."""
+    header = {"format": MODEL_KIND, "tensors": [], "model": {**HUGE_MODEL, **model}, "dtype": "fp32"}
+    return frame(json.dumps(header).encode(), b"")
 
 
-def bomb_artifact(gib: int = 4) -> bytes:
-    """A checksum-valid artifact whose zstd frame (no declared size) inflates to `gib` GiB of zeros after a valid header."""
-    header = json.dumps({**HEADER, "tensors": []}).encode()
-    compressor = zstandard.ZstdCompressor(level=3, write_content_size=False)
+def bomb_artifact(gib: int = 4, declare_size: bool = False) -> bytes:
+    """A checksum-valid artifact: VALID's header and tensors, then `gib` GiB of zeros, in one zstd frame
+    (a few hundred KB stored) that declares its size or not."""
+    header = json.dumps(HEADER).encode()
+    prefix = len(header).to_bytes(4, "little") + header + DATA
+    size = len(prefix) + gib * (1 << 30) if declare_size else -1
+    writer = zstandard.ZstdCompressor(level=3, write_content_size=declare_size).compressobj(size=size)
+    parts = [writer.compress(prefix)]
     chunk = bytes(1 << 24)
-    writer = compressor.compressobj()
-    parts = [writer.compress(len(header).to_bytes(4, "little") + header)]
     parts += [writer.compress(chunk) for _ in range(gib * 64)]
     parts.append(writer.flush())
     compressed = b"".join(parts)
     framed = artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little") + compressed
-    import hashlib
-
     return framed + hashlib.sha256(framed).digest()
 
 
@@ -76,11 +79,14 @@ def test_a_tiny_artifact_declaring_a_huge_model_is_refused_before_any_weight_exi
     assert time.perf_counter() - started < 2.0
 
 
-def test_a_decompression_bomb_is_refused_after_the_bytes_its_header_accounts_for():
-    blob = bomb_artifact(gib=1)
+@pytest.mark.parametrize("declare_size, refusal", [(False, "unaccounted bytes"), (True, "over the .*-byte limit")])
+def test_a_decompression_bomb_is_refused_before_it_inflates(declare_size, refusal):
+    blob = bomb_artifact(gib=1, declare_size=declare_size)
     assert len(blob) < 200_000
-    with pytest.raises(ArtifactError, match="unaccounted bytes"):
-        unpack(blob, MODEL_KIND)
+    started = time.perf_counter()
+    with pytest.raises(ArtifactError, match=refusal):
+        decode_model(blob)
+    assert time.perf_counter() - started < 2.0
 
 
 def test_a_body_declaring_more_than_its_compression_allows_is_refused():
@@ -88,8 +94,6 @@ def test_a_body_declaring_more_than_its_compression_allows_is_refused():
     body = len(header).to_bytes(4, "little") + header + bytes(80 << 20)  # 80 MiB of zeros: ~2.5 KB compressed
     compressed = zstandard.ZstdCompressor(level=3).compress(body)
     framed = artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little") + compressed
-    import hashlib
-
     with pytest.raises(ArtifactError, match="over the .*-byte limit"):
         unpack(framed + hashlib.sha256(framed).digest(), MODEL_KIND)
 
@@ -174,14 +178,15 @@ def test_an_npy_header_declaring_hundreds_of_gib_is_refused_before_reading(tmp_p
 
 def test_refusing_hostile_files_stays_far_below_256_mib_above_the_baseline(tmp_path):
     """In a fresh process: ru_maxrss after setup (imports, the hostile bytes in memory) is the baseline;
-    refusing the huge declared model, a 4 GiB zstd bomb and a 400 GiB .npy header may add < 256 MiB."""
+    refusing the huge declared model, two 4 GiB zstd bombs (size declared or not) and a 400 GiB .npy header
+    may add < 256 MiB."""
     script = textwrap.dedent(f"""
         import resource, sys
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
         import test_hostile_files as h
         from pathlib import Path
         from amips_plugin.errors import AmipsError
-        files = [h.huge_model_artifact(), h.bomb_artifact(gib=4)]
+        files = [h.huge_model_artifact(), h.bomb_artifact(gib=4), h.bomb_artifact(gib=4, declare_size=True)]
         npy = h.huge_npy(Path({str(tmp_path)!r}) / "huge.npy")
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         refused = 0
@@ -199,5 +204,5 @@ def test_refusing_hostile_files_stays_far_below_256_mib_above_the_baseline(tmp_p
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     refused, grown_mib = out.stdout.split()
-    assert int(refused) == 3
+    assert int(refused) == 4
     assert float(grown_mib) < 256, f"refusing grew the peak RSS by {grown_mib} MiB"
