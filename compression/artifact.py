@@ -11,9 +11,14 @@ File layout (all integers little-endian):
 The JSON header holds the architecture ("model"), the tensor table (name, dtype, shape, offset
 and size of values and scales inside the tensor bytes) and free-form metadata (training settings,
 fingerprint of the training keys, metrics at training time, library versions). The reader checks
-magic, version, length, checksum, decompressed size, and that the tensor table tiles the tensor
-bytes exactly and matches the architecture, before any weight reaches a model. Every failure is
-an ArtifactError with one line that says what is wrong.
+magic, version, length and checksum, then stream-decompresses: the header first (bounded), validated
+against its kind's schema (amips_plugin.manifest_schema); the tensor table must tile a tensor
+section whose size, with the header's, is the frame's declared size and at most
+min(64 × the compressed size (at least 64 MiB), MAX_BODY_BYTES); a model's architecture is built on
+the meta device and compared with the table; only then are exactly the declared tensor bytes
+inflated, and any byte after them is refused. So a hostile header cannot make the reader allocate
+more than its table accounts for. Every failure is an ArtifactError with one line that says what is
+wrong.
 """
 from __future__ import annotations
 
