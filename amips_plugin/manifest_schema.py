@@ -86,11 +86,13 @@ class ModelManifestSchema(ManifestSchema):
 
 
 class PQManifestSchema(ManifestSchema):
+    """The thresholds came later than the first compressed key stores: optional, typed when present."""
+
     subspaces: StrictInt = Field(ge=1, le=limits.MAX_DIMENSION)
-    bits_per_key: StrictInt = Field(ge=1, le=8 * limits.MAX_DIMENSION)
-    relative_threshold: Number = Field(allow_inf_nan=False)
-    score_threshold: Number = Field(allow_inf_nan=False)
-    keys_fp32_bytes: StrictInt = Field(ge=0)
+    bits_per_key: Optional[StrictInt] = Field(default=None, ge=1, le=8 * limits.MAX_DIMENSION)
+    relative_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
+    score_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
+    keys_fp32_bytes: Optional[StrictInt] = Field(default=None, ge=0)
 
 
 class RouterManifestSchema(ManifestSchema):
