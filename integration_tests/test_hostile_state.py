@@ -300,7 +300,7 @@ def test_malformed_sidecar_chunks_mean_plain_search(hostile):
     chunk_id = manifest["blob"] << 20
     good = store.client.retrieve("c__amips", [chunk_id], with_payload=True)[0].payload
     for payload in ({**good, "total": "1"}, {**good, "total": 0}, {**good, "total": 10 ** 9}, {**good, "total": -3},
-                    {**good, "data": "!!not base64!!"}, {**good, "data": 7}, {**good, "index": 5}, {"total": 1}):
+                    {**good, "data": "!!not base64!!"}, {**good, "data": "QUJD!!"}, {**good, "data": 7}, {**good, "index": 5}, {"total": 1}):
         store.client.upsert("c__amips", points=[models.PointStruct(id=chunk_id, vector={}, payload=payload)], wait=True)
         with pytest.raises(ArtifactError, match="malformed|incomplete"):
             store.read_blob("c", manifest["blob"])
@@ -423,3 +423,13 @@ def test_url_credentials_and_api_keys_never_appear_in_errors():
     out = CliRunner().invoke(main, ["--store", "http://alice:hunter2@127.0.0.1:9", "--api-key", "sk-secret-key",
                                     "status"])
     assert out.exit_code == 1 and "hunter2" not in out.output and "sk-secret-key" not in out.output
+
+
+def test_a_store_never_shows_its_url_credentials(monkeypatch):
+    """Every message a store writes names it by `location` (unknown collection, server failures)."""
+    from adapters.qdrant_client_store import QdrantClientStore
+
+    monkeypatch.setattr(QdrantClientStore, "_wait_for_server", lambda self, attempts, backoff: None)
+    store = QdrantClientStore("https://alice:hunter2@db.example:6333")
+    assert store.location == "https://***@db.example:6333"
+    store.close()
