@@ -14,7 +14,6 @@ some); an unknown slot is checked against the fields every manifest has.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Annotated, Any, Literal, Optional
 
@@ -189,15 +188,6 @@ def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> dict[s
         raise ManifestError(f"the {slot} manifest of {collection!r} is not valid JSON ({reason}); "
                             f"clear it with `{fix_command(slot, collection)}`") from None
     return validate_manifest(raw, slot, collection)
-
-
-def manifest_digest(raw: Any) -> str:
-    """A checksum of a manifest as read (valid or not): what the query path caches loads under."""
-    try:
-        text = json.dumps(raw, sort_keys=True, default=repr)
-    except (ValueError, TypeError, RecursionError):
-        text = repr(raw)
-    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
 def validate_header(header: Any, kind: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """Stored state is untrusted input: hostile manifests, blobs, sidecar chunks and names, on qdrant-client local
 mode and Qdrant Edge. Whatever is planted, search answers every query (plain results, with the reason),
 `status` lists every collection (saying what is wrong per slot), and drop / train recover the collection."""
-import base64
 import json
 import shutil
 import time
@@ -187,6 +186,10 @@ def test_status_lists_every_collection_and_drop_and_train_recover_through_the_cl
     assert searched.exit_code == 0, searched.output
     summary = json.loads(searched.output.splitlines()[-1])
     assert "drop-model c" in summary["fallback_reason"] and "drop-index c pq" in summary["notes"][0]
+    exported = _amips(spec, "export", "c", "-o", queries.parent / "m.amips")
+    assert exported.exit_code == 1 and exported.output.count("\n") == 1 and "drop-model c" in exported.output
+    too_many = _amips(spec, "search", "c", "--queries", queries, "--limit", "10001")
+    assert too_many.exit_code == 2 and "10001 is not in the range 1<=x<=10000" in too_many.output
     assert _amips(spec, "drop-index", "c", "pq").exit_code == 0
     assert _amips(spec, "drop-model", "c").exit_code == 0
     after = _amips(spec, "status", "c", "--json", "--no-verify")
