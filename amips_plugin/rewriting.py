@@ -140,7 +140,8 @@ class QueryRewriter:
         check_query_norms(queries)
         report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
-        side_index = self._side_index(collection, candidate_source, report) if candidate_source != "engine" else None
+        side_index = (self._side_index(collection, candidate_source, report, info.dim)
+                      if candidate_source != "engine" else None)
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
@@ -213,7 +214,7 @@ class QueryRewriter:
                 result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
         return result
 
-    def _side_index(self, collection: str, source: str, report: SearchReport):
+    def _side_index(self, collection: str, source: str, report: SearchReport, dim: int):
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
         candidates) with the reason noted."""
         from compression import pq_store  # the compression package builds on this one
@@ -237,6 +238,8 @@ class QueryRewriter:
                                                     lambda: module.load(self.store, collection))
                 if loaded is None:
                     reason = f"the {name} cannot be loaded: {problem}" if problem else f"no {name} (run `amips {command}`)"
+                elif loaded[0].dim != dim:
+                    reason = f"the {name} expects dimension {loaded[0].dim}, the collection has {dim}; run `amips {command}`"
         if reason:
             log.warning("amips: engine candidates for %r: %s", collection, reason)
             report.notes.append(reason)

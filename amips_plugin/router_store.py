@@ -51,6 +51,11 @@ class RoutedLists:
         sizes = np.bincount(assignment, minlength=len(ranker.points))
         return cls(ranker, ids[order], np.concatenate([[0], np.cumsum(sizes)]), coarse_candidates)
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the keys it routes."""
+        return self.ranker.coarse.shape[1]
+
     def candidates(self, probes: np.ndarray, lists: int) -> list[np.ndarray]:
         """Point ids of the best `lists` fine lists, per probe row (their counts differ by list size)."""
         ranked = self.ranker.rank(probes, self.coarse_candidates).lists[:, :lists]
@@ -84,7 +89,7 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     lists_in_range = not len(assignment) or 0 <= assignment.min() <= assignment.max() < lists
     if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
             or ids.shape != assignment.shape or not lists_in_range or np.any(np.diff(assignment) < 0)
-            or coarse_candidates < 1):
+            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids) or ids.min() < 0):
         raise ArtifactError("routed list index's lists, points and ids do not fit together")
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 

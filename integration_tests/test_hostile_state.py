@@ -436,3 +436,23 @@ def test_a_store_never_shows_its_url_credentials(monkeypatch):
     store = QdrantClientStore("https://alice:hunter2@db.example:6333")
     assert store.location == "https://***@db.example:6333"
     store.close()
+
+
+def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_candidates(hostile):
+    """A compressed key store of another dimension, or naming negative point ids, is published like a
+    real one (valid container, valid manifest); searches note it and use the engine."""
+    from compression.anisotropic_pq import ProductCodes
+
+    spec, store, test = hostile
+    plain = _plain(store, test)
+    rng = np.random.default_rng(0)
+    fields = {"subspaces": 2, "fingerprint": store.read_manifest("c", "pq")["fingerprint"]}
+    for dim, ids, expected in ((8, np.arange(300), "expects dimension 8"), (16, -np.arange(1, 301), "negative point ids")):
+        codes = ProductCodes(rng.normal(size=(2, 256, dim // 2)).astype(np.float32),
+                             rng.integers(0, 256, size=(300, 2)).astype(np.uint8))
+        blob = pq_store.encode_key_store(pq_store.KeyStore(codes, ids.astype(np.int64)), fields)
+        model_registry.publish_blob(store, "c", blob, fields, slot="pq")
+        result, report = QueryRewriter(store).search("c", test, 5, "off", candidates=50, params=EXACT,
+                                                     candidate_source="pq")
+        assert expected in report.notes[0]
+        np.testing.assert_array_equal(result.ids, plain.ids)
