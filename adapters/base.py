@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from amips_plugin.errors import InputError, StoreBusyError
+from amips_plugin.limits import MAX_BLOB_BYTES
 
 from . import point_ids
 
@@ -237,8 +238,9 @@ class VectorStore(abc.ABC):
         """Store blob `blob_id` (< 2**40) completely before returning; readers never see part of it."""
 
     @abc.abstractmethod
-    def read_blob(self, collection: str, blob_id: int) -> bytes:
-        """The blob stored under `blob_id`; ArtifactError when it is missing or incomplete."""
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+        """The blob stored under `blob_id`; ArtifactError when it is missing, incomplete, malformed or
+        larger than `max_bytes` (decided before it is read: stored state is untrusted input)."""
 
     @abc.abstractmethod
     def delete_blob(self, collection: str, blob_id: int | None) -> None:

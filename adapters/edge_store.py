@@ -31,12 +31,15 @@ import numpy as np
 import qdrant_edge as edge
 
 from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
-from amips_plugin.files import atomic_write
+from amips_plugin.files import atomic_write, read_bounded
+from amips_plugin.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES
+from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json
 
 from . import point_ids
 from .edge_filters import edge_filter
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
                    UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
+from .names import check_collection_name
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
@@ -68,8 +71,9 @@ class EdgeStore(VectorStore):
         self._spaces: dict[str, tuple[dict[str, tuple[int, str]], dict[str, str]]] = {}
 
     def _folder(self, collection: str) -> Path:
-        if not _NAME.match(collection):
-            raise UnknownCollectionError(f"invalid collection name {collection!r} (letters, digits, _ . - only)")
+        check_collection_name(collection)
+        if not _NAME.fullmatch(collection):
+            raise InputError(f"invalid collection name {collection[:80]!r} (letters, digits, _ . - only)")
         return self.root / collection
 
     def _config(self, dim: int, distance: str, scalar_quantization: bool, vector: str) -> edge.EdgeConfig:
@@ -100,7 +104,8 @@ class EdgeStore(VectorStore):
     def collections(self) -> list[str]:
         if not self.root.is_dir():  # nothing made yet; the folder is created by the first `create`
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "shard" / "edge_config.json").is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if _NAME.fullmatch(p.name) and (p / "shard" / "edge_config.json").is_file())
 
     def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         self._shard(collection)
@@ -252,16 +257,18 @@ class EdgeStore(VectorStore):
         return self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        path = self._manifest_path(collection, self.manifest_slot(collection, slot))
+        """The slot's manifest file, read with a size bound and validated (manifest_schema)."""
+        slot = self.manifest_slot(collection, slot)
+        path = self._manifest_path(collection, slot)
         with _file_errors(f"read the manifest of {collection!r}"):
-            if not path.is_file():
+            if not os.path.lexists(path):
                 return None
-            text = path.read_text()
-        try:
-            return json.loads(text) or None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"model manifest of {collection!r} is not valid JSON ({exc}); "
-                                "remove it with `amips drop-model`") from None
+            try:
+                text = read_bounded(path, MAX_MANIFEST_BYTES)
+            except ValueError as exc:
+                raise ManifestError(f"the {slot} manifest of {collection!r} is unusable ({exc}); "
+                                    f"clear it with `{fix_command(slot, collection)}`") from None
+        return parse_manifest_json(text, slot, collection)
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         path = self._manifest_path(collection, self.manifest_slot(collection, slot))
@@ -275,12 +282,14 @@ class EdgeStore(VectorStore):
         with _file_errors(f"write model blob {blob_id} of {collection!r}"):
             atomic_write(self._model_dir(collection) / f"blob-{blob_id}.amips", data)
 
-    def read_blob(self, collection: str, blob_id: int) -> bytes:
-        path = self._model_dir(collection) / f"blob-{blob_id}.amips"
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+        path = self._model_dir(collection) / f"blob-{int(blob_id)}.amips"
         try:
-            return path.read_bytes()
+            return read_bounded(path, min(max_bytes, MAX_BLOB_BYTES))
         except FileNotFoundError:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store") from None
+        except ValueError as exc:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is unusable: {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot read model blob {blob_id} of {collection!r}: {exc.strerror or exc}") from None
 

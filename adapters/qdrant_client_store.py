@@ -38,12 +38,16 @@ from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from amips_plugin.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.limits import MAX_BLOB_BYTES
+from amips_plugin.manifest_schema import validate_manifest
+from amips_plugin.redact import redact
 
 from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
                    UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
+from .names import SIDECAR_SUFFIX, check_collection_name
 
-SIDECAR_SUFFIX = "__amips"
+SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
@@ -54,6 +58,19 @@ LOCK_POINT_ID = 1 << 62  # above every blob chunk id (< 2**60)
 LEASE_SECONDS = 60.0
 _LEASE_POLL_SECONDS = 0.05
 log = logging.getLogger("amips")
+
+
+def _chunk_bytes(payload: Any, blob_id: int, index: int, total: int, collection: str) -> bytes:
+    """One sidecar chunk's bytes, after checking that its payload is what write_blob stored."""
+    payload = payload or {}
+    data = payload.get("data")
+    if (payload.get("blob") != blob_id or payload.get("index") != index or payload.get("total") != total
+            or not isinstance(data, str) or len(data) > 4 * (CHUNK_BYTES // 3 + 1)):
+        raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index} of {total})")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index}: bad base64)") from None
 
 
 class _GuardedClient:
@@ -84,6 +101,7 @@ class QdrantClientStore(VectorStore):
         """`shared`: whether other processes may write this store's manifests (default: only for a URL),
         which selects the leased lock point over an in-process lock."""
         remote = location.startswith(("http://", "https://"))
+        self._api_key = api_key
         if location == ":memory:":
             client = QdrantClient(":memory:")
         elif remote:
@@ -106,7 +124,8 @@ class QdrantClientStore(VectorStore):
         return store
 
     def _attach(self, client: QdrantClient, location: str, remote: bool, shared: bool | None) -> None:
-        self.location = location
+        self.location = redact(location)  # what messages show: never the URL's credentials
+        self._api_key = getattr(self, "_api_key", None)
         self.shared = remote if shared is None else shared
         self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
         self._owns_client = True
@@ -122,7 +141,7 @@ class QdrantClientStore(VectorStore):
                 if attempt + 1 < attempts:
                     time.sleep(backoff * 2 ** attempt)
         self.client.close()
-        raise StoreError(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}")
+        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}", [self._api_key]))
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -130,7 +149,8 @@ class QdrantClientStore(VectorStore):
         return sorted(n for n in names if not n.endswith(SIDECAR_SUFFIX))
 
     def _require(self, collection: str) -> None:
-        if collection.endswith(SIDECAR_SUFFIX) or not self.client.collection_exists(collection):
+        check_collection_name(collection)
+        if not self.client.collection_exists(collection):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
     def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
@@ -161,6 +181,7 @@ class QdrantClientStore(VectorStore):
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, scalar_quantization: bool = False,
                using: str | None = None) -> None:
+        check_collection_name(collection)
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
         params = models.VectorParams(size=dim, distance=_DISTANCE[distance])
@@ -261,7 +282,8 @@ class QdrantClientStore(VectorStore):
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         self._require(collection)
         metadata = self.client.get_collection(collection).config.metadata or {}
-        return metadata.get(self._metadata_key(self.manifest_slot(collection, slot))) or None
+        slot = self.manifest_slot(collection, slot)
+        return validate_manifest(metadata.get(self._metadata_key(slot)), slot, collection)
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)
@@ -277,14 +299,36 @@ class QdrantClientStore(VectorStore):
     def _sidecar(self, collection: str) -> str:
         return collection + SIDECAR_SUFFIX
 
-    def _ensure_sidecar(self, collection: str) -> str:
-        self._require(collection)
+    def _owned_sidecar(self, collection: str) -> str | None:
+        """The sidecar's name if it exists and belongs to amips's `collection`, None if it does not exist;
+        StoreError for a foreign collection of that name, which amips never reads or writes.
+
+        Ours: its metadata carries {SIDECAR_MARKER: collection}. A sidecar from before the marker (no
+        metadata, no vectors: how amips always created it) is adopted by writing the marker; any other
+        collection there is foreign.
+        """
         sidecar = self._sidecar(collection)
         if not self.client.collection_exists(sidecar):
+            return None
+        config = self.client.get_collection(sidecar).config
+        owner = (config.metadata or {}).get(SIDECAR_MARKER)
+        if owner == collection:
+            return sidecar
+        if owner is None and not config.metadata and not config.params.vectors:
+            self.client.update_collection(sidecar, metadata={SIDECAR_MARKER: collection})
+            return sidecar
+        raise StoreError(f"collection {sidecar!r} exists but is not amips's sidecar of {collection!r}; amips will not "
+                         f"touch it (rename it, or store {collection!r}'s model elsewhere)")
+
+    def _ensure_sidecar(self, collection: str) -> str:
+        self._require(collection)
+        sidecar = self._owned_sidecar(collection)
+        if sidecar is None:
+            sidecar = self._sidecar(collection)
             try:
-                self.client.create_collection(sidecar, vectors_config={})
+                self.client.create_collection(sidecar, vectors_config={}, metadata={SIDECAR_MARKER: collection})
             except Exception:
-                if not self.client.collection_exists(sidecar):  # not another writer creating it first
+                if self._owned_sidecar(collection) is None:  # not another writer creating it first
                     raise
         return sidecar
 
@@ -297,21 +341,34 @@ class QdrantClientStore(VectorStore):
             point = models.PointStruct(id=(blob_id << _CHUNK_ID_BITS) | index, vector={}, payload=payload)
             self.client.upsert(sidecar, points=[point], wait=True)
 
-    def read_blob(self, collection: str, blob_id: int) -> bytes:
-        sidecar = self._sidecar(collection)
-        first = self.client.retrieve(sidecar, [blob_id << _CHUNK_ID_BITS]) if self.client.collection_exists(sidecar) else []
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+        """The blob's chunks, each payload checked (types, index, total, base64) and the total bounded by
+        `max_bytes` before the chunks are fetched."""
+        sidecar = self._owned_sidecar(collection)
+        blob_id = int(blob_id)
+        first = self.client.retrieve(sidecar, [blob_id << _CHUNK_ID_BITS]) if sidecar else []
         if not first:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store")
-        total = int(first[0].payload["total"])
+        max_chunks = max(1, -(-min(max_bytes, MAX_BLOB_BYTES) // CHUNK_BYTES))
+        total = (first[0].payload or {}).get("total")
+        if type(total) is not int or not 1 <= total <= max_chunks:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk count {str(total)[:40]}, "
+                                f"expected 1..{max_chunks})")
         ids = [(blob_id << _CHUNK_ID_BITS) | i for i in range(total)]
         records = {int(r.id): r for r in self.client.retrieve(sidecar, ids)}
         if len(records) != total:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is incomplete ({len(records)} of {total} chunks)")
-        return b"".join(base64.b64decode(records[i].payload["data"]) for i in ids)
+        parts = [_chunk_bytes(records[point_id].payload, blob_id, index, total, collection)
+                 for index, point_id in enumerate(ids)]
+        blob = b"".join(parts)
+        if len(blob) > max_bytes:
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is {len(blob):,} bytes, over the "
+                                f"{max_bytes:,} expected")
+        return blob
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
-        sidecar = self._sidecar(collection)
-        if not self.client.collection_exists(sidecar):
+        sidecar = self._owned_sidecar(collection)
+        if sidecar is None:
             return
         if blob_id is None:
             self.client.delete_collection(sidecar)

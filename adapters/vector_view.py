@@ -14,6 +14,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from amips_plugin.limits import MAX_BLOB_BYTES
+
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, vector_slot
 
 
@@ -77,8 +79,8 @@ class VectorView(VectorStore):
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
         self.store.write_blob(collection, blob_id, data)
 
-    def read_blob(self, collection: str, blob_id: int) -> bytes:
-        return self.store.read_blob(collection, blob_id)
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
+        return self.store.read_blob(collection, blob_id, max_bytes)
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         self.store.delete_blob(collection, blob_id)

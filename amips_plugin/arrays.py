@@ -6,6 +6,8 @@ returned as contiguous float32, the dtype all computation uses.
 from __future__ import annotations
 
 import json
+import os
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,35 @@ def check_vectors(array: np.ndarray, what: str, dim: int | None = None) -> np.nd
     return out
 
 
+def check_npy_size(path: Path, what: str) -> None:
+    """Before anything is allocated: the header's shape × itemsize must equal the bytes after the header.
+
+    A `.npy` header can declare any shape; numpy would allocate it before noticing that the file is
+    short. Object arrays and unreadable headers are left to `np.load`, which refuses them.
+    """
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            data_bytes = os.fstat(fh.fileno()).st_size - fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return  # not a readable header: np.load says so below
+    if dtype.hasobject:
+        return
+    declared = prod(shape) * dtype.itemsize
+    if declared != data_bytes:
+        raise InputError(f"{what}: the .npy header declares shape {tuple(shape)} of {dtype} ({declared:,} bytes), "
+                         f"the file holds {data_bytes:,} bytes of data")
+
+
 def load_vectors(path: str | Path, what: str | None = None, dim: int | None = None) -> np.ndarray:
     """Read a `.npy` file of vectors; every failure is an InputError naming the file."""
     path = Path(path)
     what = what or str(path)
     if not path.is_file():
         raise InputError(f"{what}: no such file: {path}")
+    check_npy_size(path, what)
     try:
         array = np.load(path, allow_pickle=False, mmap_mode=None)
     except ValueError as exc:  # object arrays, or a pickle posing as .npy

@@ -26,11 +26,13 @@ from compression import pq_store
 from compression.quantization import STORAGE_DTYPES
 
 from . import __version__
-from .arrays import load_ids, load_payloads, load_vectors
+from .arrays import check_npy_size, load_ids, load_payloads, load_vectors
 from . import collections as collection_ops
 from . import model_registry, router_store
 from .errors import AmipsError, InputError, StoreError
-from .files import atomic_write
+from .limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
+from .redact import redact
+from .files import atomic_write, read_bounded
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
@@ -58,9 +60,9 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (AmipsError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_redacted(str(exc))) from None
         except (ResponseHandlingException, UnexpectedResponse) as exc:  # the server failed mid-command
-            raise click.ClickException(f"the Qdrant server failed: {' '.join(str(exc).split())}") from None
+            raise click.ClickException(_redacted(f"the Qdrant server failed: {' '.join(str(exc).split())}")) from None
         except KeyboardInterrupt:
             for bar in list(getattr(tqdm, "_instances", ())):  # a bar left drawn would swallow the line
                 bar.close()
@@ -68,6 +70,21 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                               "one (if any) still serves") from None
 
     return wrapper
+
+
+def _redacted(message: str) -> str:
+    """The message with URL credentials and the API key (--api-key / QDRANT_API_KEY) masked."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return redact(message, [(obj or {}).get("api_key")])
+
+
+def _model_file(path: Path) -> bytes:
+    """A model file's bytes, refused before reading when it is not a regular file of sane size."""
+    try:
+        return read_bounded(path, MAX_BLOB_BYTES)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
@@ -93,7 +110,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 
     \b
     Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, status, search, export, import, drop-model, pq-build, route-build
+    Collections:  ingest, train, status, search, export, import, drop-model, drop-index, pq-build, route-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logging.captureWarnings(True)  # library warnings (qdrant-client's local mode, ...) go through logging,
@@ -278,7 +295,7 @@ def inspect_command(model_path: str, as_json: bool) -> None:
     path = Path(model_path)
     if not path.is_file():
         raise InputError(f"no such model file: {path}")
-    header = read_header(path.read_bytes())
+    header = read_header(_model_file(path))
     if as_json:
         click.echo(json.dumps(header, indent=2, sort_keys=True))
         return
@@ -399,19 +416,24 @@ def status_command(ctx: click.Context, collection: str | None, as_json: bool, no
 def _status_line(r: dict[str, Any]) -> str:
     name = r["collection"] + (f" [{r['vector']}]" if r.get("vector") else "")
     if "error" in r:
-        return f"{name}: cannot be read: {r['error']}"
+        return f"{name}: UNREADABLE — {_redacted(r['error'])}"
     if "unsupported" in r:
         return f"{name}: not served by amips ({r['unsupported']})"
     model = r["model"]
     line = f"{name}: {r['points']:,} points, dim {r['dim']}, {r['distance']}; "
     if model is None:
         line += "no model"
+    elif "error" in model:
+        line += f"model UNUSABLE ({model['error']})"
     else:
         metrics = model.get("metrics") or {}
         line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
                  f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
                  f"validation match {metrics.get('match_rate', float('nan')):.3f}")
     for slot, side in r["side_indexes"].items():
+        if "error" in side:
+            line += f"; {slot} UNUSABLE ({side['error']})"
+            continue
         line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
             f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
     return line
@@ -422,19 +444,19 @@ def _status_line(r: dict[str, Any]) -> str:
 @using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="The query vectors (.npy, M×d).")
-@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
               help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
-@click.option("--candidates", type=click.IntRange(min=1), default=None,
+@click.option("--candidates", type=click.IntRange(1, MAX_CANDIDATES), default=None,
               help="Candidates each prefetch returns before rescoring (default: max(limit, 10)); "
                    "with --candidates-from route, the fine lists scanned per probe.")
 @click.option("--candidates-from", "candidate_source", type=click.Choice(CANDIDATE_SOURCES), default="engine",
               show_default=True, help="engine: Qdrant's index; pq: the compressed key store (`amips pq-build`); "
                                       "route: the lists a learned router ranks first (`amips route-build`). "
                                       "pq and route candidates are rescored exactly.")
-@click.option("--hnsw-ef", type=click.IntRange(min=1), default=None, help="HNSW beam width (server/Edge).")
+@click.option("--hnsw-ef", type=click.IntRange(1, MAX_HNSW_EF), default=None, help="HNSW beam width (server/Edge).")
 @click.option("--exact", is_flag=True, help="Exact (brute-force) scoring in the engine.")
-@click.option("--oversampling", type=click.FloatRange(min=1), default=None,
+@click.option("--oversampling", type=click.FloatRange(1, MAX_OVERSAMPLING), default=None,
               help="Scalar-quantized collection: int8 candidates per result, rescored with the originals.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False), default=None,
               help="True best ids (.npy: one per query, or each query's true top-k, best first): report "
@@ -497,6 +519,7 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
 
 def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
     """True best ids, one per query (or each query's true top-k, best first), as ids comparable with `ids`."""
+    check_npy_size(Path(path), "--truth")
     try:
         truth = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -577,9 +600,9 @@ def export_command(ctx: click.Context, collection: str, output: str) -> None:
 def import_command(ctx: click.Context, collection: str, model_path: str) -> None:
     """Store MODEL.amips as COLLECTION's model; stale at once if it was trained on other keys."""
     store = _store(ctx)
-    blob = Path(model_path).read_bytes() if Path(model_path).is_file() else b""
-    if not blob:
+    if not Path(model_path).is_file():
         raise InputError(f"no such model file: {model_path}")
+    blob = _model_file(Path(model_path))
     loaded = decode_model(blob)
     info = store.info(collection)
     if loaded.model.config.dim != info.dim:
@@ -601,6 +624,21 @@ def drop_model_command(ctx: click.Context, collection: str) -> None:
     """Remove COLLECTION's model (the collection's points are untouched); searches become plain."""
     had = model_registry.drop(_store(ctx), collection)
     click.echo(f"{collection}: model removed" if had else f"{collection}: had no model")
+
+
+INDEX_SLOTS = {"pq": pq_store.SLOT, "route": router_store.SLOT}
+
+
+@main.command("drop-index")
+@click.argument("collection")
+@click.argument("index", type=click.Choice(sorted(INDEX_SLOTS)))
+@click.pass_context
+@_friendly_errors
+def drop_index_command(ctx: click.Context, collection: str, index: str) -> None:
+    """Remove COLLECTION's side index INDEX (pq: the compressed key store, route: the routed lists), a
+    broken one included; the model and the points are untouched, and searches use engine candidates."""
+    had = model_registry.drop(_store(ctx), collection, INDEX_SLOTS[index])
+    click.echo(f"{collection}: {index} index removed" if had else f"{collection}: had no {index} index")
 
 
 @main.command("synth")

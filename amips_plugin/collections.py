@@ -136,7 +136,7 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
     trainer published (or the model was dropped) meanwhile, ConcurrentPublishError and nothing is
     changed. If points were added while training ran, the new model is committed stale.
     """
-    replaces = store.read_manifest(collection)
+    replaces = model_registry.read_for_replace(store, collection)
     keys, _, fingerprint = read_keys(store, collection)
     queries = check_vectors(queries, "queries", dim=keys.shape[1])
     result = fit(keys, queries, config, progress=progress, on_log=on_log)
@@ -151,11 +151,22 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
     """A collection's points, model and side indexes. Each is stale when marked so by an amips write,
     when it was built on another number of keys than the collection holds (writes by other clients),
-    and, with `verify`, when the keys' recomputed fingerprint differs from the one it was built on."""
+    and, with `verify`, when the keys' recomputed fingerprint differs from the one it was built on.
+
+    A slot whose manifest does not validate is reported as {"error": reason} (the reason names the
+    command that clears it), never raised: one broken manifest does not hide the rest."""
     info = store.info(collection)
-    manifests = {slot: store.read_manifest(collection, slot) for slot in MANIFEST_SLOTS}
+    manifests = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
                               "distance": info.distance, "model": None, "side_indexes": {}}
+    for slot, manifest in list(manifests.items()):
+        if isinstance(manifest, model_registry.BrokenManifest):
+            entry = {"error": manifest.reason}
+            if slot == "model":
+                report["model"] = entry
+            else:
+                report["side_indexes"][slot] = entry
+            manifests[slot] = None
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
 
@@ -189,7 +200,7 @@ def status_reports(store: VectorStore, collection: str, verify: bool = True, usi
         servable, unsupported = store.vector_spaces(collection)
         return ([{**status(for_vector(store, name or None), collection, verify), "vector": name} for name in servable]
                 + [{"collection": collection, "vector": name, "unsupported": why} for name, why in unsupported.items()])
-    except AmipsError as exc:
+    except (AmipsError, ValueError) as exc:
         if not quiet_errors:
             raise
         return [{"collection": collection, "error": str(exc)}]

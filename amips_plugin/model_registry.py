@@ -19,7 +19,15 @@ killed one leaves at most an unreferenced blob, which no reader ever opens (only
 blobs, and it is written last).
 
 The manifest: {"version", "blob", "sha256", "bytes", "model" (architecture), "dtype",
-"fingerprint" (keys trained on), "metrics" (validation at training time), "created", "stale"}.
+"fingerprint" (keys trained on), "metrics" (validation at training time), "created", "stale",
+"slot"}; its schema, checked at every read, is in manifest_schema.py.
+
+Stored state is untrusted input. A manifest that does not validate is "no usable model" for
+readers, and never blocks a writer: `train`, the side-index builds and `drop-model` /
+`drop-index` replace or remove it (read_for_replace). A blob is removed only by its own slot, and
+only when no other slot's manifest names it (or might: an unreadable one), so a tampered manifest
+naming another slot's blob cannot get that blob deleted; blobs are read with their manifest's
+"bytes" as a bound.
 """
 from __future__ import annotations
 
@@ -33,7 +41,9 @@ from typing import Any
 from adapters.base import MANIFEST_SLOTS, VectorStore
 from compression.artifact import LoadedModel, decode_model
 
-from .errors import ArtifactError, ConcurrentPublishError, StoreError
+from .errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
+from .limits import MAX_BLOB_BYTES
+from .manifest_schema import ManifestError
 from .fingerprint import KeyFingerprint
 
 SCROLL_BATCH = 4096
@@ -43,19 +53,65 @@ READ_NOW: Any = object()  # publish's default `expected`: the manifest as it is 
 log = logging.getLogger("amips")
 
 @dataclass(frozen=True)
+class BrokenManifest:
+    """A manifest that is present but does not validate: what a writer replaces, or a drop removes."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class StoredModel:
     loaded: LoadedModel
     manifest: dict[str, Any]
 
 
-def identity(manifest: dict[str, Any] | None) -> tuple[Any, Any] | None:
+def identity(manifest: dict[str, Any] | BrokenManifest | None) -> tuple[Any, Any] | None:
     """What a compare-and-swap compares: (version, blob id). Blob ids are random, so a model dropped and
-    republished under the same version number still differs; the stale flag is not part of it."""
+    republished under the same version number still differs; the stale flag is not part of it. Every
+    broken manifest compares equal to every other (a writer replaces whatever is broken there)."""
+    if isinstance(manifest, BrokenManifest):
+        return ("broken", None)
     return None if not manifest else (manifest.get("version"), manifest.get("blob"))
 
 
-def _describe(manifest: dict[str, Any] | None) -> str:
+def read_for_replace(store: VectorStore, collection: str, slot: str = "model") -> dict[str, Any] | BrokenManifest | None:
+    """The slot's manifest as a writer sees it: a broken one is something to replace, not an error."""
+    try:
+        return store.read_manifest(collection, slot)
+    except ManifestError as exc:
+        return BrokenManifest(str(exc))
+
+
+def _describe(manifest: dict[str, Any] | BrokenManifest | None) -> str:
+    if isinstance(manifest, BrokenManifest):
+        return "now unreadable"
     return "removed" if not manifest else f"now version {manifest.get('version')}"
+
+
+def _named_elsewhere(store: VectorStore, collection: str, slot: str, blob_id: int) -> bool:
+    """Whether a slot other than `slot` names `blob_id`, or might (its manifest cannot be read)."""
+    for other in MANIFEST_SLOTS:
+        if other == slot:
+            continue
+        try:
+            manifest = store.read_manifest(collection, other)
+        except AmipsError:
+            return True
+        if manifest and manifest.get("blob") == blob_id:
+            return True
+    return False
+
+
+def _discard_replaced(store: VectorStore, collection: str, slot: str, manifest: Any) -> None:
+    """Remove the blob a replaced or dropped manifest of `slot` named, unless another slot names it."""
+    blob_id = manifest.get("blob") if isinstance(manifest, dict) else None
+    if type(blob_id) is not int:
+        return
+    if _named_elsewhere(store, collection, slot, blob_id):
+        log.warning("amips: the %s manifest of %r named blob %s, which another slot uses (or may); it was kept",
+                    slot, collection, blob_id)
+        return
+    _discard(store, collection, blob_id)
 
 
 def _discard(store: VectorStore, collection: str, blob_id: int) -> None:
@@ -76,7 +132,7 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
     collection marked `expected` stale meanwhile (the keys changed under the caller).
     """
     if expected is READ_NOW:
-        expected = store.read_manifest(collection, slot)
+        expected = read_for_replace(store, collection, slot)
     blob_id = secrets.randbits(BLOB_ID_BITS)
     sha256 = hashlib.sha256(blob).hexdigest()
     committed = False
@@ -85,14 +141,16 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
         if hashlib.sha256(store.read_blob(collection, blob_id)).hexdigest() != sha256:
             raise StoreError(f"blob {blob_id} of {collection!r} did not read back intact; nothing was published")
         with store.manifest_lock(collection):
-            current = store.read_manifest(collection, slot)
+            current = read_for_replace(store, collection, slot)
             if identity(current) != identity(expected):
                 raise ConcurrentPublishError(
                     f"another writer changed the {slot} of {collection!r} while this one worked "
                     f"({_describe(current)}); this {slot} was discarded — run the command again")
-            keys_changed = bool(current and current.get("stale") and not (expected or {}).get("stale"))
-            manifest = {**fields, "version": int(current["version"]) + 1 if current else 1, "blob": blob_id,
-                        "sha256": sha256, "bytes": len(blob),
+            previous = current if isinstance(current, dict) else None
+            keys_changed = bool(previous and previous.get("stale")
+                                and not (expected if isinstance(expected, dict) else {}).get("stale"))
+            manifest = {**fields, "version": previous["version"] + 1 if previous else 1, "blob": blob_id,
+                        "sha256": sha256, "bytes": len(blob), "slot": slot,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": stale or keys_changed}
             try:
                 store.write_manifest(collection, manifest, slot)
@@ -104,8 +162,7 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
     finally:
         if not committed:
             _discard(store, collection, blob_id)
-    if current and isinstance(current.get("blob"), int):
-        _discard(store, collection, current["blob"])
+    _discard_replaced(store, collection, slot, current)
     return manifest
 
 
@@ -113,9 +170,10 @@ def _landed(store: VectorStore, collection: str, slot: str, blob_id: int) -> boo
     """After a failed manifest write: did it land anyway? Unknown (unreadable) counts as landed, so
     the blob is kept rather than deleted from under a manifest that may name it."""
     try:
-        return (store.read_manifest(collection, slot) or {}).get("blob") == blob_id
+        current = store.read_manifest(collection, slot)
     except Exception:
         return True
+    return (current or {}).get("blob") == blob_id
 
 
 def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
@@ -133,7 +191,10 @@ def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, 
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"the manifest of {collection!r} is malformed or from an incompatible amips version; "
                             "retrain, or drop the model") from None
-    blob = store.read_blob(collection, blob_id)
+    bound = manifest.get("bytes") if type(manifest.get("bytes")) is int else MAX_BLOB_BYTES
+    blob = store.read_blob(collection, blob_id, bound)
+    if len(blob) != bound and bound != MAX_BLOB_BYTES:
+        raise ArtifactError(f"blob {blob_id} of {collection!r} has {len(blob)} bytes, its manifest says {bound}")
     if hashlib.sha256(blob).hexdigest() != sha256:
         raise ArtifactError(f"blob {manifest['blob']} of {collection!r} does not match its manifest checksum")
     return blob
@@ -150,7 +211,11 @@ def load(store: VectorStore, collection: str) -> StoredModel | None:
         if not manifest:
             return None
         try:
-            return StoredModel(decode_model(read_verified_blob(store, collection, manifest)), manifest)
+            loaded = decode_model(read_verified_blob(store, collection, manifest))
+            if loaded.header["model"] != manifest["model"]:
+                raise ArtifactError(f"the model manifest of {collection!r} does not describe its blob's architecture; "
+                                    f"retrain, or clear it with `amips drop-model {collection}`")
+            return StoredModel(loaded, manifest)
         except ArtifactError:
             if attempt + 1 == LOAD_ATTEMPTS or identity(store.read_manifest(collection)) == identity(manifest):
                 raise
@@ -180,18 +245,15 @@ def mark_stale(store: VectorStore, collection: str) -> None:
                 store.write_manifest(collection, {**manifest, "stale": True}, slot)
 
 
-def drop(store: VectorStore, collection: str) -> bool:
-    """Remove the model (manifest first, so no reader is left pointing at a deleted blob).
+def drop(store: VectorStore, collection: str, slot: str = "model") -> bool:
+    """Remove the slot's manifest, then its blob (so no reader is left pointing at a deleted blob).
 
-    An unreadable manifest is removed too (that is how a user clears it)."""
+    A broken manifest is removed too (that is how a user clears it); the blob goes only when it is
+    this slot's own (no other slot names it), so a tampered manifest cannot delete another's blob."""
     with store.manifest_lock(collection):
-        try:
-            manifest = store.read_manifest(collection)
-        except ArtifactError:
-            manifest = {"unreadable": True}
-        store.write_manifest(collection, None)
-    if isinstance(manifest, dict) and isinstance(manifest.get("blob"), int):
-        _discard(store, collection, manifest["blob"])
+        manifest = read_for_replace(store, collection, slot)
+        store.write_manifest(collection, None, slot)
+    _discard_replaced(store, collection, slot, manifest)
     return manifest is not None
 
 

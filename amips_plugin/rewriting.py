@@ -14,7 +14,14 @@ retrieved and rescored exactly by <x, ·>: "pq", the compressed key store (the t
 by asymmetric PQ score per probe vector), or "route", the routed lists (the keys of the
 `candidates` fine lists the point router ranks first per probe vector). Every query is
 answered by plain search when the collection's model is missing, stale, or cannot be loaded;
-those cases log a warning and never raise. Bad *queries* (wrong dimension, NaN) are the caller's error and do raise.
+those cases log a warning and never raise. Bad *queries* (wrong dimension, NaN, a norm float32
+cannot square) and knobs out of range (query_bounds) are the caller's error and do raise.
+
+Stored state is untrusted: a manifest that does not validate, a blob that does not load, a rewrite
+that is not finite, or a side index naming points the collection no longer has all end in plain
+search or engine candidates, with the reason noted. Loads are cached per collection (and side
+index) under the manifest's checksum, failures included, so a bad or stale blob costs one read,
+not one per query; only store failures (StoreError), which may pass, are retried.
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ from adapters.base import SearchParams, SearchResult, VectorStore
 
 from . import model_registry
 from .arrays import check_vectors
-from .errors import AmipsError, InputError
+from .errors import AmipsError, InputError, StoreError
+from .query_bounds import check_query_norms, check_search_inputs
 from .models import MIPSModel
 
 log = logging.getLogger("amips")
@@ -54,12 +62,30 @@ def default_candidates(limit: int) -> int:
     return max(limit, 10)
 
 
+def _unusable(manifest: dict, dim: int, count: int | None) -> str | None:
+    """Why a (schema-valid) model manifest cannot serve, decided before its blob is read; None if it can.
+
+    `count`, the collection's point count, catches writes made by other clients (which cannot mark
+    the model stale) whenever they changed how many keys there are."""
+    if model_registry.is_stale(manifest):
+        return "the model is stale (keys changed since training); run `amips train`"
+    trained_on = (manifest.get("fingerprint") or {}).get("count")
+    if count is not None and trained_on != count:
+        return f"the model is stale (trained on {trained_on} keys, the collection has {count}); run `amips train`"
+    if manifest["model"]["dim"] != dim:
+        return f"the model expects dimension {manifest['model']['dim']}, the collection has {dim}"
+    return None
+
+
 class QueryRewriter:
-    """Searches a store, rewriting queries with each collection's stored model (cached by version)."""
+    """Searches a store, rewriting queries with each collection's stored model.
+
+    Loads are cached per collection and slot as (manifest checksum, loaded object or None, reason):
+    a failed load is remembered like a good one, so it is not repeated until the manifest changes."""
 
     def __init__(self, store: VectorStore) -> None:
         self.store = store
-        self._cache: dict[str, tuple[str, MIPSModel]] = {}
+        self._cache: dict[tuple[str, str], tuple[str, object, str | None]] = {}
         self._warned: set[str] = set()
 
     def _warn_once(self, message: str) -> None:
@@ -68,37 +94,46 @@ class QueryRewriter:
             self._warned.add(message)
             log.warning("%s", message)
 
+    def _cached_load(self, collection: str, slot: str, manifest: dict, load) -> tuple[object, str | None]:
+        """(loaded, None) or (None, reason), loading at most once per manifest checksum."""
+        key = manifest["sha256"]
+        cached = self._cache.get((collection, slot))
+        if cached and cached[0] == key:
+            return cached[1], cached[2]
+        try:
+            loaded, reason = load(), None
+        except StoreError as exc:  # the store may recover: not remembered
+            return None, str(exc)
+        except AmipsError as exc:
+            loaded, reason = None, str(exc)
+        self._cache[(collection, slot)] = (key, loaded, reason)
+        return loaded, reason
+
     def model_for(self, collection: str, dim: int,
                   count: int | None = None) -> tuple[MIPSModel | None, dict | None, str | None]:
         """(model, manifest, reason it cannot be used); never raises for model problems.
 
-        `count`, the collection's point count, catches writes made by other clients (which cannot
-        mark the model stale) whenever they changed how many keys there are.
-        """
+        Staleness and dimension are read from the validated manifest, so a stale or mismatched
+        model's blob is never read or decoded."""
         try:
             manifest = self.store.read_manifest(collection)
-            if not manifest:
-                return None, None, "no model trained for this collection"
-            cached = self._cache.get(collection)
-            if cached and cached[0] == manifest.get("sha256"):
-                model = cached[1]
-            else:
-                stored = model_registry.load(self.store, collection)
-                model, manifest = (stored.loaded.model, stored.manifest) if stored else (None, None)
         except AmipsError as exc:
             return None, None, f"the model cannot be loaded: {exc}"
-        if model is None:
+        if not manifest:
             return None, None, "no model trained for this collection"
-        if model_registry.is_stale(manifest):
-            return None, manifest, "the model is stale (keys changed since training); run `amips train`"
-        trained_on = (manifest.get("fingerprint") or {}).get("count")
-        if count is not None and trained_on != count:
-            return None, manifest, (f"the model is stale (trained on {trained_on} keys, the collection has "
-                                    f"{count}); run `amips train`")
-        if model.config.dim != dim:
-            return None, manifest, f"the model expects dimension {model.config.dim}, the collection has {dim}"
-        self._cache[collection] = (manifest["sha256"], model)
-        return model, manifest, None
+        reason = _unusable(manifest, dim, count)
+        if reason:
+            return None, manifest, reason
+        stored, problem = self._cached_load(collection, "model", manifest,
+                                            lambda: model_registry.load(self.store, collection))
+        if stored is None:
+            return None, None, f"the model cannot be loaded: {problem}" if problem else "no model trained for this collection"
+        if stored.manifest["sha256"] != manifest["sha256"]:  # replaced between the two reads: check the new one
+            reason = _unusable(stored.manifest, dim, count)
+            if reason:
+                return None, stored.manifest, reason
+            self._cache[(collection, "model")] = (stored.manifest["sha256"], stored, None)
+        return stored.loaded.model, stored.manifest, None
 
     def search(self, collection: str, queries: np.ndarray, limit: int, mode: str = "hybrid",
                candidates: int | None = None, params: SearchParams = SearchParams(),
@@ -107,17 +142,17 @@ class QueryRewriter:
             raise InputError(f"unknown mode {mode!r}; expected one of {MODES}")
         if candidate_source not in CANDIDATE_SOURCES:
             raise InputError(f"unknown candidate source {candidate_source!r}; expected one of {CANDIDATE_SOURCES}")
-        if limit < 1:
-            raise InputError(f"limit must be ≥ 1, got {limit}")
+        check_search_inputs(limit, candidates, params)
         info = self.store.info(collection)
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
+        check_query_norms(queries)
         report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
         side_index = None
         if candidate_source != "engine" and params.filter is not None:
             report.notes.append(f"a filter is applied by the engine, so {candidate_source} candidates were not used")
         elif candidate_source != "engine":
-            side_index = self._side_index(collection, candidate_source, info.count, report)
+            side_index = self._side_index(collection, candidate_source, report, info.dim, info.count)
 
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
@@ -131,13 +166,23 @@ class QueryRewriter:
                     keys_t, confident_t = model.predict_with_confidence(torch.from_numpy(queries))
                 predicted = keys_t.numpy()
                 confident = confident_t.numpy() if mode == "replace" else np.ones(len(queries), dtype=bool)
+                finite = np.isfinite(predicted).all(axis=1)
+                if not finite.all():  # never send a NaN rewrite to the store
+                    confident = confident & finite
+                    report.notes.append(f"{int((~finite).sum())} rewrite(s) were not finite; those queries got plain search")
         report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
 
         result = SearchResult.empty(len(queries), limit)
         for rows, probes in self._probe_groups(mode, queries, predicted, confident):
             if side_index is not None:
-                part = self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
-            else:
+                try:
+                    part = self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
+                except InputError as exc:  # the side index names points that are no longer in the collection
+                    reason = self._side_index_gone(collection, candidate_source, exc)
+                    self._warn_once(f"amips: engine candidates for {collection!r}: {reason}")
+                    report.notes.append(reason)
+                    side_index = None
+            if side_index is None:
                 part = self._engine_candidates(collection, queries[rows], probes, L, limit, params)
             result = result.assign(rows, part)
         return result, report
@@ -180,7 +225,7 @@ class QueryRewriter:
                 result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
         return result
 
-    def _side_index(self, collection: str, source: str, count: int, report: SearchReport):
+    def _side_index(self, collection: str, source: str, report: SearchReport, dim: int, count: int):
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
         candidates) with the reason noted. Like the model, an index built on another number of keys
         than the collection holds (`count`) is stale: writes by other clients cannot mark it."""
@@ -190,18 +235,42 @@ class QueryRewriter:
 
         module = pq_store if source == "pq" else router_store
         name, command = module.DESCRIPTION, module.BUILD_COMMAND
+        loaded, reason = None, None
         try:
-            loaded = module.load(self.store, collection)
+            manifest = self.store.read_manifest(collection, module.SLOT)
         except AmipsError as exc:
-            loaded, reason = None, f"the {name} cannot be loaded: {exc}"
+            reason = f"the {name} cannot be loaded: {exc}"
         else:
-            built_on = None if loaded is None else (loaded[1].get("fingerprint") or {}).get("count")
-            reason = (f"no {name} (run `amips {command}`)" if loaded is None
-                      else f"the {name} is stale; run `amips {command}`" if loaded[1].get("stale")
-                      else f"the {name} is stale (built on {built_on} keys, the collection has {count}); run "
-                           f"`amips {command}`" if built_on != count else None)
+            built_on = (manifest.get("fingerprint") or {}).get("count") if manifest else None
+            if not manifest:
+                reason = f"no {name} (run `amips {command}`)"
+            elif manifest.get("stale"):
+                reason = f"the {name} is stale; run `amips {command}`"
+            elif built_on != count:
+                reason = f"the {name} is stale (built on {built_on} keys, the collection has {count}); run `amips {command}`"
+            else:
+                loaded, problem = self._cached_load(collection, module.SLOT, manifest,
+                                                    lambda: module.load(self.store, collection))
+                if loaded is None:
+                    reason = f"the {name} cannot be loaded: {problem}" if problem else f"no {name} (run `amips {command}`)"
+                elif loaded[0].dim != dim:
+                    reason = f"the {name} expects dimension {loaded[0].dim}, the collection has {dim}; run `amips {command}`"
         if reason:
             self._warn_once(f"amips: engine candidates for {collection!r}: {reason}")
             report.notes.append(reason)
             return None
         return loaded[0]
+
+    def _side_index_gone(self, collection: str, source: str, exc: Exception) -> str:
+        """Remember that the cached side index names missing points; the reason to note."""
+        from compression import pq_store
+
+        from . import router_store
+
+        module = pq_store if source == "pq" else router_store
+        cached = self._cache.get((collection, module.SLOT))
+        reason = (f"the {module.DESCRIPTION} names points the collection no longer has ({exc}); "
+                  f"run `amips {module.BUILD_COMMAND}`")
+        if cached:
+            self._cache[(collection, module.SLOT)] = (cached[0], None, reason)
+        return reason

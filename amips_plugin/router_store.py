@@ -52,6 +52,11 @@ class RoutedLists:
         sizes = np.bincount(assignment, minlength=len(ranker.points))
         return cls(ranker, ids[order], np.concatenate([[0], np.cumsum(sizes)]), coarse_candidates)
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the keys it routes."""
+        return self.ranker.coarse.shape[1]
+
     def candidates(self, probes: np.ndarray, lists: int) -> list[np.ndarray]:
         """Point ids of the best `lists` fine lists, per probe row (their counts differ by list size)."""
         ranked = self.ranker.rank(probes, self.coarse_candidates).lists[:, :lists]
@@ -85,7 +90,7 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     lists_in_range = not len(assignment) or 0 <= assignment.min() <= assignment.max() < lists
     if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
             or ids.shape != assignment.shape or not lists_in_range or np.any(np.diff(assignment) < 0)
-            or coarse_candidates < 1):
+            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids) or ids.min() < 0):
         raise ArtifactError("routed list index's lists, points and ids do not fit together")
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 
@@ -95,7 +100,7 @@ def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int |
           training: RouterTraining = RouterTraining()) -> dict[str, Any]:
     """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
     (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
-    expected = store.read_manifest(collection, SLOT)
+    expected = model_registry.read_for_replace(store, collection, SLOT)
     keys, ids, fingerprint = read_keys(store, collection)
     if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
         raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")

@@ -11,9 +11,14 @@ File layout (all integers little-endian):
 The JSON header holds the architecture ("model"), the tensor table (name, dtype, shape, offset
 and size of values and scales inside the tensor bytes) and free-form metadata (training settings,
 fingerprint of the training keys, metrics at training time, library versions). The reader checks
-magic, version, length, checksum, decompressed size, and that the tensor table tiles the tensor
-bytes exactly and matches the architecture, before any weight reaches a model. Every failure is
-an ArtifactError with one line that says what is wrong.
+magic, version, length and checksum, then stream-decompresses: the header first (bounded), validated
+against its kind's schema (amips_plugin.manifest_schema); the tensor table must tile a tensor
+section whose size, with the header's, is the frame's declared size and at most
+min(64 × the compressed size (at least 64 MiB), MAX_BODY_BYTES); a model's architecture is built on
+the meta device and compared with the table; only then are exactly the declared tensor bytes
+inflated, and any byte after them is refused. So a hostile header cannot make the reader allocate
+more than its table accounts for. Every failure is an ArtifactError with one line that says what is
+wrong.
 """
 from __future__ import annotations
 
@@ -23,17 +28,19 @@ import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import zstandard
 
 from amips_plugin.errors import ArtifactError
-from amips_plugin.files import atomic_write
+from amips_plugin.files import atomic_write, read_bounded
+from amips_plugin.limits import MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_HEADER_BYTES
+from amips_plugin.manifest_schema import validate_header
 from amips_plugin.models import MIPSModel, ModelConfig, build_model
 
-from .quantization import CONTAINER_DTYPES, STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, numpy_dtype
+from .quantization import STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, numpy_dtype
 
 MAGIC = b"\x89AMIPS\r\n"
 FORMAT_VERSION = 1
@@ -41,8 +48,10 @@ _PREFIX = struct.Struct("<8sIQ")
 _HEADER_LENGTH = struct.Struct("<I")
 _CHECKSUM_BYTES = 32
 MODEL_KIND = "amips-model"
-MAX_BODY_BYTES = 1 << 32  # refuse to inflate anything larger (decompression bombs)
 ZSTD_LEVEL = 19
+MAX_INFLATION = 64
+MIN_INFLATE_BYTES = 64 << 20
+MAX_WINDOW_BYTES = 1 << 24  # level 19 writes frames with windows ≤ 8 MiB; a larger one is not ours
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,12 @@ def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTens
         chunks += [encoded.data, encoded.scales]
         offset += len(encoded.data) + len(encoded.scales)
     header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True).encode("utf-8")
-    body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + b"".join(chunks)
+    return frame(header_bytes, b"".join(chunks))
+
+
+def frame(header_bytes: bytes, data: bytes) -> bytes:
+    """The container around a JSON header's bytes and the tensor section: compressed, prefixed, checksummed."""
+    body = _HEADER_LENGTH.pack(len(header_bytes)) + header_bytes + data
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
     framed = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(compressed)) + compressed
     return framed + hashlib.sha256(framed).digest()
@@ -70,8 +84,7 @@ def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTens
 
 def unpack(blob: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Verify and parse a payload of kind `kind`; arrays come back in their stored (decoded) form."""
-    header, data = _parse_header(_unframe(blob), kind)
-    return header, _read_tensors(header["tensors"], data)
+    return _load(blob, kind)
 
 
 def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype: str = "fp32") -> bytes:
@@ -82,8 +95,8 @@ def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype
     return pack(MODEL_KIND, {"dtype": dtype, "model": model.config.to_dict(), "metadata": metadata or {}}, tensors)
 
 
-def _unframe(blob: bytes) -> bytes:
-    """Check magic, version, length and checksum; return the decompressed body."""
+def _unframe(blob: bytes) -> memoryview:
+    """Check magic, version, length and checksum; return the compressed frame (not yet inflated)."""
     if len(blob) < _PREFIX.size + _CHECKSUM_BYTES:
         raise ArtifactError(f"not an amips model: only {len(blob)} bytes")
     magic, version, length = _PREFIX.unpack_from(blob)
@@ -96,82 +109,134 @@ def _unframe(blob: bytes) -> bytes:
     expected = _PREFIX.size + length + _CHECKSUM_BYTES
     if len(blob) != expected:
         raise ArtifactError(f"artifact is truncated or has trailing bytes: {len(blob)} bytes, expected {expected}")
-    framed, checksum = blob[:-_CHECKSUM_BYTES], blob[-_CHECKSUM_BYTES:]
+    framed, checksum = memoryview(blob)[:-_CHECKSUM_BYTES], blob[-_CHECKSUM_BYTES:]
     if hashlib.sha256(framed).digest() != checksum:
         raise ArtifactError("artifact checksum mismatch: the file is corrupt or was modified")
+    return framed[_PREFIX.size:]
+
+
+def inflation_cap(compressed_bytes: int) -> int:
+    """The most an artifact of `compressed_bytes` may inflate to: MAX_INFLATION × its size (real
+    weights barely compress; a decompression bomb inflates thousands of times), at least
+    MIN_INFLATE_BYTES, at most MAX_BODY_BYTES."""
+    return min(MAX_BODY_BYTES, max(MIN_INFLATE_BYTES, MAX_INFLATION * compressed_bytes))
+
+
+def _read_exact(reader: Any, size: int, what: str) -> bytes:
+    """Exactly `size` inflated bytes (a buffer of that size, never more); ArtifactError when short."""
+    buffer = bytearray(size)
+    view, filled = memoryview(buffer), 0
     try:
-        frame = zstandard.get_frame_parameters(framed[_PREFIX.size:])
-        if frame.content_size > MAX_BODY_BYTES:
-            raise ArtifactError(f"artifact body declares {frame.content_size} bytes, over the {MAX_BODY_BYTES} limit")
-        return zstandard.ZstdDecompressor().decompress(framed[_PREFIX.size:], max_output_size=MAX_BODY_BYTES)
+        while filled < size:
+            got = reader.readinto(view[filled:])
+            if not got:
+                raise ArtifactError(f"artifact body ends inside its {what}")
+            filled += got
     except zstandard.ZstdError as exc:
         raise ArtifactError(f"artifact body does not decompress: {exc}") from None
+    return bytes(buffer)
 
 
-def _parse_header(body: bytes, kind: str) -> tuple[dict[str, Any], memoryview]:
-    if len(body) < _HEADER_LENGTH.size:
-        raise ArtifactError("artifact body is too short for a header")
-    (header_length,) = _HEADER_LENGTH.unpack_from(body)
-    end = _HEADER_LENGTH.size + header_length
-    if end > len(body):
-        raise ArtifactError("artifact header runs past the end of the body")
-    try:
-        header = json.loads(body[_HEADER_LENGTH.size:end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"artifact header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != kind:
-        found = header.get("format") if isinstance(header, dict) else None
-        raise ArtifactError(f"artifact holds {found!r}, expected {kind!r}")
-    if not isinstance(header.get("tensors"), list):
-        raise ArtifactError("artifact header lacks its tensor table")
-    return header, memoryview(body)[end:]
-
-
-def _read_tensors(table: list[Any], data: memoryview) -> dict[str, np.ndarray]:
-    """Decode the tensor table, insisting that it tiles the tensor bytes exactly."""
-    tensors: dict[str, np.ndarray] = {}
-    cursor = 0
+def _tensor_layout(table: list[dict[str, Any]]) -> int:
+    """Check that the (schema-valid) tensor table tiles the tensor section; return that section's size."""
+    cursor, names = 0, set()
     for entry in table:
-        try:
-            name, dtype, shape = str(entry["name"]), str(entry["dtype"]), tuple(int(s) for s in entry["shape"])
-            offset, nbytes, scales_nbytes = int(entry["offset"]), int(entry["nbytes"]), int(entry["scales_nbytes"])
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"malformed tensor table entry: {entry!r}"[:200]) from None
-        if dtype not in CONTAINER_DTYPES or any(s < 0 for s in shape) or name in tensors:
-            raise ArtifactError(f"invalid tensor table entry for {name!r}")
+        name, dtype, shape = entry["name"], entry["dtype"], tuple(entry["shape"])
+        if name in names:
+            raise ArtifactError(f"invalid tensor table entry for {name[:64]!r}: the name repeats")
+        names.add(name)
         expected_scales = 4 * shape[0] if dtype == "int8" and shape else 0
-        if (offset != cursor or nbytes != prod(shape) * numpy_dtype(dtype).itemsize
-                or scales_nbytes != expected_scales or offset + nbytes + scales_nbytes > len(data)):
-            raise ArtifactError(f"tensor {name!r} does not match its declared shape, dtype or position")
-        values = bytes(data[offset:offset + nbytes])
-        scales = bytes(data[offset + nbytes:offset + nbytes + scales_nbytes])
-        tensors[name] = decode_tensor(dtype, shape, values, scales)
-        cursor = offset + nbytes + scales_nbytes
-    if cursor != len(data):
-        raise ArtifactError(f"{len(data) - cursor} unaccounted bytes after the last tensor")
-    return tensors
+        if (entry["offset"] != cursor or entry["nbytes"] != prod(shape) * numpy_dtype(dtype).itemsize
+                or entry["scales_nbytes"] != expected_scales):
+            raise ArtifactError(f"tensor {name[:64]!r} does not match its declared shape, dtype or position")
+        cursor += entry["nbytes"] + entry["scales_nbytes"]
+    if cursor > MAX_BODY_BYTES:
+        raise ArtifactError(f"artifact declares {cursor:,} bytes of tensors, over the {MAX_BODY_BYTES:,} limit")
+    return cursor
+
+
+def _load(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None = None,
+          header_only: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inflate and parse an artifact, deciding every size before allocating it.
+
+    The body is stream-decompressed: first the header (at most MAX_HEADER_BYTES), which is
+    validated against its kind's schema; its tensor table must tile a tensor section of known size,
+    and the frame's declared size (when it has one) must equal header + tensors. `check(header)`
+    then runs (a model compares the table with its architecture, built on the meta device), and only
+    then are exactly that many tensor bytes inflated; anything after them is refused. So neither a
+    decompression bomb nor a header declaring a huge model costs more than what the table accounts
+    for, itself at most MAX_BODY_BYTES.
+    """
+    frame = _unframe(blob)
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise ArtifactError(f"artifact body does not decompress: {exc}") from None
+    known = declared not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR)
+    cap = inflation_cap(len(frame))
+    if known and declared > cap:
+        raise ArtifactError(f"artifact body declares {declared:,} bytes, over the {cap:,}-byte limit for "
+                            f"{len(frame):,} compressed bytes")
+    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
+    with decompressor.stream_reader(frame, read_across_frames=False) as reader:
+        (header_length,) = _HEADER_LENGTH.unpack(_read_exact(reader, _HEADER_LENGTH.size, "header length"))
+        if header_length > min(MAX_HEADER_BYTES, cap) or (known and _HEADER_LENGTH.size + header_length > declared):
+            raise ArtifactError("artifact header runs past the end of the body")
+        header_bytes = _read_exact(reader, header_length, "header")
+        try:
+            header = json.loads(header_bytes.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, absurd nesting or integers
+            raise ArtifactError(f"artifact header is not valid JSON: {str(exc)[:120] or type(exc).__name__}") from None
+        validate_header(header, kind)
+        data_size = _tensor_layout(header["tensors"])
+        if _HEADER_LENGTH.size + header_length + data_size > cap:
+            raise ArtifactError(f"artifact declares {data_size:,} bytes of tensors, over the {cap:,}-byte limit "
+                                f"for {len(frame):,} compressed bytes")
+        if known and declared != _HEADER_LENGTH.size + header_length + data_size:
+            raise ArtifactError(f"artifact body declares {declared:,} bytes; its header and tensor table account "
+                                f"for {_HEADER_LENGTH.size + header_length + data_size:,}")
+        if header_only:
+            return header, {}
+        if check is not None:
+            check(header)
+        data = _read_exact(reader, data_size, "tensors")
+        try:
+            trailing = reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise ArtifactError(f"artifact body does not decompress: {exc}") from None
+        if trailing:
+            raise ArtifactError("unaccounted bytes after the last tensor")
+    tensors: dict[str, np.ndarray] = {}
+    for entry in header["tensors"]:
+        start, middle = entry["offset"], entry["offset"] + entry["nbytes"]
+        tensors[entry["name"]] = decode_tensor(entry["dtype"], tuple(entry["shape"]), data[start:middle],
+                                               data[middle:middle + entry["scales_nbytes"]])
+    return header, tensors
 
 
 def read_header(blob: bytes) -> dict[str, Any]:
-    """The verified JSON header of a model artifact (for `amips inspect`)."""
-    header, _ = _parse_header(_unframe(blob), MODEL_KIND)
-    return header
+    """The verified JSON header of a model artifact (for `amips inspect`); the tensors are not inflated."""
+    return _load(blob, MODEL_KIND, header_only=True)[0]
+
+
+def _check_architecture(header: dict[str, Any]) -> None:
+    """The declared model, built on the meta device (no weights exist), must have exactly the table's tensors."""
+    try:
+        config = ModelConfig.from_dict(header["model"])
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"artifact's model config is invalid: {exc}") from None
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    found = {entry["name"]: tuple(entry["shape"]) for entry in header["tensors"]}
+    if expected != found:
+        raise ArtifactError("artifact's tensors do not match its declared architecture")
 
 
 def decode_model(blob: bytes) -> LoadedModel:
     """Verify and parse an artifact; the model comes back in eval mode on the CPU."""
-    header, tensors = unpack(blob, MODEL_KIND)
-    if not isinstance(header.get("model"), dict):
-        raise ArtifactError("artifact header lacks its model config")
-    try:
-        config = ModelConfig.from_dict(header["model"])
-        model = build_model(config)
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"artifact's model config is invalid: {exc}") from None
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in tensors.items()}
-    if expected != found:
-        raise ArtifactError("artifact's tensors do not match its declared architecture")
+    header, tensors = _load(blob, MODEL_KIND, check=_check_architecture)
+    model = build_model(ModelConfig.from_dict(header["model"]))
     model.load_state_dict({name: torch.from_numpy(array) for name, array in tensors.items()}, strict=True)
     model.eval()
     return LoadedModel(model=model, header=header)
@@ -189,4 +254,7 @@ def load_model(path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"no such model file: {path}")
-    return decode_model(path.read_bytes())
+    try:
+        return decode_model(read_bounded(path, MAX_BLOB_BYTES))
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None

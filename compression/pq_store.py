@@ -32,6 +32,11 @@ class KeyStore:
     codes: ProductCodes
     ids: np.ndarray  # (N,) the store's point id of each coded key (int64 or text, `adapters.point_ids`)
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the keys it codes: m subspaces × d/m."""
+        return self.codes.codebooks.shape[0] * self.codes.codebooks.shape[2]
+
     def candidates(self, probes: np.ndarray, limit: int) -> np.ndarray:
         """Point ids of the top-`limit` keys by asymmetric score, per probe row."""
         return self.ids[self.codes.search(probes, limit)]
@@ -53,6 +58,8 @@ def decode_key_store(blob: bytes) -> KeyStore:
         raise ArtifactError(f"compressed key store lacks {exc}") from None
     if codebooks.ndim != 3 or codes.shape != (len(ids), codebooks.shape[0]) or codebooks.shape[1] != 256:
         raise ArtifactError("compressed key store's codes, codebooks and ids do not fit together")
+    if not len(ids) or ids.min() < 0 or 0 in codebooks.shape:
+        raise ArtifactError("compressed key store holds no keys, or negative point ids")
     return KeyStore(ProductCodes(codebooks, codes), ids)
 
 

@@ -111,9 +111,11 @@ def test_two_trainers_overlapping_in_time_one_wins_and_readers_see_old_or_new(st
 
 def _replace_search_with(store, version, blob, queries):
     """What replace mode returns with this model: a rewriter that can only see it."""
-    pinned = {"version": version, "sha256": "pinned", "fingerprint": {"count": store.info("c").count}, "stale": False}
+    loaded = decode_model(blob)
+    pinned = {"version": version, "sha256": "pinned", "fingerprint": {"count": store.info("c").count}, "stale": False,
+              "model": loaded.header["model"]}
     rewriter = QueryRewriter(_PinnedManifest(store, pinned))
-    rewriter._cache["c"] = ("pinned", decode_model(blob).model)
+    rewriter._cache[("c", "model")] = ("pinned", model_registry.StoredModel(loaded, pinned), None)
     result, report = rewriter.search("c", queries, 3, "replace", candidates=20, params=EXACT)
     assert report.fallback_reason is None and report.model_version == version
     return result.ids
@@ -207,11 +209,11 @@ def test_a_reader_whose_blob_is_replaced_between_its_two_reads_gets_the_new_mode
     racing = {"done": False}
     original = store.read_blob
 
-    def read_blob_after_a_swap(collection, blob_id):
+    def read_blob_after_a_swap(collection, blob_id, *bound):
         if not racing["done"]:
             racing["done"] = True
             model_registry.publish(store, collection, _blob(2), {"count": 300})
-        return original(collection, blob_id)
+        return original(collection, blob_id, *bound)
 
     store.read_blob = read_blob_after_a_swap
     try:

@@ -1,0 +1,208 @@
+"""One validated schema (pydantic) for what amips reads back from a store: the manifests of each slot
+("model", "pq", "router") and the JSON headers of artifacts (compression/artifact.py).
+
+Everything stored is untrusted input (anyone with write access to a collection can write its
+metadata). Each read goes through `validate_manifest` or `validate_header`; whatever does not
+validate is a ManifestError / ArtifactError with one line, which callers treat as "no usable model
+/ index" (the query path answers plain, `status` reports the reason per slot). Validation is
+strict about types (no "1" for 1, no true for 1) and bounded (amips_plugin.limits), so a hostile
+manifest cannot declare sizes that the code would then allocate.
+
+The validated models are not handed around: callers keep the plain dict, which is known to hold
+at least these fields with these types. Unknown extra fields are allowed (a newer amips may add
+some); an unknown slot is checked against the fields every manifest has.
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+
+from . import limits
+from .errors import ArtifactError
+
+Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
+Number = StrictFloat | StrictInt
+
+
+class ManifestError(ArtifactError):
+    """A stored manifest is not valid JSON, not an object, or does not match its slot's schema."""
+
+
+def fix_command(slot: str, collection: str = "COLLECTION") -> str:
+    """The command that clears a broken manifest in `slot` (errors name it); a named vector's slot
+    ("model@text") gets `--using text`."""
+    base, _, vector = slot.partition("@")
+    using = f" --using {vector}" if vector else ""
+    if base == "model":
+        return f"amips drop-model {collection}{using}"
+    return f"amips drop-index {collection} {'route' if base == 'router' else base}{using}"
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class FingerprintSchema(_Schema):
+    """Which keys a model or index was built on; empty for a model imported from a bare file."""
+
+    count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)
+    dim: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_DIMENSION)
+    sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ModelConfigSchema(_Schema):
+    """models.base.ModelConfig, bounded (its own checks only require ≥ 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    kind: Literal["keynet", "supportnet", "smoothmax"]
+    dim: StrictInt = Field(ge=1, le=limits.MAX_DIMENSION)
+    width: StrictInt = Field(ge=1, le=limits.MAX_WIDTH)
+    depth: StrictInt = Field(default=2, ge=1, le=limits.MAX_DEPTH)
+    reinject_every: StrictInt = Field(default=4, ge=1, le=limits.MAX_DEPTH)
+    heads: StrictInt = Field(default=1, ge=1, le=limits.MAX_HEADS)
+    slope: Number = Field(default=0.1, allow_inf_nan=False)
+    sharpness: Number = Field(default=20.0, allow_inf_nan=False)
+    points: StrictInt = Field(default=0, ge=0, le=limits.MAX_POINTS)
+
+
+class ManifestSchema(_Schema):
+    """What every slot's manifest holds (model_registry.publish_blob writes these)."""
+
+    version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
+    blob: StrictInt = Field(ge=0, lt=limits.MAX_BLOB_ID)
+    sha256: StrictStr = Hex64
+    bytes: StrictInt = Field(ge=1, le=limits.MAX_BLOB_BYTES)
+    created: Optional[StrictStr] = Field(default=None, max_length=64)
+    stale: StrictBool = False
+    slot: Optional[StrictStr] = Field(default=None, max_length=64)
+    fingerprint: Optional[FingerprintSchema] = None
+
+
+class ModelManifestSchema(ManifestSchema):
+    model: ModelConfigSchema
+    dtype: Literal["fp32", "fp16", "int8"]
+    metrics: Optional[dict[StrictStr, Optional[Number]]] = None
+
+
+class PQManifestSchema(ManifestSchema):
+    """The thresholds came later than the first compressed key stores: optional, typed when present."""
+
+    subspaces: StrictInt = Field(ge=1, le=limits.MAX_DIMENSION)
+    bits_per_key: Optional[StrictInt] = Field(default=None, ge=1, le=8 * limits.MAX_DIMENSION)
+    relative_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
+    score_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
+    keys_fp32_bytes: Optional[StrictInt] = Field(default=None, ge=0)
+
+
+class RouterManifestSchema(ManifestSchema):
+    lists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
+    sublists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
+    coarse_candidates: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
+    router_steps: Optional[StrictInt] = Field(default=None, ge=0)
+
+
+MANIFEST_SCHEMAS: dict[str, type[ManifestSchema]] = {
+    "model": ModelManifestSchema, "pq": PQManifestSchema, "router": RouterManifestSchema}
+
+
+class TensorEntrySchema(_Schema):
+    """One row of an artifact's tensor table: where a tensor's bytes lie in the tensor section."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    name: StrictStr = Field(min_length=1, max_length=256)
+    dtype: Literal["fp32", "fp16", "int8", "uint8", "int64"]
+    shape: list[Annotated[StrictInt, Field(ge=0, le=limits.MAX_BODY_BYTES)]] = Field(max_length=limits.MAX_TENSOR_RANK)
+    offset: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
+    nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
+    scales_nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
+
+
+class ArtifactHeaderSchema(_Schema):
+    format: StrictStr = Field(max_length=64)
+    tensors: list[TensorEntrySchema] = Field(max_length=limits.MAX_TENSORS)
+    metadata: dict[StrictStr, Any] = Field(default_factory=dict)
+
+
+class ModelHeaderSchema(ArtifactHeaderSchema):
+    model: ModelConfigSchema
+    dtype: Literal["fp32", "fp16", "int8"]
+
+
+class RouterHeaderSchema(ArtifactHeaderSchema):
+    logit_scale: Number = Field(allow_inf_nan=False)
+    min_confidence: Number = Field(allow_inf_nan=False)
+    sublists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
+    coarse_candidates: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
+
+
+HEADER_SCHEMAS: dict[str, type[ArtifactHeaderSchema]] = {
+    "amips-model": ModelHeaderSchema, "amips-pq": ArtifactHeaderSchema, "amips-router": RouterHeaderSchema}
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem pydantic found, as `field.path: message` (plus how many more)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"[:300]
+
+
+def validate_manifest(raw: Any, slot: str, collection: str) -> dict[str, Any] | None:
+    """`raw` (parsed JSON, or None/empty for "no manifest") checked against `slot`'s schema.
+
+    Returns the manifest dict unchanged, or None; ManifestError (one line that names the command
+    which clears it) when it does not validate.
+    """
+    if raw is None or raw == {}:
+        return None
+    base = slot.partition("@")[0]  # a named vector's slot ("model@text") has its base slot's schema
+    schema = MANIFEST_SCHEMAS.get(base, ManifestSchema)
+    problem = None
+    if not isinstance(raw, dict):
+        problem = f"expected an object, found {type(raw).__name__}"
+    else:
+        try:
+            parsed = schema.model_validate(raw)
+        except ValidationError as exc:
+            problem = one_line(exc)
+        except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
+            problem = f"{type(exc).__name__}"
+        else:
+            if parsed.slot is not None and parsed.slot != base:
+                problem = f"it names slot {parsed.slot!r}"
+    if problem:
+        raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({problem}); "
+                            f"clear it with `{fix_command(slot, collection)}`")
+    return raw
+
+
+def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> dict[str, Any] | None:
+    """A manifest read from a file: bounded, parsed, then validated like any other."""
+    if len(text) > limits.MAX_MANIFEST_BYTES:
+        raise ManifestError(f"the {slot} manifest of {collection!r} is {len(text):,} bytes, over the "
+                            f"{limits.MAX_MANIFEST_BYTES:,}-byte limit; clear it with `{fix_command(slot, collection)}`")
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        reason = str(exc).splitlines()[0][:120] if isinstance(exc, ValueError) else "nested too deeply"
+        raise ManifestError(f"the {slot} manifest of {collection!r} is not valid JSON ({reason}); "
+                            f"clear it with `{fix_command(slot, collection)}`") from None
+    return validate_manifest(raw, slot, collection)
+
+
+def validate_header(header: Any, kind: str) -> dict[str, Any]:
+    """An artifact's JSON header checked against its kind's schema; ArtifactError when it does not fit."""
+    if not isinstance(header, dict) or header.get("format") != kind:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise ArtifactError(f"artifact holds {str(found)[:64]!r}, expected {kind!r}")
+    try:
+        HEADER_SCHEMAS.get(kind, ArtifactHeaderSchema).model_validate(header)
+    except ValidationError as exc:
+        raise ArtifactError(f"artifact header is invalid ({one_line(exc)})") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"artifact header is invalid ({type(exc).__name__})") from None
+    return header

@@ -1,0 +1,47 @@
+"""Bounds on what a caller asks of the query path, checked before any store call or model sees it.
+
+limit ∈ [1, MAX_LIMIT], candidates ∈ [1, MAX_CANDIDATES] (or None: the default), hnsw_ef ∈
+[1, MAX_HNSW_EF], oversampling ∈ [1, MAX_OVERSAMPLING] and finite. Queries must be finite (arrays.
+check_vectors) with ‖x‖ ≤ MAX_QUERY_NORM = 1e18: a model computes ⟨x, m⟩ and ‖x‖² in float32, whose
+largest value is 3.4e38, so a larger norm overflows to inf and the rewrite to NaN. Such a query is
+refused (InputError), not silently answered: scaling it would change the scores it gets back.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from adapters.base import SearchParams
+
+from .errors import InputError
+from .limits import MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING, MAX_QUERY_NORM
+
+
+def _integer(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not low <= int(value) <= high:
+        raise InputError(f"{name} must be an integer in [{low}, {high:,}], got {str(value)[:40]}")
+    return int(value)
+
+
+def check_search_inputs(limit: object, candidates: object, params: SearchParams) -> None:
+    """InputError (one line) for any knob out of its range."""
+    _integer(limit, "limit", 1, MAX_LIMIT)
+    if candidates is not None:
+        _integer(candidates, "candidates", 1, MAX_CANDIDATES)
+    if params.hnsw_ef is not None:
+        _integer(params.hnsw_ef, "hnsw_ef", 1, MAX_HNSW_EF)
+    oversampling = params.oversampling
+    if oversampling is not None and (isinstance(oversampling, bool) or not isinstance(oversampling, Real)
+                                     or not math.isfinite(oversampling) or not 1 <= oversampling <= MAX_OVERSAMPLING):
+        raise InputError(f"oversampling must be a number in [1, {MAX_OVERSAMPLING:g}], got {str(oversampling)[:40]}")
+
+
+def check_query_norms(queries: np.ndarray) -> None:
+    """InputError when a (finite, float32) query's norm exceeds MAX_QUERY_NORM (computed in float64)."""
+    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    bad = np.flatnonzero(norms > MAX_QUERY_NORM)
+    if len(bad):
+        raise InputError(f"{len(bad)} quer{'y has' if len(bad) == 1 else 'ies have'} a norm above {MAX_QUERY_NORM:g} "
+                         f"(e.g. row {bad[0]}: {norms[bad[0]]:.3g}), which float32 arithmetic cannot square")
