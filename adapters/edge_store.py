@@ -69,6 +69,7 @@ class EdgeStore(VectorStore):
         self.location = f"edge:{self.root}"
         self._shards: dict[str, edge.EdgeShard] = {}
         self._spaces: dict[str, tuple[dict[str, tuple[int, str]], dict[str, str]]] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -128,10 +129,18 @@ class EdgeStore(VectorStore):
         return servable, unsupported
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
+        """The point count is counted once and then kept: the shard is this process's alone (its WAL
+        lock keeps other processes out), so only this store's own writes change it, and `upsert`
+        forgets it. (Counting costs ~1.5 ms at 19k points, more than an HNSW search.)"""
         name, dim, distance = self.resolve_vector(collection, using)
-        holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
-        return CollectionInfo(collection, dim, distance, self._shard(collection).count(edge.CountRequest(filter=holds)),
-                              name)
+        if (collection, name) not in self._counts:
+            holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
+            self._counts[(collection, name)] = self._shard(collection).count(edge.CountRequest(filter=holds))
+        return CollectionInfo(collection, dim, distance, self._counts[(collection, name)], name)
+
+    def _forget_counts(self, collection: str) -> None:
+        for key in [k for k in self._counts if k[0] == collection]:
+            del self._counts[key]
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, scalar_quantization: bool = False,
@@ -153,13 +162,16 @@ class EdgeStore(VectorStore):
         name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
         rows = vectors.tolist()
-        for start in range(0, len(ids), UPSERT_BATCH):
-            stop = start + UPSERT_BATCH
-            points = [edge.Point(i, {name: v} if name else v, p)
-                      for i, v, p in zip(qdrant_ids[start:stop], rows[start:stop],
-                                         payloads[start:stop] if payloads else [None] * len(ids))]
-            shard.update(edge.UpdateOperation.upsert_points(points))
-        shard.flush()
+        try:
+            for start in range(0, len(ids), UPSERT_BATCH):
+                stop = start + UPSERT_BATCH
+                points = [edge.Point(i, {name: v} if name else v, p)
+                          for i, v, p in zip(qdrant_ids[start:stop], rows[start:stop],
+                                             payloads[start:stop] if payloads else [None] * len(ids))]
+                shard.update(edge.UpdateOperation.upsert_points(points))
+            shard.flush()
+        finally:
+            self._forget_counts(collection)  # counted again when next asked
 
     def existing(self, collection: str, ids: np.ndarray) -> np.ndarray:
         shard = self._shard(collection)

@@ -110,3 +110,15 @@ def decode_from_artifact(tensors: dict[str, np.ndarray]) -> np.ndarray:
     if raw.ndim != 2 or raw.shape[1] != 36 or raw.dtype != np.uint8:
         raise ValueError("id_text must be an (N, 36) uint8 matrix")
     return np.frombuffer(raw.tobytes(), dtype="S36").astype(TEXT_DTYPE)
+
+
+def all_valid(ids: np.ndarray) -> bool:
+    """Whether every element is a usable Qdrant id (for arrays read back from stored state)."""
+    if not is_text(ids):
+        return bool(ids.size == 0 or ids.min() >= 0)
+    try:
+        for value in ids.tolist():
+            canonical(value)
+    except ValueError:
+        return False
+    return True

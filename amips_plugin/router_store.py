@@ -90,7 +90,7 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     lists_in_range = not len(assignment) or 0 <= assignment.min() <= assignment.max() < lists
     if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
             or ids.shape != assignment.shape or not lists_in_range or np.any(np.diff(assignment) < 0)
-            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids) or ids.min() < 0):
+            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids) or not point_ids.all_valid(ids)):
         raise ArtifactError("routed list index's lists, points and ids do not fit together")
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 

@@ -58,7 +58,7 @@ def decode_key_store(blob: bytes) -> KeyStore:
         raise ArtifactError(f"compressed key store lacks {exc}") from None
     if codebooks.ndim != 3 or codes.shape != (len(ids), codebooks.shape[0]) or codebooks.shape[1] != 256:
         raise ArtifactError("compressed key store's codes, codebooks and ids do not fit together")
-    if not len(ids) or ids.min() < 0 or 0 in codebooks.shape:
+    if not len(ids) or not point_ids.all_valid(ids) or 0 in codebooks.shape:
         raise ArtifactError("compressed key store holds no keys, or negative point ids")
     return KeyStore(ProductCodes(codebooks, codes), ids)
 

@@ -332,6 +332,8 @@ def test_a_side_index_naming_deleted_points_falls_back_to_engine_candidates(host
         store._shard("c").update(edge.UpdateOperation.delete_points([0, 1, 2, 3]))
     else:
         store.client.delete("c", points_selector=models.PointIdsList(points=[0, 1, 2, 3]), wait=True)
+    # four others in their place, so the point count still matches the one the indexes were built on
+    store.upsert("c", np.arange(10_000, 10_004), store.retrieve("c", np.arange(4, 8)))
     plain = _plain(store, test)
     for source in ("pq", "route"):
         rewriter = QueryRewriter(store)
