@@ -15,6 +15,8 @@ from amips_plugin.cli import main
 from amips_plugin.errors import ArtifactError
 from compression.artifact import decode_model
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 TRAIN = ["--steps", "400", "--quiet", "--noise-copies", "1", "--device", "cpu"]
 
 

@@ -17,6 +17,8 @@ from amips_plugin.errors import InputError
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.training import TrainConfig
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 BACKENDS = ["local-dir", "edge"]
 
 

@@ -29,6 +29,8 @@ from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 REPO = Path(__file__).resolve().parents[1]
 EXACT = SearchParams(exact=True)
 QUICK = TrainConfig(steps=40, eval_every=20, noise_copies=0, device="cpu", min_match=0.0)

@@ -9,6 +9,8 @@ from amips_plugin import collections as collection_ops
 from amips_plugin.client import AmipsClient
 from amips_plugin.training import TrainConfig
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 SPECS = [":memory:", "edge"]
 
 

@@ -22,6 +22,8 @@ from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
 from compression.artifact import decode_model, encode_model
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 EXACT = SearchParams(exact=True)
 FAST = TrainConfig(steps=60, eval_every=30, noise_copies=0, device="cpu", min_match=0.0)
 

@@ -43,6 +43,7 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert learning_rate_at(100, 100, 1.0, 0.1) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,min_match", [("keynet", 0.85), ("supportnet", 0.85), ("smoothmax", 0.85)])
 def test_training_on_a_small_synthetic_collection_reaches_high_match(small_collection, kind, min_match):
     keys, train, test = small_collection

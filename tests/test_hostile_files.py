@@ -176,6 +176,7 @@ def test_an_npy_header_declaring_hundreds_of_gib_is_refused_before_reading(tmp_p
 
 # -- peak memory while refusing ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_refusing_hostile_files_stays_far_below_256_mib_above_the_baseline(tmp_path):
     """In a fresh process: ru_maxrss after setup (imports, the hostile bytes in memory) is the baseline;
     refusing the huge declared model, two 4 GiB zstd bombs (size declared or not) and a 400 GiB .npy header

@@ -82,6 +82,7 @@ def test_unconstrained_bias_would_break_convexity():
     assert (0.5 * (concave(a) + concave(b)) - concave(0.5 * (a + b))).min() < -1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_toy_support_function_gradient_is_the_key(kind):
     """Keys ±e_i (the cross-polytope): σ(x) = max_i |x_i| and y*(x) = sign(x_j)·e_j, j = argmax |x_i|."""
