@@ -42,7 +42,7 @@ from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, 
                    records_as_arrays)
 
 SIDECAR_SUFFIX = "__amips"
-METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
+METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router", "policy": "amips_policy"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024

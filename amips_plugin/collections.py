@@ -9,7 +9,7 @@ import numpy as np
 from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from compression.artifact import encode_model
 
-from . import model_registry
+from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .errors import InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
@@ -102,6 +102,7 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
     manifest = manifests.pop("model")
+    report["policy"] = serving_policy.policy_status(manifests.pop("policy"), fingerprint, manifest)
     if manifest:
         report["model"] = {
             "version": manifest.get("version"), "stale": model_registry.is_stale(manifest, fingerprint),
