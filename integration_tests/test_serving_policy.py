@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from adapters import SearchParams, open_store
 from amips_plugin import collections as ops
+from amips_plugin import model_registry
 from amips_plugin import serving_policy as sp
 from amips_plugin import tuning
 from amips_plugin.cli import main
@@ -133,6 +134,14 @@ def test_missing_stale_and_malformed_policies_mean_plain_search_with_a_reason(tm
     _, report = rewriter.search("c", queries[:5], 3, mode="auto")
     assert report.fallback_reason is None and "of 5 queries escalated" in report.notes[-1]
     assert ops.status(store, "c")["policy"]["stale"] is False
+    model_registry.mark_stale(store, "c")  # the flag alone (a write through amips)
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "stale" in report.fallback_reason
+    manifest = tuning.tune(store, "c", queries, 0.95, repeats=1, ef_grid=(16, 32)).manifest
+    store.write_manifest("c", {**manifest, "key_count": 299}, sp.SLOT)  # the count alone (another client's write)
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "tuned on 299 keys" in report.fallback_reason
+    store.write_manifest("c", manifest, sp.SLOT)
     ops.ingest(store, "c", keys[:10])  # an append marks the policy stale
     _, report = rewriter.search("c", queries[:5], 3, mode="auto")
     assert "stale" in report.fallback_reason
