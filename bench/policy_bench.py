@@ -12,7 +12,8 @@ see (`--tune-queries`). Then, on the test queries (recall@1 of the exact argmax,
   manifest; every other certificate's best plan through `serving_policy.serve`);
 * each policy's throughput is divided by that of the cheapest plain hnsw_ef whose recall reaches the
   policy's own recall in this run (so the ratio compares equal recall);
-* single-query p50/p99 of the tuned policy and of that plain ef (`--single` queries, one at a time);
+* single-query p50/p99 of the tuned policy and of that plain ef (`--single` queries, one at a time,
+  both through `QueryRewriter.search`: mode auto against mode off at that hnsw_ef);
 * squad-train only: new-topic queries (squad-dev's test questions, exact argmax by numpy): the policy's
   recall and throughput beside plain search's curve.
 
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +41,7 @@ from amips_plugin.errors import UnknownCollectionError
 from amips_plugin.rewriting import QueryRewriter
 
 LIMIT = 10
-PLAIN_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+PLAIN_GRID = (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 def log(message: str) -> None:
@@ -82,7 +84,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             log(f"{name}: ingesting {len(data.keys):,} keys into Edge")
             collection_ops.ingest(store, collection, data.keys)
         sample = load_vectors(args.tune_queries)[: args.tune_sample]
-        queries, truth = data.test_queries, data.test_argmax
+        queries, truth = data.test_queries[: args.test_queries], data.test_argmax[: args.test_queries]
         path = QueryRewriter(store)
         model, _, reason = path.model_for(collection, data.keys.shape[1], len(data.keys))
         log(f"{name}: model for σ̂: {'yes' if model is not None else reason}")
@@ -139,8 +141,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             ef = cheapest_plain_at(plain, auto_recall)
             single = queries[: args.single]
             p50, p99 = latencies(auto_answer, single)
-            plain_p50, plain_p99 = latencies(
-                lambda q, ef=ef: store.search(collection, q, LIMIT, SearchParams(hnsw_ef=ef)), single) if ef else (None, None)
+            plain_p50, plain_p99 = latencies(  # plain through the same query path (mode off), at that ef
+                lambda q, ef=ef: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
+                single) if ef else (None, None)
             entry = out["targets"][str(target)]
             entry["auto"] = {"describe": report.chosen.policy.describe(), "recall": auto_recall,
                              "qps": len(queries) / auto_seconds, "notes": auto_report.notes,
@@ -175,6 +178,44 @@ def new_topics(store, collection: str, keys: np.ndarray, policy, model, args) ->
     return {"queries": len(queries), "recall": float(np.mean(result.ids[:, 0] == truth)), "qps": qps,
             "escalated": float(escalated.mean()), "plain": {str(e): r for e, r in plain.items()},
             "plain_ef_at_equal_cost": ef, "plain_recall_at_equal_cost": plain[ef]["recall"] if ef else None}
+
+
+def run_faiss(name: str, args: argparse.Namespace) -> dict:
+    """The same tune + serve code over FAISS HNSW (M 32), cost in inner products per query (IPE)."""
+    from faiss_policy_store import FaissHNSWStore
+
+    data = load_dataset(name)
+    started = time.perf_counter()
+    store = FaissHNSWStore(name, data.keys)
+    log(f"{name}: FAISS HNSW built in {time.perf_counter() - started:.0f} s")
+    sample = load_vectors(args.tune_queries)[: args.tune_sample]
+    queries, truth = data.test_queries[: args.test_queries], data.test_argmax[: args.test_queries]
+
+    def cost_and_recall(answer) -> tuple[float, float]:
+        store.inner_products = 0.0
+        result = answer()
+        return store.inner_products / len(queries), float(np.mean(result.ids[:, 0] == truth))
+
+    plain = {}
+    for ef in PLAIN_GRID:
+        ipe, recall = cost_and_recall(lambda ef=ef: store.search(name, queries, LIMIT, SearchParams(hnsw_ef=ef)))
+        plain[ef] = {"ipe": ipe, "recall": recall}
+    out = {"dataset": name, "plain": {str(ef): row for ef, row in plain.items()}, "targets": {}}
+    for target in args.targets:
+        report = tuning.tune(store, name, sample, target, LIMIT, repeats=args.repeats)
+        rows = []
+        for row in report.rows:
+            if row.policy.kind != "two-pass" and row is not report.chosen:
+                continue
+            ipe, recall = cost_and_recall(lambda p=row.policy: serving_policy.serve(store, name, queries, LIMIT, p)[0])
+            meeting = [ef for ef in PLAIN_GRID if plain[ef]["recall"] >= recall]
+            ef = min(meeting, key=lambda e: plain[e]["ipe"]) if meeting else None
+            rows.append({"policy": row.name + (" (chosen)" if row is report.chosen else ""), "recall": recall,
+                         "ipe": ipe, "plain_ef": ef, "plain_ipe": plain[ef]["ipe"] if ef else None,
+                         "ratio": plain[ef]["ipe"] / ipe if ef else None})
+            log(f"{name} FAISS @ {target}: {rows[-1]}")
+        out["targets"][str(target)] = rows
+    return out
 
 
 def write_table(results: list[dict], out: Path) -> None:
@@ -249,18 +290,25 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.95, 0.99])
     parser.add_argument("--root", type=Path, default=Path("bench/results/policy/edge"))
     parser.add_argument("--tune-queries", type=Path, default=Path("bench/results/policy/tune_queries.f16.npy"))
-    parser.add_argument("--tune-sample", type=int, default=10000)
+    parser.add_argument("--tune-sample", type=int, default=6000)
+    parser.add_argument("--test-queries", type=int, default=8000, help="the first N test queries")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
+    parser.add_argument("--faiss", action="store_true", help="also run the policies over FAISS HNSW (IPE counted)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, faiss_results = [], []
     for name in args.datasets:
         results.append(run_dataset(name, args))
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         write_table(results, args.out)
         plot(results[-1], args.out)
+    if args.faiss:
+        faiss.omp_set_num_threads(1)
+        for name in args.datasets:
+            faiss_results.append(run_faiss(name, args))
+            (args.out / "faiss.json").write_text(json.dumps(faiss_results, indent=1))
     log(f"wrote {args.out}/results.json, table.md")
 
 
