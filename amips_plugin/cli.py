@@ -578,6 +578,8 @@ def tune_command(ctx: click.Context, collection: str, queries_path: str, target_
     """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`)."""
     from . import tuning
 
+    if plot_path:
+        tuning.pyplot()
     report = tuning.tune(_store(ctx), collection, load_vectors(queries_path, "QUERIES"), target_recall, limit, repeats)
     if plot_path:
         tuning.plot_frontier(report, plot_path)

@@ -250,13 +250,21 @@ def format_frontier(report: TuneReport) -> str:
     return "\n".join(lines)
 
 
-def plot_frontier(report: TuneReport, path: str) -> None:
-    """Recall@1 against predicted batch throughput; the measured end-to-end points on top."""
-    import matplotlib
-
+def pyplot() -> Any:
+    """matplotlib's pyplot (Agg), or InputError when it is not installed (checked before tuning starts)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError("--plot needs matplotlib (pip install 'amips[bench]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_frontier(report: TuneReport, path: str) -> None:
+    """Recall@1 against predicted batch throughput; the measured end-to-end points on top."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in report.rows:
         kind = "plain" if row.policy.kind == "plain" else row.policy.certificate
