@@ -194,6 +194,10 @@ class Policy:
             policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.second_ef >= 1
             and policy.threshold is not None and (policy.certificate != "classifier" or classifier is not None)
             and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)))
+        if well_formed and kind == "two-pass":
+            columns = len(used_columns(policy.certificate, policy.uses_model))
+            well_formed = (classifier is None or len(classifier.mean) in (3, 4)) and all(
+                bound is None or len(bound) == columns for bound in (policy.guard_low, policy.guard_high))
         if not well_formed:
             raise ArtifactError("the stored serving policy is malformed (inconsistent fields)")
         return policy

@@ -197,6 +197,7 @@ def test_policy_manifest_round_trips_and_rejects_garbage():
     assert sp.Policy.from_manifest(json.loads(json.dumps(policy.to_manifest()))) == sp.Policy.from_manifest(
         policy.to_manifest())
     for bad in ({}, {"kind": "plain", "ef": "x"}, {"kind": "fast", "ef": 8},
-                {**policy.to_manifest(), "classifier": {"mean": [0], "scale": [1], "weights": [1, 2, 3]}}):
+                {**policy.to_manifest(), "classifier": {"mean": [0], "scale": [1], "weights": [1, 2, 3]}},
+                {**policy.to_manifest(), "guard_low": [0.0]}):
         with pytest.raises(ArtifactError):
             sp.Policy.from_manifest(bad)
