@@ -10,9 +10,11 @@ recall@1, and publish it in the collection's "policy" manifest slot (amips_plugi
    t(ef): t(ef₁) + t(σ̂) + (escalated share)·t(ef₂).
 3. The cheapest plain ef whose recall's lower bound clears the target, and each certificate's
    cheapest predicted plan, are then served end to end (`serve`) on the held-out half, interleaved,
-   best of `repeats` (so machine noise hits every policy alike); the one with the highest measured
-   batch throughput wins. Plain search wins unless a two-pass plan, still meeting the target end to
-   end, measures at least MIN_GAIN× its throughput.
+   best of `repeats` (so machine noise hits every policy alike). From plain search up through
+   ever more complex plans (the s1 rule, a classifier without σ̂, the certificates reading σ̂), a plan
+   replaces the one kept so far only when, still meeting the target end to end, it measures at
+   least MIN_GAIN× its batch throughput: within noise, the simpler policy (no model, so no model
+   forward per call and no staleness with the model) is kept.
 4. Publication is a compare-and-swap under the store's manifest lock: the policy slot must still
    hold what it held when tuning began. The policy records the keys' fingerprint and, when its
    certificate reads σ̂, the model's SHA-256; it is stale when either changes.
@@ -52,7 +54,7 @@ from .targets import exact_top1
 EF_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MIN_QUERIES = 200
 DEFAULT_REPEATS = 3
-MIN_GAIN = 1.05  # a two-pass policy must measure this much faster than plain search to be chosen (noise)
+MIN_GAIN = 1.05  # a more complex policy must measure this much faster than a simpler one to be chosen (noise)
 
 
 @dataclass
@@ -168,8 +170,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         result, escalated = serve(store, collection, held_queries, limit, row.policy, model, params)
         k = int(np.sum(result.ids[:, 0] == truth[held]))
         row.recall, row.lower_bound, row.escalated = k / len(held), wilson_lower_bound(k, len(held)), float(escalated.mean())
-    valid = [row for row in candidates[1:] if row.lower_bound >= target and (row.qps or 0.0) >= MIN_GAIN * plain.qps]
-    chosen = max(valid, key=lambda r: r.qps or 0.0) if valid else plain
+    chosen = choose(plain, candidates[1:], target)
     report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:])
     if publish:
         policy = replace(chosen.policy, target=target, key_count=info.count,
@@ -178,6 +179,21 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
                                    "plain_qps": plain.qps, "held_out": len(held), "limit": limit})
         report.manifest = publish_policy(store, collection, policy, fingerprint, expected)
     return report
+
+
+def choose(plain: FrontierRow, two_pass: list[FrontierRow], target: float) -> FrontierRow:
+    """Plain search, replaced by a more complex plan (simplest first) only when that plan meets the
+    target end to end and measures at least MIN_GAIN× the throughput of the one kept so far."""
+    chosen = plain
+    for row in sorted(two_pass, key=_complexity):
+        if row.lower_bound >= target and (row.qps or 0.0) >= MIN_GAIN * (chosen.qps or 0.0):
+            chosen = row
+    return chosen
+
+
+def _complexity(row: FrontierRow) -> int:
+    """Simplest first: the s1 rule (no model), then a classifier without σ̂, then the certificates reading σ̂."""
+    return 2 if row.policy.uses_model else 1 if row.policy.certificate == "classifier" else 0
 
 
 def _two_pass_candidates(certificates: tuple[str, ...], grid: list[int], first: dict, hits: dict,

@@ -61,3 +61,21 @@ def test_features_normalise_by_the_query_norm_and_mark_missing_scores():
     z = sp.features(q, scores, np.array([10.0, 1.0]))
     assert np.allclose(z[0], [1.0, 0.5, 1.0, 1.0])
     assert z[1, 0] == 0.5 and np.isnan(z[1, 1]) and np.isclose(z[1, 3], 0.5)
+
+
+def test_tune_keeps_the_simpler_policy_unless_a_complex_one_is_clearly_faster():
+    from amips_plugin.tuning import FrontierRow, choose
+
+    def row(name, certificate, qps, bound=0.99, with_model=False):
+        classifier = sp.Classifier((0,) * 4, (1,) * 4, (0,) * 5) if with_model else None
+        policy = (sp.Policy("plain", 64) if certificate is None else
+                  sp.Policy("two-pass", 16, 128, certificate, 0.0, classifier))
+        return FrontierRow(name, policy, 0.99, bound, 0.1, qps=qps)
+
+    plain, s1 = row("plain", None, 1000), row("s1", "s1", 1600)
+    learned = row("classifier σ̂", "classifier", 1650, with_model=True)
+    assert choose(plain, [learned, s1], 0.99) is s1  # 1650 is within 5% of 1600
+    faster = row("classifier σ̂", "classifier", 1700, with_model=True)
+    assert choose(plain, [faster, s1], 0.99) is faster
+    assert choose(plain, [row("s1", "s1", 1040)], 0.99) is plain  # within noise of plain
+    assert choose(plain, [row("s1", "s1", 5000, bound=0.98)], 0.99) is plain  # misses the target
