@@ -73,6 +73,17 @@ def cheapest_plain_at(plain: dict[int, dict], recall: float) -> int | None:
     return max(meeting, key=lambda ef: plain[ef]["qps"]) if meeting else None
 
 
+def interpolated_plain_qps(plain: dict, recall: float) -> float | None:
+    """Plain search's throughput at exactly `recall`: per-query cost interpolated linearly in recall between
+    the neighbouring points of plain's Pareto frontier (the grid's discrete step otherwise flatters or
+    penalises a policy whose recall falls just above or below one hnsw_ef). None above the grid's best recall."""
+    points = sorted((row["recall"], 1 / row["qps"]) for row in plain.values())
+    frontier = [p for i, p in enumerate(points) if all(p[1] < q[1] for q in points[i + 1:])]
+    if recall > frontier[-1][0]:
+        return None
+    return 1 / float(np.interp(recall, [p[0] for p in frontier], [p[1] for p in frontier]))
+
+
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     data = load_dataset(name)
     collection = name.replace("-", "_")
@@ -220,7 +231,8 @@ def run_faiss(name: str, args: argparse.Namespace) -> dict:
 
 def write_table(results: list[dict], out: Path) -> None:
     lines = ["| set | target | tuned policy (stored) | recall@1 | q/s | escalated | cheapest plain at that recall | "
-             "its recall | q/s | ratio | p50 / p99 ms policy | p50 / p99 ms plain |", "|" + "---|" * 12]
+             "its recall | q/s | ratio | ratio, plain interpolated to equal recall | p50 / p99 ms policy | "
+             "p50 / p99 ms plain |", "|" + "---|" * 13]
     for r in results:
         for target, entry in r["targets"].items():
             a = entry.get("auto")
@@ -228,19 +240,25 @@ def write_table(results: list[dict], out: Path) -> None:
                 continue
             lines.append(f"| {r['dataset']} | {target} | {a['describe']} | {a['recall']:.4f} | {a['qps']:,.0f} | "
                          f"{_share(a)} | ef {a['plain_ef']} | {_f(a['plain_recall'])} | {_q(a['plain_qps'])} | "
-                         f"{_x(a['ratio'])} | {_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
+                         f"{_x(a['ratio'])} | {_x(_over(a['qps'], interpolated_plain_qps(r['plain'], a['recall'])))} | "
+                         f"{_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
                          f"{_f(a['plain_p50_ms'], 3)} / {_f(a['plain_p99_ms'], 3)} |")
-    lines += ["", "| set | policy | recall@1 | q/s | escalated | cheapest plain at that recall | q/s | ratio |",
-              "|" + "---|" * 8]
+    lines += ["", "| set | policy | recall@1 | q/s | escalated | cheapest plain at that recall | q/s | ratio | "
+              "ratio, interpolated |", "|" + "---|" * 9]
     for r in results:
         for p in r["policies"]:
             lines.append(f"| {r['dataset']} | {p['policy']} | {p['recall']:.4f} | {p['qps']:,.0f} | {p['escalated']:.1%} | "
-                         f"ef {p['plain_ef']} ({_f(p['plain_recall'])}) | {_q(p['plain_qps'])} | {_x(p['ratio'])} |")
+                         f"ef {p['plain_ef']} ({_f(p['plain_recall'])}) | {_q(p['plain_qps'])} | {_x(p['ratio'])} | "
+                         f"{_x(_over(p['qps'], interpolated_plain_qps(r['plain'], p['recall'])))} |")
     lines += ["", "| set | plain hnsw_ef | recall@1 | q/s |", "|---|---|---|---|"]
     for r in results:
         for ef, row in r["plain"].items():
             lines.append(f"| {r['dataset']} | {ef} | {row['recall']:.4f} | {row['qps']:,.0f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def _over(qps: float, plain_qps: float | None) -> float | None:
+    return None if plain_qps is None else qps / plain_qps
 
 
 def _f(v, digits: int = 4) -> str:
@@ -296,8 +314,15 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
     parser.add_argument("--faiss", action="store_true", help="also run the policies over FAISS HNSW (IPE counted)")
+    parser.add_argument("--table-only", action="store_true", help="re-render table.md and the plots from results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        results = json.loads((args.out / "results.json").read_text())
+        write_table(results, args.out)
+        for result in results:
+            plot(result, args.out)
+        return
     results, faiss_results = [], []
     for name in args.datasets:
         results.append(run_dataset(name, args))
