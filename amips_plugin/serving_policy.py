@@ -25,8 +25,9 @@ the target R, so the target holds on unseen queries of the same distribution wit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,7 +224,7 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
           model: MIPSModel | None = None, params: SearchParams = SearchParams()) -> tuple[SearchResult, np.ndarray]:
     """Answer `queries` with `policy`; returns the results and which queries were escalated.
     `params` supplies the engine knobs other than hnsw_ef (oversampling); a policy that reads σ̂ needs `model`."""
-    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)  # noqa: E731
+    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)
     if policy.kind == "plain":
         return store.search(collection, queries, limit, at_ef(policy.ef)), np.zeros(len(queries), dtype=bool)
     depth = max(limit, DEPTH)

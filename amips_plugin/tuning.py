@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,13 +40,13 @@ from .serving_policy import (
     DEPTH,
     SLOT,
     Policy,
+    calibrate_threshold,
     features,
     fit_classifier,
     guard_range,
-    calibrate_threshold,
     serve,
-    suspicion,
     support_values,
+    suspicion,
     used_columns,
     wilson_lower_bound,
 )
@@ -133,7 +134,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     rows = np.random.default_rng(seed).permutation(len(queries))
     fit, held = rows[: len(rows) // 2], rows[len(rows) // 2:]
     depth, grid = max(limit, DEPTH), sorted(set(ef_grid))
-    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)  # noqa: E731
+    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)
 
     first = {ef: store.search(collection, queries, depth, at_ef(ef)) for ef in grid}
     hits = {ef: first[ef].ids[:, 0] == truth for ef in grid}

@@ -6,7 +6,8 @@ the rest of the interface raises, since the benchmark never writes points or blo
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -145,10 +145,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             tuning.publish_policy(store, collection, serving_policy.Policy.from_manifest(report.manifest),
                                   collection_ops.read_keys(store, collection)[2],
                                   store.read_manifest(collection, serving_policy.SLOT))
-            auto_answer = lambda q: path.search(collection, q, LIMIT, mode="auto")  # noqa: E731
+            auto_answer = lambda q: path.search(collection, q, LIMIT, mode="auto")
             auto_result, auto_report = auto_answer(queries)
             auto_recall = float(np.mean(auto_result.ids[:, 0] == truth))
-            auto_seconds = best_times({"auto": lambda: auto_answer(queries)}, args.repeats)["auto"]
+            auto_seconds = best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
             ef = cheapest_plain_at(plain, auto_recall)
             single = queries[: args.single]
             p50, p99 = latencies(auto_answer, single)
@@ -288,7 +288,7 @@ def plot(result: dict, out: Path) -> None:
     ax.plot([plain[e]["qps"] for e in plain], [plain[e]["recall"] for e in plain], "o-", label="plain hnsw_ef")
     for p in result["policies"]:
         ax.scatter(p["qps"], p["recall"], marker="s", label=p["policy"])
-    for target, entry in result["targets"].items():
+    for entry in result["targets"].values():
         if entry.get("auto"):
             ax.scatter(entry["auto"]["qps"], entry["auto"]["recall"], marker="*", s=150, color="black")
     ax.set_xscale("log")

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 
 from adapters import SearchParams, open_store
 from amips_plugin import collections as ops
-from amips_plugin import model_registry
+from amips_plugin import model_registry, tuning
 from amips_plugin import serving_policy as sp
-from amips_plugin import tuning
 from amips_plugin.cli import main
 from amips_plugin.errors import ArtifactError
 from amips_plugin.rewriting import QueryRewriter
@@ -113,7 +112,7 @@ def test_tune_stores_a_policy_that_meets_its_target_on_unseen_queries(hard_edge)
     report = tuning.tune(store, "c", queries[:2000], TARGET, repeats=1, ef_grid=(8, 16, 32, 64, 128, 256),
                          certificates=("s1", "classifier"))
     assert report.chosen.lower_bound >= TARGET and report.manifest["version"] >= 1
-    policy, model, reason = sp.stored_policy(store, "c", 64, 4000, QueryRewriter(store).model_for)
+    policy, _, reason = sp.stored_policy(store, "c", 64, 4000, QueryRewriter(store).model_for)
     assert reason is None and policy == sp.Policy.from_manifest(report.manifest)
     recall, _ = _recall(store, queries[2000:], truth[2000:], policy)
     assert recall >= TARGET
@@ -172,7 +171,7 @@ def test_tune_command_round_trip_on_edge(tmp_path):
     np.save(tmp_path / "keys.npy", keys)
     np.save(tmp_path / "q.npy", queries)
     store = ["--store", f"edge:{tmp_path / 'edge'}"]
-    run = lambda *args: CliRunner().invoke(main, [*store, *map(str, args)])  # noqa: E731
+    run = lambda *args: CliRunner().invoke(main, [*store, *map(str, args)])
     assert run("ingest", "c", tmp_path / "keys.npy").exit_code == 0
     out = run("tune", "c", "--queries", tmp_path / "q.npy", "--target-recall", "0.9", "--repeats", "1",
               "--plot", tmp_path / "f.png")
