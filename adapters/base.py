@@ -28,7 +28,7 @@ from amips_plugin.limits import MAX_BLOB_BYTES
 from . import point_ids
 
 DISTANCES = ("dot", "cosine")
-MANIFEST_SLOTS = ("model", "pq", "router")
+MANIFEST_SLOTS = ("model", "pq", "router", "policy")
 SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate to this quantile
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
@@ -227,7 +227,8 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists;
-        each `vector_slot`-suffixed for a named vector), or None."""
+        "policy": the tuned serving policy, a manifest without a blob; each `vector_slot`-suffixed for a
+        named vector), or None."""
 
     @abc.abstractmethod
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:

@@ -49,7 +49,7 @@ UPSERT_BATCH = 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
 _DISTANCE_NAME = {"Dot": "dot", "Cosine": "cosine"}
-_MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json", "router": "router.json"}
+_MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json", "router": "router.json", "policy": "policy.json"}
 _LOCK_FILE = ".manifest.lock"
 _LOCK_POLL_SECONDS = 0.01
 

@@ -48,7 +48,7 @@ from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, 
 from .names import SIDECAR_SUFFIX, check_collection_name
 
 SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}
-METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}
+METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router", "policy": "amips_policy"}
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024

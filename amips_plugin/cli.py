@@ -436,6 +436,12 @@ def _status_line(r: dict[str, Any]) -> str:
             continue
         line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
             f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
+    policy = r.get("policy")
+    if policy and "error" in policy:
+        line += f"; policy UNUSABLE ({policy['error']})"
+    elif policy:
+        line += f"; policy v{policy['version']}: {policy['describe']}, " + (
+            "STALE — run amips tune" if policy["stale"] else "fresh")
     return line
 
 
@@ -668,3 +674,31 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
         atomic_write(folder / name, buffer.getvalue())
     click.echo(f"wrote {folder}/: {num_keys:,} keys × {dim}, {train_queries:,} train / {test_queries:,} test queries "
                f"(seed {seed})")
+
+
+@main.command("tune")
+@click.argument("collection")
+@using_option
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); half is held out for calibration.")
+@click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
+              help="Declared recall@1 (of the exact argmax) the policy must meet on held-out queries.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved timing rounds per policy (best kept).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the recall / throughput frontier as a PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_friendly_errors
+def tune_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, limit: int,
+                 repeats: int, plot_path: str | None, as_json: bool) -> None:
+    """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`)."""
+    from . import tuning
+
+    if plot_path:
+        tuning.pyplot()
+    report = tuning.tune(_store(ctx), collection, load_vectors(queries_path, "QUERIES"), target_recall, limit, repeats)
+    if plot_path:
+        tuning.plot_frontier(report, plot_path)
+    click.echo(json.dumps(report.to_dict()) if as_json else tuning.format_frontier(report))

@@ -42,7 +42,7 @@ from .errors import InputError
 from .rewriting import QueryRewriter, SearchReport
 from .training import TrainConfig
 
-DEFAULT_MODE = "hybrid"
+DEFAULT_MODE = "auto"  # the collection's tuned serving policy (`amips tune`); plain search until there is one
 _REWRITABLE = (list, tuple, np.ndarray)
 
 

@@ -12,7 +12,7 @@ from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from adapters.vector_view import for_vector
 from compression.artifact import encode_model
 
-from . import model_registry
+from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .errors import AmipsError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
@@ -159,11 +159,12 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     manifests = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
                               "distance": info.distance, "model": None, "side_indexes": {}}
+    report["policy"] = None
     for slot, manifest in list(manifests.items()):
         if isinstance(manifest, model_registry.BrokenManifest):
             entry = {"error": manifest.reason}
-            if slot == "model":
-                report["model"] = entry
+            if slot in ("model", "policy"):
+                report[slot] = entry
             else:
                 report["side_indexes"][slot] = entry
             manifests[slot] = None
@@ -175,6 +176,9 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
         return model_registry.is_stale(manifest, fingerprint) or built_on != info.count
 
     manifest = manifests.pop("model")
+    policy = manifests.pop("policy")
+    if policy:
+        report["policy"] = serving_policy.policy_status(policy, fingerprint, manifest)
     if manifest:
         report["model"] = {
             "version": manifest.get("version"), "stale": stale(manifest),

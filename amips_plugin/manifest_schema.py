@@ -38,6 +38,8 @@ def fix_command(slot: str, collection: str = "COLLECTION") -> str:
     using = f" --using {vector}" if vector else ""
     if base == "model":
         return f"amips drop-model {collection}{using}"
+    if base == "policy":
+        return f"amips tune {collection}{using} (it replaces the policy)"
     return f"amips drop-index {collection} {'route' if base == 'router' else base}{using}"
 
 
@@ -104,8 +106,39 @@ class RouterManifestSchema(ManifestSchema):
     router_steps: Optional[StrictInt] = Field(default=None, ge=0)
 
 
-MANIFEST_SCHEMAS: dict[str, type[ManifestSchema]] = {
-    "model": ModelManifestSchema, "pq": PQManifestSchema, "router": RouterManifestSchema}
+class ClassifierSchema(_Schema):
+    """serving_policy.Classifier: a logistic regression over at most a few first-pass features."""
+
+    mean: list[Number] = Field(max_length=8)
+    scale: list[Number] = Field(max_length=8)
+    weights: list[Number] = Field(max_length=9)
+
+
+class PolicyManifestSchema(_Schema):
+    """The tuned serving policy (serving_policy.Policy): a manifest with no blob."""
+
+    version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
+    id: Optional[StrictInt] = Field(default=None, ge=0, lt=limits.MAX_BLOB_ID)
+    created: Optional[StrictStr] = Field(default=None, max_length=64)
+    stale: StrictBool = False
+    fingerprint: Optional[FingerprintSchema] = None
+    kind: Literal["plain", "two-pass"]
+    ef: StrictInt = Field(ge=1, le=limits.MAX_HNSW_EF)
+    second_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
+    certificate: Optional[Literal["s1", "margin", "classifier"]] = None
+    threshold: Optional[Number] = None
+    classifier: Optional[ClassifierSchema] = None
+    guard_low: Optional[list[Number]] = Field(default=None, max_length=8)
+    guard_high: Optional[list[Number]] = Field(default=None, max_length=8)
+    target: Optional[Number] = None
+    key_count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)
+    model_sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    measured: Optional[dict[str, Any]] = None
+
+
+MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {
+    "model": ModelManifestSchema, "pq": PQManifestSchema, "router": RouterManifestSchema,
+    "policy": PolicyManifestSchema}
 
 
 class TensorEntrySchema(_Schema):
@@ -172,7 +205,7 @@ def validate_manifest(raw: Any, slot: str, collection: str) -> dict[str, Any] | 
         except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
             problem = f"{type(exc).__name__}"
         else:
-            if parsed.slot is not None and parsed.slot != base:
+            if getattr(parsed, "slot", None) is not None and parsed.slot != base:
                 problem = f"it names slot {parsed.slot!r}"
     if problem:
         raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({problem}); "

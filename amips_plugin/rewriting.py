@@ -7,6 +7,9 @@
              never worse than plain search with the same candidate limit. Every query is
              rewritten: the x prefetch already guards against a poor ŷ, and measured on
              squad-train, gating here cost recall (bench/gate.py)
+    auto     the collection's tuned serving policy (`amips tune`; amips_plugin/serving_policy.py):
+             plain search at its hnsw_ef, or a cheap first pass with a second one for the queries its
+             certificate flags; a missing or stale policy means plain search with the caller's knobs
 
 Candidates come from the engine (one store call per batch: Qdrant's Query API, prefetch + outer
 query) or from an index kept alongside the collection, whose candidates' stored vectors are then
@@ -34,14 +37,14 @@ import torch
 from adapters import point_ids
 from adapters.base import SearchParams, SearchResult, VectorStore
 
-from . import model_registry
+from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .errors import AmipsError, InputError, StoreError
 from .query_bounds import check_query_norms, check_search_inputs
 from .models import MIPSModel
 
 log = logging.getLogger("amips")
-MODES = ("off", "replace", "hybrid")
+MODES = ("off", "replace", "hybrid", "auto")
 CANDIDATE_SOURCES = ("engine", "pq", "route")
 RESCORE_BATCH = 256  # queries whose side-index candidates are fetched from the store in one call
 
@@ -147,6 +150,10 @@ class QueryRewriter:
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         check_query_norms(queries)
         report = SearchReport(mode=mode)
+        if mode == "auto":
+            if candidate_source != "engine":
+                raise InputError("--mode auto searches the engine; it cannot take --candidates-from")
+            return self._auto(collection, queries, limit, params, info.dim, info.count)
         L = candidates or default_candidates(limit)
         side_index = None
         if candidate_source != "engine" and params.filter is not None:
@@ -185,6 +192,19 @@ class QueryRewriter:
             if side_index is None:
                 part = self._engine_candidates(collection, queries[rows], probes, L, limit, params)
             result = result.assign(rows, part)
+        return result, report
+
+    def _auto(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams, dim: int,
+              count: int) -> tuple[SearchResult, SearchReport]:
+        """The stored serving policy, or plain search (with the reason) when it is missing or stale."""
+        report = SearchReport(mode="auto", plain=len(queries))
+        policy, model, reason = serving_policy.stored_policy(self.store, collection, dim, count, self.model_for)
+        if policy is None:
+            self._warn_once(f"amips: plain search for {collection!r}: {reason}")
+            report.fallback_reason = reason
+            return self.store.search(collection, queries, limit, params), report
+        result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params)
+        report.notes.append(f"{policy.describe()}; {int(escalated.sum())} of {len(queries)} queries escalated")
         return result, report
 
     @staticmethod

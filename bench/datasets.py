@@ -38,6 +38,14 @@ def synthetic_dataset(name: str, seed: int = SYNTHETIC_SEED) -> Dataset:
                    test_argmax=exact_top1(keys, test).index)
 
 
+def _linked(path: Path) -> Path:
+    """`path`, or the file it names when a copy turned its symbolic link into a short text file holding
+    the link's target (squad-sentences' queries are squad-train's, linked as ../squad-train/...)."""
+    if path.stat().st_size < 1024 and not path.read_bytes().startswith(b"\x93NUMPY"):
+        return path.parent / path.read_text().strip()
+    return path
+
+
 def load_dataset(name: str) -> Dataset:
     folder = DATA_ROOT / name
     if not folder.is_dir():
@@ -45,7 +53,7 @@ def load_dataset(name: str) -> Dataset:
     return Dataset(
         name=name,
         keys=load_vectors(folder / "keys.f16.npy"),
-        train_queries=load_vectors(folder / "train_queries.f16.npy"),
-        test_queries=load_vectors(folder / "test_queries.f16.npy"),
+        train_queries=load_vectors(_linked(folder / "train_queries.f16.npy")),
+        test_queries=load_vectors(_linked(folder / "test_queries.f16.npy")),
         test_argmax=np.load(folder / "test_argmax.i32.npy", allow_pickle=False).astype(np.int64),
     )

@@ -244,7 +244,7 @@ def test_named_vectors_each_get_their_own_model(backend, tmp_path, mixture):
 
     store = open_store(spec)
     from amips_plugin.client import AmipsClient
-    client = AmipsClient(store)
+    client = AmipsClient(store, mode="hybrid")
     hits = client.query_points("docs", query=test[0], using="text", limit=3,
                                search_params=models.SearchParams(exact=True))
     assert client.last_report.fallback_reason is None and hits.points[0].payload["n"] == int(

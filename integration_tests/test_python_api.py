@@ -29,7 +29,7 @@ def test_query_points_rewrites_and_ranks_by_the_true_inner_product(store, mixtur
     keys, train, test = mixture
     collection_ops.ingest(store, "docs", keys)
     collection_ops.train(store, "docs", train, TrainConfig(steps=300, noise_copies=1, device="cpu"), progress=False)
-    client = AmipsClient(store)
+    client = AmipsClient(store, mode="hybrid")
 
     exact = models.SearchParams(exact=True)
     response = client.query_points("docs", query=test[0], limit=5, search_params=exact)
@@ -48,7 +48,7 @@ def test_hybrid_never_loses_to_plain_search_at_equal_limit(store, mixture, mixtu
     keys, train, test = mixture
     collection_ops.ingest(store, "docs", keys)
     collection_ops.train(store, "docs", train, TrainConfig(steps=300, noise_copies=1, device="cpu"), progress=False)
-    client = AmipsClient(store)
+    client = AmipsClient(store, mode="hybrid")
     for limit in (1, 3):
         requests = [models.QueryRequest(query=q.tolist(), limit=limit, params=models.SearchParams(hnsw_ef=1))
                     for q in test]
@@ -63,7 +63,7 @@ def test_scalar_quantized_collection_rescores_with_the_original_vectors(store, m
     """int8 copies choose the candidates; the returned scores are the exact float32 inner products."""
     keys, _, test = mixture
     collection_ops.ingest(store, "docs", keys, scalar_quantization=True)
-    client = AmipsClient(store)
+    client = AmipsClient(store, mode="hybrid")
     params = models.SearchParams(hnsw_ef=64, quantization=models.QuantizationSearchParams(oversampling=4.0))
     results = client.query_batch_points("docs", [models.QueryRequest(query=q.tolist(), limit=5, params=params)
                                                  for q in test], mode="off")
@@ -82,7 +82,7 @@ def test_drop_in_client_matches_plain_qdrant_client_with_filters_payloads_and_of
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(len(keys))]
     app.upsert("docs", points=[models.PointStruct(id=i, vector=v.tolist(), payload={"group": n % 3, "n": n})
                                for n, (i, v) in enumerate(zip(ids, keys))], wait=True)
-    client = AmipsClient(app)
+    client = AmipsClient(app, mode="hybrid")
     client.train("docs", train, TrainConfig(steps=200, noise_copies=1, device="cpu"))
     flt = models.Filter(must=[models.FieldCondition(key="group", match=models.MatchValue(value=1))])
     exact = models.SearchParams(exact=True)
@@ -110,7 +110,7 @@ def test_edge_filters_apply_to_every_prefetch(tmp_path, mixture):
     keys, train, test = mixture
     store = open_store(f"edge:{tmp_path / 'edge'}")
     collection_ops.ingest(store, "docs", keys, payloads=[{"group": n % 4} for n in range(len(keys))])
-    client = AmipsClient(store)
+    client = AmipsClient(store, mode="hybrid")
     client.train("docs", train, TrainConfig(steps=200, noise_copies=1, device="cpu"))
     flt = models.Filter(must_not=[models.FieldCondition(key="group", match=models.MatchAny(any=[0, 1, 2]))])
     allowed = np.flatnonzero(np.arange(len(keys)) % 4 == 3)
@@ -130,7 +130,7 @@ def test_a_model_is_refreshed_while_the_application_serves(tmp_path, mixture):
     import threading
 
     keys, train, test = mixture
-    client = AmipsClient(f"edge:{tmp_path / 'edge'}")
+    client = AmipsClient(f"edge:{tmp_path / 'edge'}", mode="hybrid")
     collection_ops.ingest(client.store, "docs", keys)
     first = client.train("docs", train, TrainConfig(steps=100, noise_copies=0, device="cpu"))
     trainer = threading.Thread(target=client.train, args=("docs", train, TrainConfig(steps=150, noise_copies=0,

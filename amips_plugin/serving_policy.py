@@ -1,0 +1,335 @@
+"""Per-query search effort: a cheap first pass for every query, a second pass only where a
+certificate says the first one may have missed (issue 11). Works on any VectorStore through
+`store.search(..., SearchParams(hnsw_ef=...))`.
+
+    plain     one search at hnsw_ef = ef
+    two-pass  every query searched at ef₁ with limit k = max(limit, DEPTH); a suspicion score c(x)
+              from that pass; the queries with c(x) > threshold — and every query whose certificate
+              features fall outside the range seen at calibration (unusual queries look suspicious) —
+              searched again at ef₂; an escalated query's answer is the top `limit` of the union of both
+              passes, so no query is answered worse than by plain search at ef₁
+
+Certificates, on scores normalised by ‖x‖ (s_i: the first pass's i-th best score, σ̂(x) the stored
+model's support function: SupportNet f(x), KeyNet <g(x), x>):
+
+    s1          c = −s₁/‖x‖                       (no model: the issue's baseline)
+    margin      c = (σ̂(x) − s₁)/‖x‖               (the predicted best score not yet reached)
+    classifier  c = b + w·z, a logistic regression of P(the first pass misses the argmax) on the
+                standardised z = (s₁, s₁ − s₂, s₁ − s_k[, σ̂ − s₁]) / ‖x‖, fitted in numpy
+
+Calibration (`calibrate_threshold`): on held-out queries with exact answers, escalating the m most
+suspicious ones gives recall r(m) = (Σ_{kept} hit₁ + Σ_{escalated} hit₂) / n. The threshold chosen
+escalates the fewest queries whose Wilson lower bound on r(m) (one-sided, z = 1.645) still clears
+the target R, so the target holds on unseen queries of the same distribution with ≈ 95% confidence.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from adapters import point_ids
+from adapters.base import SearchParams, SearchResult, VectorStore
+
+from .errors import AmipsError, ArtifactError
+from .models import MIPSModel
+
+SLOT = "policy"
+KINDS = ("plain", "two-pass")
+CERTIFICATES = ("s1", "margin", "classifier")
+DEPTH = 10  # the first pass returns at least this many hits: s_k is its last score
+Z_ONE_SIDED_95 = 1.645
+GUARD_QUANTILES = (0.001, 0.999)  # features outside this calibration range always escalate
+_NORM_FLOOR = 1e-12
+_RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
+
+
+def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
+    """Lower end of the Wilson score interval for a binomial proportion, one-sided at z."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
+    """σ̂(x) for a whole batch in one forward pass (no gradient, so no per-query torch overhead)."""
+    with torch.no_grad():
+        return model.head_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))[:, 0].numpy()
+
+
+def features(queries: np.ndarray, scores: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+    """Per query (s₁, s₁ − s₂, s₁ − s_k[, σ̂ − s₁]) / ‖x‖ from the first pass's scores (n, k), best first.
+    Rows with fewer than k hits get NaN where a score is missing, which the guard escalates."""
+    norm = np.maximum(np.linalg.norm(queries, axis=1), _NORM_FLOOR)
+    s = np.where(np.isfinite(scores), scores, np.nan) / norm[:, None]
+    columns = [s[:, 0], s[:, 0] - s[:, min(1, s.shape[1] - 1)], s[:, 0] - s[:, -1]]
+    if sigma is not None:
+        columns.append(sigma / norm - s[:, 0])
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """Logistic regression on standardised features: c = b + w·(z − mean)/scale (a log-odds of a miss)."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]  # (b, w₁, …, w_F)
+
+    def logits(self, z: np.ndarray) -> np.ndarray:
+        w = np.asarray(self.weights)
+        return w[0] + ((z - np.asarray(self.mean)) / np.asarray(self.scale)) @ w[1:]
+
+
+def fit_classifier(z: np.ndarray, missed: np.ndarray, iterations: int = 25) -> Classifier:
+    """Newton's method (IRLS) on the L2-penalised logistic loss; z (n, F), missed (n,) bool."""
+    mean, scale = z.mean(axis=0), z.std(axis=0) + 1e-9
+    a = np.hstack([np.ones((len(z), 1)), (z - mean) / scale])
+    y = missed.astype(np.float64)
+    w = np.zeros(a.shape[1])
+    penalty = _RIDGE * len(z) * np.diag([0.0] + [1.0] * (a.shape[1] - 1))
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
+        gradient = a.T @ (p - y) + penalty @ w
+        hessian = (a * (p * (1 - p))[:, None]).T @ a + penalty + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return Classifier(tuple(mean.tolist()), tuple(scale.tolist()), tuple(w.tolist()))
+
+
+def used_columns(certificate: str, with_model: bool) -> list[int]:
+    """Which feature columns a certificate reads (and the guard checks)."""
+    if certificate == "s1":
+        return [0]
+    if certificate == "margin":
+        return [3]
+    return [0, 1, 2, 3] if with_model else [0, 1, 2]
+
+
+def suspicion(certificate: str, z: np.ndarray, classifier: Classifier | None = None) -> np.ndarray:
+    """c(x): larger means more likely that the first pass missed the best key."""
+    if certificate == "s1":
+        return -z[:, 0]
+    if certificate == "margin":
+        return z[:, 3]
+    assert classifier is not None
+    return classifier.logits(z[:, : len(classifier.mean)])
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A serving policy as stored in the collection's "policy" manifest slot."""
+
+    kind: str
+    ef: int  # plain: its hnsw_ef; two-pass: the first pass's
+    second_ef: int | None = None
+    certificate: str | None = None
+    threshold: float | None = None
+    classifier: Classifier | None = None
+    guard_low: tuple[float, ...] | None = None  # per used feature column
+    guard_high: tuple[float, ...] | None = None
+    target: float | None = None
+    key_count: int | None = None
+    model_sha256: str | None = None  # the model whose σ̂ the certificate reads (None: it reads none)
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_model(self) -> bool:
+        return self.kind == "two-pass" and (self.certificate == "margin" or (
+            self.certificate == "classifier" and self.classifier is not None and len(self.classifier.mean) == 4))
+
+    def describe(self) -> str:
+        if self.kind == "plain":
+            return f"plain search at hnsw_ef {self.ef}"
+        share = self.measured.get("escalated")
+        share_text = f", {share:.1%} of queries escalated at tuning" if isinstance(share, float) else ""
+        return (f"two-pass: hnsw_ef {self.ef} for every query, hnsw_ef {self.second_ef} for those the "
+                f"{self.certificate} certificate flags{share_text}")
+
+    def escalate(self, z: np.ndarray) -> np.ndarray:
+        """Queries to search again: suspicious, or outside the calibrated feature range (or NaN)."""
+        columns = used_columns(self.certificate or "s1", self.uses_model)
+        used = z[:, columns]
+        unusual = ~np.all(np.isfinite(used), axis=1)
+        if self.guard_low is not None and self.guard_high is not None:
+            with np.errstate(invalid="ignore"):
+                unusual |= np.any((used < np.asarray(self.guard_low)) | (used > np.asarray(self.guard_high)), axis=1)
+        with np.errstate(invalid="ignore"):
+            flagged = suspicion(self.certificate or "s1", z, self.classifier) > self.threshold
+        return flagged | unusual
+
+    def to_manifest(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["classifier"] = asdict(self.classifier) if self.classifier else None
+        return data
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> Policy:
+        """ArtifactError for anything malformed (the query path then searches plainly)."""
+        try:
+            kind, ef = str(data["kind"]), int(data["ef"])
+            raw = data.get("classifier")
+            classifier = Classifier(tuple(map(float, raw["mean"])), tuple(map(float, raw["scale"])),
+                                    tuple(map(float, raw["weights"]))) if raw else None
+            low, high = data.get("guard_low"), data.get("guard_high")
+            policy = cls(kind=kind, ef=ef, second_ef=None if data.get("second_ef") is None else int(data["second_ef"]),
+                         certificate=data.get("certificate"),
+                         threshold=None if data.get("threshold") is None else float(data["threshold"]),
+                         classifier=classifier,
+                         guard_low=None if low is None else tuple(map(float, low)),
+                         guard_high=None if high is None else tuple(map(float, high)),
+                         target=None if data.get("target") is None else float(data["target"]),
+                         key_count=None if data.get("key_count") is None else int(data["key_count"]),
+                         model_sha256=data.get("model_sha256"), measured=dict(data.get("measured") or {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"the stored serving policy is malformed ({exc!r})") from None
+        well_formed = kind in KINDS and ef >= 1 and (kind == "plain" or (
+            policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.second_ef >= 1
+            and policy.threshold is not None and (policy.certificate != "classifier" or classifier is not None)
+            and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)))
+        if well_formed and kind == "two-pass":
+            columns = len(used_columns(policy.certificate, policy.uses_model))
+            well_formed = (classifier is None or len(classifier.mean) in (3, 4)) and all(
+                bound is None or len(bound) == columns for bound in (policy.guard_low, policy.guard_high))
+        if not well_formed:
+            raise ArtifactError("the stored serving policy is malformed (inconsistent fields)")
+        return policy
+
+
+def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: int) -> SearchResult:
+    """Top `limit` of the union of both passes for `rows` (second holds only those rows), first's elsewhere."""
+    first_ids, second_ids = point_ids.common([first.ids, second.ids])  # int64 ids, or UUIDs as text
+    ids, scores = first_ids[:, :limit].copy(), first.scores[:, :limit].copy()
+    for at, row in enumerate(rows):
+        pool_ids = np.concatenate([first_ids[row], second_ids[at]])
+        pool_scores = np.concatenate([first.scores[row], second.scores[at]])
+        keep = point_ids.present(pool_ids)
+        pool_ids, pool_scores = pool_ids[keep], pool_scores[keep]
+        order = np.argsort(-pool_scores, kind="stable")
+        _, first_seen = np.unique(pool_ids[order], return_index=True)
+        best = order[np.sort(first_seen)][:limit]
+        ids[row], scores[row] = point_ids.padding(ids), -np.inf
+        ids[row, :len(best)], scores[row, :len(best)] = pool_ids[best], pool_scores[best]
+    return SearchResult(ids, scores)
+
+
+def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
+          model: MIPSModel | None = None, params: SearchParams = SearchParams()) -> tuple[SearchResult, np.ndarray]:
+    """Answer `queries` with `policy`; returns the results and which queries were escalated.
+    `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
+    needs `model`."""
+
+    def at_ef(ef: int) -> SearchParams:
+        return dataclasses.replace(params, hnsw_ef=ef)
+
+    if policy.kind == "plain":
+        return store.search(collection, queries, limit, at_ef(policy.ef)), np.zeros(len(queries), dtype=bool)
+    depth = max(limit, DEPTH)
+    first = store.search(collection, queries, depth, at_ef(policy.ef))
+    sigma = support_values(model, queries) if policy.uses_model and model is not None else None
+    if policy.uses_model and sigma is None:
+        raise ValueError("this policy's certificate reads σ̂: pass the collection's model")
+    escalated = policy.escalate(features(queries, first.scores, sigma))
+    rows = np.flatnonzero(escalated)
+    if not len(rows):
+        return SearchResult(first.ids[:, :limit], first.scores[:, :limit]), escalated
+    second = store.search(collection, queries[rows], limit, at_ef(policy.second_ef))
+    return merge(first, second, rows, limit), escalated
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    escalated: int  # queries escalated on the calibration slice
+    recall: float  # recall@1 on it
+    lower_bound: float
+
+
+def calibrate_threshold(score: np.ndarray, hit_first: np.ndarray, hit_second: np.ndarray, target: float,
+                        z: float = Z_ONE_SIDED_95, always: np.ndarray | None = None) -> Calibration | None:
+    """The threshold escalating the fewest queries whose recall's Wilson lower bound clears `target`.
+
+    score: c(x) per query; hit_first / hit_second: the first pass / the merged two passes found the
+    argmax; always: queries the guard escalates whatever the threshold. None when even escalating
+    every query with a finite cut falls short (the second pass alone is then the cheaper plan).
+    """
+    n = len(score)
+    always = np.zeros(n, dtype=bool) if always is None else always
+    base = float(np.sum(np.where(always, hit_second, hit_first)))
+    forced = int(always.sum())
+    free = np.flatnonzero(~always)
+    order = free[np.argsort(-score[free], kind="stable")]
+    ranked = score[order]
+    gains = np.concatenate([[0.0], np.cumsum(hit_second[order].astype(float) - hit_first[order])])
+    for m in range(len(order)):  # escalate order[:m]; a cut needs ranked[m-1] > ranked[m]
+        if m and not ranked[m - 1] > ranked[m]:
+            continue
+        bound = wilson_lower_bound(base + gains[m], n, z)
+        if bound >= target:
+            threshold = float(ranked[m]) if m == 0 else float((ranked[m - 1] + ranked[m]) / 2)
+            if m == 0 and len(ranked):
+                threshold = float(np.nextafter(ranked[0], np.inf))
+            return Calibration(threshold, m + forced, (base + gains[m]) / n, bound)
+    return None
+
+
+def guard_range(z: np.ndarray, columns: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The calibration range of the used feature columns (GUARD_QUANTILES), finite rows only."""
+    used = z[:, columns]
+    used = used[np.all(np.isfinite(used), axis=1)]
+    low, high = np.quantile(used, GUARD_QUANTILES, axis=0)
+    return tuple(low.tolist()), tuple(high.tolist())
+
+
+ModelLookup = Callable[[str, int, "int | None"], "tuple[MIPSModel | None, dict | None, str | None]"]
+
+
+def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
+                  model_for: ModelLookup) -> tuple[Policy | None, MIPSModel | None, str | None]:
+    """(policy, the model its certificate reads, None), or (None, None, why plain search instead).
+    Never raises for a missing, stale, malformed or model-less policy."""
+    try:
+        manifest = store.read_manifest(collection, SLOT)
+        if not manifest:
+            return None, None, "no serving policy for this collection (run `amips tune`)"
+        policy = Policy.from_manifest(manifest)
+    except AmipsError as exc:
+        return None, None, f"the serving policy cannot be read: {exc}"
+    if manifest.get("stale") or policy.key_count != count:
+        return None, None, (f"the serving policy is stale (tuned on {policy.key_count} keys, the collection has "
+                            f"{count} or was written since); run `amips tune`")
+    if not policy.uses_model:
+        return policy, None, None
+    model, model_manifest, reason = model_for(collection, dim, count)
+    if model is None:
+        return None, None, f"the serving policy reads the model, which cannot be used: {reason}"
+    if (model_manifest or {}).get("sha256") != policy.model_sha256:
+        return None, None, "the serving policy is stale (the model changed since tuning); run `amips tune`"
+    return policy, model, None
+
+
+def policy_status(manifest: dict[str, Any] | None, fingerprint: dict[str, Any] | None,
+                  model_manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What `amips status` shows of a stored policy: what it does, its target, measured figures, stale or not
+    (keys changed — by the flag or, with `fingerprint`, by re-hashing — or its certificate's model changed)."""
+    if not manifest:
+        return None
+    try:
+        policy = Policy.from_manifest(manifest)
+    except ArtifactError as exc:
+        return {"version": manifest.get("version"), "stale": True, "describe": f"unreadable: {exc}"}
+    stale = bool(manifest.get("stale")) or (fingerprint is not None and fingerprint != manifest.get("fingerprint")) or (
+        policy.uses_model and (model_manifest or {}).get("sha256") != policy.model_sha256)
+    return {"version": manifest.get("version"), "stale": stale, "describe": policy.describe(),
+            "target": policy.target, "measured": policy.measured}

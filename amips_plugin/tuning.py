@@ -1,0 +1,302 @@
+"""`amips tune`: measure every serving policy in this store, keep the cheapest that meets a declared
+recall@1, and publish it in the collection's "policy" manifest slot (amips_plugin/serving_policy.py).
+
+1. The query sample is split in two at random: a fit half (the classifier certificate's training
+   data and the guard's feature range) and a held-out half, on which thresholds are calibrated and
+   every policy is measured. Exact answers come from a scan of the collection's keys.
+2. Plain search is run at every hnsw_ef of the grid (limit max(limit, DEPTH)); these runs are also
+   the two-pass policies' first and second passes, so every (certificate, ef₁ < ef₂) pair is
+   calibrated (`calibrate_threshold`) and its batch cost predicted from the measured per-query time
+   t(ef): t(ef₁) + t(σ̂) + (escalated share)·t(ef₂).
+3. The cheapest plain ef whose recall's lower bound clears the target, and each certificate's
+   cheapest predicted plan, are then served end to end (`serve`) on the held-out half, interleaved,
+   best of `repeats` (so machine noise hits every policy alike). From plain search up through
+   ever more complex plans (the s1 rule, a classifier without σ̂, the certificates reading σ̂), a plan
+   replaces the one kept so far only when, still meeting the target end to end, it measures at
+   least MIN_GAIN× its batch throughput: within noise, the simpler policy (no model, so no model
+   forward per call and no staleness with the model) is kept.
+4. Publication is a compare-and-swap under the store's manifest lock: the policy slot must still
+   hold what it held when tuning began. The policy records the keys' fingerprint and, when its
+   certificate reads σ̂, the model's SHA-256; it is stale when either changes.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from adapters.base import SearchParams, VectorStore
+
+from . import model_registry
+from .arrays import check_vectors
+from .collections import read_keys
+from .errors import ConcurrentPublishError, InputError
+from .rewriting import QueryRewriter
+from .serving_policy import (
+    CERTIFICATES,
+    DEPTH,
+    SLOT,
+    Policy,
+    calibrate_threshold,
+    features,
+    fit_classifier,
+    guard_range,
+    serve,
+    support_values,
+    suspicion,
+    used_columns,
+    wilson_lower_bound,
+)
+from .targets import exact_top1
+
+EF_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+MIN_QUERIES = 200
+DEFAULT_REPEATS = 3
+MIN_GAIN = 1.05  # a more complex policy must measure this much faster than a simpler one to be chosen (noise)
+
+
+@dataclass
+class FrontierRow:
+    """One policy measured on the held-out half."""
+
+    name: str
+    policy: Policy
+    recall: float
+    lower_bound: float
+    escalated: float  # share of queries searched twice
+    qps: float | None = None  # measured batch throughput (queries per second), end to end
+    predicted_qps: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "policy": self.policy.to_manifest(), "recall": self.recall,
+                "lower_bound": self.lower_bound, "escalated": self.escalated, "qps": self.qps,
+                "predicted_qps": self.predicted_qps}
+
+
+@dataclass
+class TuneReport:
+    target: float
+    held_out: int
+    chosen: FrontierRow
+    plain: FrontierRow
+    rows: list[FrontierRow] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def speedup(self) -> float:
+        return (self.chosen.qps or 0.0) / (self.plain.qps or float("nan"))
+
+    def verdict(self) -> str:
+        if self.chosen.policy.kind == "plain":
+            return (f"plain search wins: no two-pass policy beat hnsw_ef {self.plain.policy.ef} at recall@1 "
+                    f"≥ {self.target} here; the stored policy is plain search at hnsw_ef {self.plain.policy.ef}")
+        return (f"{self.chosen.name} wins: {self.speedup:.2f}× the batch throughput of plain search at hnsw_ef "
+                f"{self.plain.policy.ef}, the cheapest plain search meeting recall@1 ≥ {self.target}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "held_out": self.held_out, "chosen": self.chosen.to_dict(),
+                "plain": self.plain.to_dict(), "speedup": self.speedup, "verdict": self.verdict(),
+                "rows": [r.to_dict() for r in self.rows], "manifest": self.manifest}
+
+
+def _best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Seconds per task, best of `repeats` interleaved rounds."""
+    best = {name: float("inf") for name in tasks}
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            task()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float, limit: int = 10,
+         repeats: int = DEFAULT_REPEATS, ef_grid: tuple[int, ...] = EF_GRID, seed: int = 0,
+         certificates: tuple[str, ...] = CERTIFICATES, publish: bool = True,
+         params: SearchParams = SearchParams()) -> TuneReport:
+    """Measure, choose and (with `publish`) store the cheapest policy meeting recall@1 ≥ `target`."""
+    if not 0 < target < 1:
+        raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
+    if limit < 1:
+        raise InputError(f"limit must be ≥ 1, got {limit}")
+    info = store.info(collection)
+    queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
+    if len(queries) < MIN_QUERIES:
+        raise InputError(f"tune needs at least {MIN_QUERIES} sample queries, got {len(queries)}")
+    expected = model_registry.read_for_replace(store, collection, SLOT)  # a broken policy is replaced
+    keys, ids, fingerprint = read_keys(store, collection)
+    truth = ids[exact_top1(keys, queries).index]
+    del keys
+    model, manifest, _ = QueryRewriter(store).model_for(collection, info.dim, info.count)
+    rows = np.random.default_rng(seed).permutation(len(queries))
+    fit, held = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    depth, grid = max(limit, DEPTH), sorted(set(ef_grid))
+    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)
+
+    first = {ef: store.search(collection, queries, depth, at_ef(ef)) for ef in grid}
+    hits = {ef: first[ef].ids[:, 0] == truth for ef in grid}
+    held_queries = queries[held]
+    tasks: dict[str, Callable[[], Any]] = {
+        f"ef{ef}": (lambda ef=ef: store.search(collection, held_queries, depth, at_ef(ef))) for ef in grid}
+    if model is not None:
+        tasks["sigma"] = lambda: support_values(model, held_queries)
+    seconds = _best_times(tasks, repeats)
+    per_query = {name: s / len(held) for name, s in seconds.items()}
+    sigma = support_values(model, queries) if model is not None else None
+
+    def plain_row(ef: int) -> FrontierRow:
+        k = int(hits[ef][held].sum())
+        return FrontierRow(f"plain ef {ef}", Policy("plain", ef, target=target), k / len(held),
+                           wilson_lower_bound(k, len(held)), 0.0, predicted_qps=1 / per_query[f"ef{ef}"])
+
+    plain_rows = [plain_row(ef) for ef in grid]
+    meeting = [r for r in plain_rows if r.lower_bound >= target]
+    if not meeting:
+        best = max(plain_rows, key=lambda r: r.recall)
+        raise InputError(f"no hnsw_ef up to {grid[-1]} reaches recall@1 {target} on the held-out queries with "
+                         f"margin (best: {best.recall:.4f} at hnsw_ef {best.policy.ef}); lower the target")
+    plain = meeting[0]
+    candidates = [plain] + _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit, held, target,
+                                                 per_query, model is not None)
+    for row in candidates[1:]:
+        row.policy = replace(row.policy, key_count=info.count,
+                             model_sha256=(manifest or {}).get("sha256") if row.policy.uses_model else None)
+    measured = _best_times({row.name: (lambda p=row.policy: serve(store, collection, held_queries, limit, p, model,
+                                                                    params)) for row in candidates}, repeats)
+    for row in candidates:
+        row.qps = len(held) / measured[row.name]
+        result, escalated = serve(store, collection, held_queries, limit, row.policy, model, params)
+        k = int(np.sum(result.ids[:, 0] == truth[held]))
+        row.recall, row.lower_bound, row.escalated = k / len(held), wilson_lower_bound(k, len(held)), float(escalated.mean())
+    chosen = choose(plain, candidates[1:], target)
+    report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:])
+    if publish:
+        policy = replace(chosen.policy, target=target, key_count=info.count,
+                         measured={"recall": chosen.recall, "lower_bound": chosen.lower_bound,
+                                   "escalated": chosen.escalated, "qps": chosen.qps, "plain_ef": plain.policy.ef,
+                                   "plain_qps": plain.qps, "held_out": len(held), "limit": limit})
+        report.manifest = publish_policy(store, collection, policy, fingerprint, expected)
+    return report
+
+
+def choose(plain: FrontierRow, two_pass: list[FrontierRow], target: float) -> FrontierRow:
+    """Plain search, replaced by a more complex plan (simplest first) only when that plan meets the
+    target end to end and measures at least MIN_GAIN× the throughput of the one kept so far."""
+    chosen = plain
+    for row in sorted(two_pass, key=_complexity):
+        if row.lower_bound >= target and (row.qps or 0.0) >= MIN_GAIN * (chosen.qps or 0.0):
+            chosen = row
+    return chosen
+
+
+def _complexity(row: FrontierRow) -> int:
+    """Simplest first: the s1 rule (no model), then a classifier without σ̂, then the certificates reading σ̂."""
+    return 2 if row.policy.uses_model else 1 if row.policy.certificate == "classifier" else 0
+
+
+def _two_pass_candidates(certificates: tuple[str, ...], grid: list[int], first: dict, hits: dict,
+                         queries: np.ndarray, sigma: np.ndarray | None, fit: np.ndarray, held: np.ndarray,
+                         target: float, per_query: dict[str, float], with_model: bool) -> list[FrontierRow]:
+    """Each certificate's cheapest calibrated (ef₁, ef₂, threshold) by predicted cost."""
+    rows = []
+    for certificate in certificates:
+        if certificate == "margin" and not with_model:
+            continue
+        best: tuple[float, FrontierRow] | None = None
+        for ef1 in grid:
+            z = features(queries, first[ef1].scores, sigma)
+            columns = used_columns(certificate, with_model)
+            classifier = fit_classifier(z[fit][:, columns], ~hits[ef1][fit]) if certificate == "classifier" else None
+            low, high = guard_range(z[fit], columns)
+            probe = Policy("two-pass", ef1, second_ef=grid[-1], certificate=certificate, threshold=float("inf"),
+                           classifier=classifier, guard_low=low, guard_high=high)
+            always = probe.escalate(z[held])
+            score = suspicion(certificate, z[held], classifier)
+            cost_first = per_query[f"ef{ef1}"] + (per_query["sigma"] if probe.uses_model else 0.0)
+            for ef2 in (ef for ef in grid if ef > ef1):
+                calibration = calibrate_threshold(score, hits[ef1][held], hits[ef1][held] | hits[ef2][held], target,
+                                                  always=always)
+                if calibration is None:
+                    continue
+                share = calibration.escalated / len(held)
+                cost = cost_first + share * per_query[f"ef{ef2}"]
+                if best is None or cost < best[0]:
+                    policy = replace(probe, second_ef=ef2, threshold=calibration.threshold, target=target)
+                    best = (cost, FrontierRow(f"two-pass {certificate} ef {ef1}→{ef2}", policy, calibration.recall,
+                                              calibration.lower_bound, share, predicted_qps=1 / cost))
+        if best is not None:
+            rows.append(best[1])
+    return rows
+
+
+def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerprint: dict[str, Any],
+                   expected: dict[str, Any] | model_registry.BrokenManifest | None) -> dict[str, Any]:
+    """Compare-and-swap the policy manifest: ConcurrentPublishError when the slot changed since `expected`
+    (a manifest that does not validate is replaced, not an error)."""
+    with store.manifest_lock(collection):
+        current = model_registry.read_for_replace(store, collection, SLOT)
+        if _identity(current) != _identity(expected):
+            raise ConcurrentPublishError(f"another writer changed the serving policy of {collection!r} while this "
+                                         "one was tuning; this policy was discarded — run the command again")
+        manifest = {**policy.to_manifest(), "fingerprint": fingerprint,
+                    "version": int(current["version"]) + 1 if isinstance(current, dict) else 1,
+                    "id": secrets.randbits(40),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False}
+        store.write_manifest(collection, manifest, SLOT)
+    return manifest
+
+
+def _identity(manifest: dict[str, Any] | model_registry.BrokenManifest | None) -> Any:
+    if isinstance(manifest, model_registry.BrokenManifest):
+        return manifest
+    return None if not manifest else (manifest.get("version"), manifest.get("id"))
+
+
+def format_frontier(report: TuneReport) -> str:
+    """The frontier as a text table, the chosen policy marked, and the verdict."""
+    lines = [f"held-out queries: {report.held_out}; target recall@1 ≥ {report.target} (Wilson lower bound, 95%)",
+             f"{'policy':<34} {'recall@1':>9} {'lower b.':>9} {'escalated':>9} {'q/s measured':>13} {'q/s predicted':>14}"]
+    for row in report.rows:
+        mark = " *" if row is report.chosen else ""
+        measured = f"{row.qps:,.0f}" if row.qps else "-"
+        predicted = f"{row.predicted_qps:,.0f}" if row.predicted_qps else "-"
+        lines.append(f"{row.name + mark:<34} {row.recall:>9.4f} {row.lower_bound:>9.4f} {row.escalated:>9.1%} "
+                     f"{measured:>13} {predicted:>14}")
+    lines.append(report.verdict())
+    if report.manifest:
+        lines.append(f"stored as policy v{report.manifest['version']}; `amips search --mode auto` uses it")
+    return "\n".join(lines)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot (Agg), or InputError when it is not installed (checked before tuning starts)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError("--plot needs matplotlib (pip install 'amips[bench]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_frontier(report: TuneReport, path: str) -> None:
+    """Recall@1 against predicted batch throughput; the measured end-to-end points on top."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in report.rows:
+        kind = "plain" if row.policy.kind == "plain" else row.policy.certificate
+        ax.scatter(row.predicted_qps or 0, row.recall, marker="o" if kind == "plain" else "s", label=row.name)
+        if row.qps:
+            ax.scatter(row.qps, row.recall, marker="x", color="black")
+    ax.axhline(report.target, linestyle="--", color="grey")
+    ax.set_xlabel("batch throughput, queries/s (o/s: predicted, x: measured)")
+    ax.set_ylabel("recall@1, held-out queries")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

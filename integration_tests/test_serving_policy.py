@@ -1,0 +1,210 @@
+"""Serving policies on real stores: calibration on held-out queries, the certificate's escalation rule,
+the fail-safe, stale / missing policies, and `amips tune` end to end (Edge: a real HNSW graph;
+qdrant-client local mode: exact search)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from adapters import SearchParams, open_store
+from amips_plugin import collections as ops
+from amips_plugin import model_registry, tuning
+from amips_plugin import serving_policy as sp
+from amips_plugin.cli import main
+from amips_plugin.errors import ArtifactError
+from amips_plugin.rewriting import QueryRewriter
+
+FIRST_EF, SECOND_EF, TARGET = 8, 128, 0.97
+
+
+@pytest.fixture(scope="module")
+def hard_edge(tmp_path_factory):
+    """4,000 random 64-d keys in Edge: HNSW at ef 8 finds the argmax for only ≈ 65% of random queries."""
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((4000, 64)).astype(np.float32)
+    queries = rng.standard_normal((3000, 64)).astype(np.float32)
+    store = open_store(f"edge:{tmp_path_factory.mktemp('hard')}")
+    ops.ingest(store, "c", keys)
+    truth = (queries @ keys.T).argmax(axis=1)
+    yield store, keys, queries, truth
+    store.close()
+
+
+def _passes(store, queries, truth):
+    first = store.search("c", queries, sp.DEPTH, SearchParams(hnsw_ef=FIRST_EF))
+    second = store.search("c", queries, sp.DEPTH, SearchParams(hnsw_ef=SECOND_EF))
+    return first, first.ids[:, 0] == truth, second.ids[:, 0] == truth
+
+
+def _recall(store, queries, truth, policy):
+    result, escalated = sp.serve(store, "c", queries, 10, policy)
+    return float(np.mean(result.ids[:, 0] == truth)), escalated
+
+
+def test_calibrated_s1_threshold_meets_the_target_on_unseen_queries_and_misses_it_when_forced(hard_edge):
+    store, _, queries, truth = hard_edge
+    calib, unseen = slice(0, 2000), slice(2000, 3000)
+    first, hit1, hit2 = _passes(store, queries[calib], truth[calib])
+    z = sp.features(queries[calib], first.scores, None)
+    calibration = sp.calibrate_threshold(sp.suspicion("s1", z), hit1, hit1 | hit2, TARGET)
+    assert calibration is not None and calibration.lower_bound >= TARGET
+    assert 0 < calibration.escalated < 2000  # neither trivial end
+    policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", calibration.threshold)
+    recall, escalated = _recall(store, queries[unseen], truth[unseen], policy)
+    plain_first = float(np.mean(store.search("c", queries[unseen], 10, SearchParams(hnsw_ef=FIRST_EF)).ids[:, 0]
+                                == truth[unseen]))
+    assert plain_first < TARGET - 0.1 and recall >= TARGET and 0 < escalated.mean() < 1
+    # δ on the wrong side: the cut moved so that a third fewer queries are escalated
+    scores = sp.suspicion("s1", z)
+    lowered = float(np.quantile(scores, 1 - (2 / 3) * calibration.escalated / 2000))
+    wrong = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", lowered)
+    assert _recall(store, queries[unseen], truth[unseen], wrong)[0] < TARGET
+
+
+class _OracleSupport(torch.nn.Module):
+    """σ(x) = max_y <x, y> exactly: a stand-in model for the margin certificate."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        super().__init__()
+        self.keys = torch.from_numpy(keys)
+
+    def head_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.keys.T).max(dim=1, keepdim=True).values
+
+
+def test_margin_certificate_escalates_every_query_the_first_pass_missed_by_more_than_delta(hard_edge):
+    store, keys, queries, truth = hard_edge
+    q = queries[:1000]
+    first = store.search("c", q, sp.DEPTH, SearchParams(hnsw_ef=FIRST_EF))
+    sigma = (q @ keys.T).max(axis=1)
+    gap = (sigma - first.scores[:, 0]) / np.linalg.norm(q, axis=1)
+    delta = 0.02
+    policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "margin", delta)
+    result, escalated = sp.serve(store, "c", q, 10, policy, _OracleSupport(keys))
+    assert (gap > delta).sum() > 50
+    assert np.all(escalated[gap > delta])  # every query missed by more than δ is searched again
+    assert not np.any(escalated[gap <= delta])  # and only those (no guard in this policy)
+    assert np.all(result.scores[:, 0] >= first.scores[:, 0])  # never worse than the first pass
+    assert np.mean(result.ids[:, 0] == truth[:1000]) > np.mean(first.ids[:, 0] == truth[:1000]) + 0.2
+
+
+def test_unusual_queries_escalate_and_are_never_answered_worse_than_the_first_pass(hard_edge):
+    store, _, queries, truth = hard_edge
+    first, _, _ = _passes(store, queries[:1000], truth[:1000])
+    z = sp.features(queries[:1000], first.scores, None)
+    low, high = sp.guard_range(z, [0])
+    policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", threshold=1e9, guard_low=low, guard_high=high)
+    # outside the calibrated s₁ range on either side, or no score at all (NaN), escalates whatever the threshold
+    odd = np.array([[low[0] - 0.1, 0, 0], [high[0] + 0.1, 0, 0], [np.nan, 0, 0], [(low[0] + high[0]) / 2, 0, 0]])
+    assert policy.escalate(odd).tolist() == [True, True, True, False]
+    shifted = 3 * np.ones((200, 64), dtype=np.float32) + queries[:200]  # far off the query distribution
+    strict = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", threshold=float(np.median(-z[:, 0])))
+    result, escalated = sp.serve(store, "c", shifted, 10, strict)
+    plain = store.search("c", shifted, 10, SearchParams(hnsw_ef=FIRST_EF))
+    assert 0 < escalated.mean() < 1
+    assert np.all(result.scores >= plain.scores)  # every rank at least as good as plain search at ef₁
+
+
+def test_tune_stores_a_policy_that_meets_its_target_on_unseen_queries(hard_edge):
+    store, _, queries, truth = hard_edge
+    report = tuning.tune(store, "c", queries[:2000], TARGET, repeats=1, ef_grid=(8, 16, 32, 64, 128, 256),
+                         certificates=("s1", "classifier"))
+    assert report.chosen.lower_bound >= TARGET and report.manifest["version"] >= 1
+    policy, _, reason = sp.stored_policy(store, "c", 64, 4000, QueryRewriter(store).model_for)
+    assert reason is None and policy == sp.Policy.from_manifest(report.manifest)
+    recall, _ = _recall(store, queries[2000:], truth[2000:], policy)
+    assert recall >= TARGET
+    names = [row.name for row in report.rows]
+    assert any(n.startswith("two-pass s1") for n in names) and any(n.startswith("two-pass classifier") for n in names)
+
+    from amips_plugin.client import AmipsClient  # the application's client serves the tuned policy by default
+    from qdrant_client import models
+    client = AmipsClient(store)
+    hits = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=3) for q in queries[2000:]])
+    assert client.last_report.mode == "auto" and client.last_report.fallback_reason is None
+    assert policy.describe() in client.last_report.notes[0]
+    assert np.mean([r.points[0].id == t for r, t in zip(hits, truth[2000:])]) == pytest.approx(recall, abs=0.01)
+
+
+def test_missing_stale_and_malformed_policies_mean_plain_search_with_a_reason(tmp_path):
+    rng = np.random.default_rng(1)
+    keys, queries = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((400, 16)).astype(np.float32)
+    store = open_store(str(tmp_path / "local"))
+    ops.ingest(store, "c", keys)
+    rewriter = QueryRewriter(store)
+    result, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "no serving policy" in report.fallback_reason
+    assert np.array_equal(result.ids, store.search("c", queries[:5], 3, SearchParams()).ids)
+    tuning.tune(store, "c", queries, 0.95, repeats=1, ef_grid=(16, 32))
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert report.fallback_reason is None and "of 5 queries escalated" in report.notes[-1]
+    assert ops.status(store, "c")["policy"]["stale"] is False
+    model_registry.mark_stale(store, "c")  # the flag alone (a write through amips)
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "stale" in report.fallback_reason
+    manifest = tuning.tune(store, "c", queries, 0.95, repeats=1, ef_grid=(16, 32)).manifest
+    store.write_manifest("c", {**manifest, "key_count": 299}, sp.SLOT)  # the count alone (another client's write)
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "tuned on 299 keys" in report.fallback_reason
+    store.write_manifest("c", manifest, sp.SLOT)
+    ops.ingest(store, "c", keys[:10])  # an append marks the policy stale
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "stale" in report.fallback_reason
+    assert ops.status(store, "c")["policy"]["stale"] is True
+    store.write_manifest("c", {"kind": "two-pass", "ef": 8}, sp.SLOT)  # no certificate, threshold, second ef
+    _, report = rewriter.search("c", queries[:5], 3, mode="auto")
+    assert "cannot be read" in report.fallback_reason
+    store.close()
+
+
+def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
+    policy = sp.Policy("two-pass", 8, 64, "margin", 0.1, key_count=100, model_sha256="aaa")
+
+    class Store:
+        def read_manifest(self, collection, slot):
+            return {**policy.to_manifest(), "stale": False}
+
+    model = object()
+    assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "aaa"}, None))[1:] == (model, None)
+    assert "model changed" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "b"}, None))[2]
+    assert "cannot be used" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (None, None, "no model"))[2]
+    assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, {"sha256": "aaa"}, None))[2]
+
+
+def test_tune_command_round_trip_on_edge(tmp_path):
+    rng = np.random.default_rng(2)
+    keys, queries = rng.standard_normal((1500, 32)).astype(np.float32), rng.standard_normal((400, 32)).astype(np.float32)
+    np.save(tmp_path / "keys.npy", keys)
+    np.save(tmp_path / "q.npy", queries)
+    store = ["--store", f"edge:{tmp_path / 'edge'}"]
+    run = lambda *args: CliRunner().invoke(main, [*store, *map(str, args)])
+    assert run("ingest", "c", tmp_path / "keys.npy").exit_code == 0
+    out = run("tune", "c", "--queries", tmp_path / "q.npy", "--target-recall", "0.9", "--repeats", "1",
+              "--plot", tmp_path / "f.png")
+    assert out.exit_code == 0, out.output
+    assert "plain ef" in out.output and "stored as policy v1" in out.output and (tmp_path / "f.png").stat().st_size
+    status = run("status", "c")
+    assert "policy v1:" in status.output and "fresh" in status.output
+    found = json.loads(run("search", "c", "--queries", tmp_path / "q.npy", "--mode", "auto", "--json").output)
+    assert found["fallback_reason"] is None and "escalated" in found["notes"][-1]
+    bad = run("tune", "c", "--queries", tmp_path / "q.npy", "--target-recall", "1.5")
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    few = tmp_path / "few.npy"
+    np.save(few, queries[:50])
+    bad = run("tune", "c", "--queries", few, "--target-recall", "0.9")
+    assert bad.exit_code == 1 and "at least 200" in bad.output
+
+
+def test_policy_manifest_round_trips_and_rejects_garbage():
+    classifier = sp.Classifier((0.0, 1.0, 2.0), (1.0, 1.0, 1.0), (0.5, -1.0, 0.0, 0.0))
+    policy = sp.Policy("two-pass", 8, 64, "classifier", 0.3, classifier, (0, 0, 0), (1, 1, 1), 0.99, 10, None,
+                       {"qps": 1.0})
+    assert sp.Policy.from_manifest(json.loads(json.dumps(policy.to_manifest()))) == sp.Policy.from_manifest(
+        policy.to_manifest())
+    for bad in ({}, {"kind": "plain", "ef": "x"}, {"kind": "fast", "ef": 8},
+                {**policy.to_manifest(), "classifier": {"mean": [0], "scale": [1], "weights": [1, 2, 3]}},
+                {**policy.to_manifest(), "guard_low": [0.0]}):
+        with pytest.raises(ArtifactError):
+            sp.Policy.from_manifest(bad)

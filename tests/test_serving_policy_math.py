@@ -1,0 +1,81 @@
+"""The numbers behind serving policies: the Wilson bound, threshold calibration, the logistic fit, the merge."""
+import numpy as np
+
+from adapters.base import SearchResult
+from amips_plugin import serving_policy as sp
+
+
+def test_wilson_lower_bound_matches_the_formula():
+    assert abs(sp.wilson_lower_bound(50, 100) - 0.41884) < 1e-4  # p̂ 0.5, n 100, z 1.645
+    assert abs(sp.wilson_lower_bound(990, 1000) - 0.98334) < 1e-4
+    assert sp.wilson_lower_bound(0, 0) == 0.0
+
+
+def test_calibration_escalates_the_fewest_most_suspicious_queries_that_clear_the_bound():
+    rng = np.random.default_rng(0)
+    n = 4000
+    score = rng.standard_normal(n)
+    hit1 = score < 1.0  # the first pass misses exactly the queries scoring above 1
+    hit2 = np.ones(n, dtype=bool)
+    c = sp.calibrate_threshold(score, hit1, hit2, 0.99)
+    escalated = score > c.threshold
+    assert escalated.sum() == c.escalated
+    recall = np.mean(np.where(escalated, hit2, hit1))
+    assert recall == c.recall and c.lower_bound >= 0.99 > sp.wilson_lower_bound(recall * n - 1, n)
+    # one escalation fewer would not clear the bound, so some misses (score just above 1) stay unescalated
+    assert c.threshold > 1.0
+    assert sp.calibrate_threshold(score, hit1, hit1, 0.99) is None  # a second pass that finds nothing new
+
+
+def test_calibration_counts_guarded_queries_as_escalated():
+    score = np.linspace(0, 1, 1000)
+    hit1 = score < 0.9
+    always = np.zeros(1000, dtype=bool)
+    always[-100:] = True  # the guard already escalates every miss
+    c = sp.calibrate_threshold(score, hit1, np.ones(1000, dtype=bool), 0.99, always=always)
+    assert c.escalated == 100 and c.recall == 1.0
+
+
+def test_logistic_fit_recovers_the_direction_of_a_known_model():
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((20000, 3))
+    logits = -1.0 + 2.0 * z[:, 0] - 1.0 * z[:, 1]
+    missed = rng.random(20000) < 1 / (1 + np.exp(-logits))
+    model = sp.fit_classifier(z, missed)
+    w = np.asarray(model.weights)
+    assert abs(w[0] + 1.0) < 0.1 and abs(w[1] / model.scale[0] - 2.0) < 0.15 and abs(w[2] / model.scale[1] + 1.0) < 0.1
+    assert abs(w[3]) < 0.1
+
+
+def test_merge_keeps_the_best_of_both_passes_without_duplicates():
+    first = SearchResult(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.6]], dtype=np.float32))
+    second = SearchResult(np.array([[7, 1, -1]]), np.array([[0.95, 0.9, -np.inf]], dtype=np.float32))
+    merged = sp.merge(first, second, np.array([0]), 3)
+    assert merged.ids.tolist() == [[7, 1, 2], [4, 5, 6]]
+    assert np.allclose(merged.scores[0], [0.95, 0.9, 0.5])
+
+
+def test_features_normalise_by_the_query_norm_and_mark_missing_scores():
+    q = np.array([[3.0, 4.0], [1.0, 0.0]], dtype=np.float32)
+    scores = np.array([[5.0, 2.5, 0.0], [0.5, -np.inf, -np.inf]], dtype=np.float32)
+    z = sp.features(q, scores, np.array([10.0, 1.0]))
+    assert np.allclose(z[0], [1.0, 0.5, 1.0, 1.0])
+    assert z[1, 0] == 0.5 and np.isnan(z[1, 1]) and np.isclose(z[1, 3], 0.5)
+
+
+def test_tune_keeps_the_simpler_policy_unless_a_complex_one_is_clearly_faster():
+    from amips_plugin.tuning import FrontierRow, choose
+
+    def row(name, certificate, qps, bound=0.99, with_model=False):
+        classifier = sp.Classifier((0,) * 4, (1,) * 4, (0,) * 5) if with_model else None
+        policy = (sp.Policy("plain", 64) if certificate is None else
+                  sp.Policy("two-pass", 16, 128, certificate, 0.0, classifier))
+        return FrontierRow(name, policy, 0.99, bound, 0.1, qps=qps)
+
+    plain, s1 = row("plain", None, 1000), row("s1", "s1", 1600)
+    learned = row("classifier σ̂", "classifier", 1650, with_model=True)
+    assert choose(plain, [learned, s1], 0.99) is s1  # 1650 is within 5% of 1600
+    faster = row("classifier σ̂", "classifier", 1700, with_model=True)
+    assert choose(plain, [faster, s1], 0.99) is faster
+    assert choose(plain, [row("s1", "s1", 1040)], 0.99) is plain  # within noise of plain
+    assert choose(plain, [row("s1", "s1", 5000, bound=0.98)], 0.99) is plain  # misses the target
