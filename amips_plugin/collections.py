@@ -127,25 +127,53 @@ class TrainedCollection:
     manifest: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Built:
+    """What a builder hands to `build_and_publish`: the blob, its manifest fields (besides the publish
+    protocol's own and the fingerprint), and whatever the caller wants back (e.g. the FitResult)."""
+
+    blob: bytes
+    fields: dict[str, Any]
+    result: Any = None
+
+
+def build_and_publish(store: VectorStore, collection: str, slot: str,
+                      build: Callable[[np.ndarray, np.ndarray, dict[str, Any]], Built]) -> tuple[dict[str, Any], Built]:
+    """The one publish workflow of everything kept alongside a collection (the model, `pq`, `router`):
+
+    1. read the manifest the build replaces: the compare-and-swap's expected value (a manifest that does
+       not validate is replaced), read *before* the keys, so a writer overlapping this one is caught;
+    2. read the keys and their fingerprint (batched scroll);
+    3. build from them (`build(keys, ids, fingerprint)`);
+    4. growth check: when the point count changed while building (appends, other clients), the result
+       no longer describes every key and is published stale;
+    5. publish: blob, read back, then the manifest under the collection's manifest lock.
+    Returns the new manifest and what `build` returned.
+    """
+    expected = model_registry.read_for_replace(store, collection, slot)
+    keys, ids, fingerprint = read_keys(store, collection)
+    built = build(keys, ids, fingerprint)
+    grown = store.info(collection).count != len(keys)
+    manifest = model_registry.publish_blob(store, collection, built.blob, {**built.fields, "fingerprint": fingerprint},
+                                           slot=slot, stale=grown, expected=expected)
+    return manifest, built
+
+
 def train(store: VectorStore, collection: str, queries: np.ndarray, config: TrainConfig,
           progress: bool = True, on_log: Callable[[dict[str, float]], None] | None = None,
           dtype: str = "fp32") -> TrainedCollection:
-    """Train on the collection's keys and a query sample; publish the model alongside the collection.
+    """Train on the collection's keys and a query sample; publish the model alongside the collection
+    (`build_and_publish`: a compare-and-swap; committed stale when points were added meanwhile)."""
 
-    The publish is a compare-and-swap against the manifest read before the keys were: if another
-    trainer published (or the model was dropped) meanwhile, ConcurrentPublishError and nothing is
-    changed. If points were added while training ran, the new model is committed stale.
-    """
-    replaces = model_registry.read_for_replace(store, collection)
-    keys, _, fingerprint = read_keys(store, collection)
-    queries = check_vectors(queries, "queries", dim=keys.shape[1])
-    result = fit(keys, queries, config, progress=progress, on_log=on_log)
-    model = result.model.cpu()
-    blob = encode_model(model, result.metadata(keys, len(queries), fingerprint, collection=collection), dtype)
-    grown = store.info(collection).count != len(keys)
-    manifest = model_registry.publish(store, collection, blob, fingerprint, metrics=result.validation.to_dict(),
-                                      stale=grown, expected=replaces)
-    return TrainedCollection(result, manifest)
+    def build(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
+        checked = check_vectors(queries, "queries", dim=keys.shape[1])
+        result = fit(keys, checked, config, progress=progress, on_log=on_log)
+        blob = encode_model(result.model.cpu(), result.metadata(keys, len(checked), fingerprint, collection=collection),
+                            dtype)
+        return Built(blob, model_registry.model_fields(blob, result.validation.to_dict()), result)
+
+    manifest, built = build_and_publish(store, collection, "model", build)
+    return TrainedCollection(built.result, manifest)
 
 
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:

@@ -180,9 +180,14 @@ def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[
             metrics: dict[str, Any] | None = None, stale: bool = False,
             expected: dict[str, Any] | None = READ_NOW) -> dict[str, Any]:
     """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
-    header = decode_model(blob).header  # never publish something that does not load
-    fields = {"model": header["model"], "dtype": header["dtype"], "fingerprint": fingerprint, "metrics": metrics or {}}
+    fields = {**model_fields(blob, metrics), "fingerprint": fingerprint}
     return publish_blob(store, collection, blob, fields, stale=stale, expected=expected)
+
+
+def model_fields(blob: bytes, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model manifest's own fields, from the artifact, which must load (never publish one that does not)."""
+    header = decode_model(blob).header
+    return {"model": header["model"], "dtype": header["dtype"], "metrics": metrics or {}}
 
 
 def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:

@@ -24,7 +24,7 @@ from compression.artifact import pack, unpack
 from compression.quantization import encode_exact
 
 from . import model_registry
-from .collections import read_keys
+from .collections import Built, build_and_publish
 from .errors import ArtifactError, InputError
 from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition, fit_router
 
@@ -100,21 +100,22 @@ def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int |
           training: RouterTraining = RouterTraining()) -> dict[str, Any]:
     """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
     (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
-    expected = model_registry.read_for_replace(store, collection, SLOT)
-    keys, ids, fingerprint = read_keys(store, collection)
-    if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
-        raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")
-    lists = lists or max(1, round(math.sqrt(len(keys))))
-    if not 1 <= lists <= len(keys):
-        raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {lists}")
-    partition = TwoLevelPartition.build(keys, lists, sublists)
-    router = PointRouter(partition)
-    fit_router(router, keys, queries, partition.assignment, training)
-    routed = RoutedLists.from_assignment(router.freeze(), ids, partition.assignment, coarse_candidates)
-    fields = {"lists": lists, "sublists": sublists, "coarse_candidates": coarse_candidates,
-              "router_steps": training.steps, "fingerprint": fingerprint}
-    return model_registry.publish_blob(store, collection, encode_routed_lists(routed, fields), fields,
-                                       slot=SLOT, expected=expected)
+
+    def route(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
+        if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
+            raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")
+        count = lists or max(1, round(math.sqrt(len(keys))))
+        if not 1 <= count <= len(keys):
+            raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {count}")
+        partition = TwoLevelPartition.build(keys, count, sublists)
+        router = PointRouter(partition)
+        fit_router(router, keys, queries, partition.assignment, training)
+        routed = RoutedLists.from_assignment(router.freeze(), ids, partition.assignment, coarse_candidates)
+        fields = {"lists": count, "sublists": sublists, "coarse_candidates": coarse_candidates,
+                  "router_steps": training.steps}
+        return Built(encode_routed_lists(routed, {**fields, "fingerprint": fingerprint}), fields)
+
+    return build_and_publish(store, collection, SLOT, route)[0]
 
 
 def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, Any]] | None:

@@ -14,7 +14,7 @@ import numpy as np
 from adapters import point_ids
 from adapters.base import VectorStore
 from amips_plugin import model_registry
-from amips_plugin.collections import read_keys
+from amips_plugin.collections import Built, build_and_publish
 from amips_plugin.errors import ArtifactError
 
 from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq, score_threshold
@@ -70,13 +70,15 @@ def build(store: VectorStore, collection: str, subspaces: int,
     relative_threshold τ sets the anisotropic threshold T = τ·max‖x‖ (for unit queries); the
     manifest records both.
     """
-    keys, ids, fingerprint = read_keys(store, collection)
-    scored, _ = anisotropic_pq(keys, subspaces, relative_threshold)
-    fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key, "relative_threshold": relative_threshold,
-              "score_threshold": score_threshold(keys, relative_threshold),
-              "fingerprint": fingerprint, "keys_fp32_bytes": int(keys.nbytes)}
-    blob = encode_key_store(KeyStore(scored, ids), fields)
-    return model_registry.publish_blob(store, collection, blob, fields, slot=SLOT)
+
+    def quantize(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
+        scored, _ = anisotropic_pq(keys, subspaces, relative_threshold)
+        fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key,
+                  "relative_threshold": relative_threshold, "score_threshold": score_threshold(keys, relative_threshold),
+                  "keys_fp32_bytes": int(keys.nbytes)}
+        return Built(encode_key_store(KeyStore(scored, ids), {**fields, "fingerprint": fingerprint}), fields)
+
+    return build_and_publish(store, collection, SLOT, quantize)[0]
 
 
 def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]] | None:
