@@ -135,7 +135,9 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     rows = np.random.default_rng(seed).permutation(len(queries))
     fit, held = rows[: len(rows) // 2], rows[len(rows) // 2:]
     depth, grid = max(limit, DEPTH), sorted(set(ef_grid))
-    at_ef = lambda ef: SearchParams(hnsw_ef=ef, oversampling=params.oversampling)
+
+    def at_ef(ef: int) -> SearchParams:
+        return replace(params, hnsw_ef=ef)
 
     first = {ef: store.search(collection, queries, depth, at_ef(ef)) for ef in grid}
     hits = {ef: first[ef].ids[:, 0] == truth for ef in grid}

@@ -145,7 +145,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             tuning.publish_policy(store, collection, serving_policy.Policy.from_manifest(report.manifest),
                                   collection_ops.read_keys(store, collection)[2],
                                   store.read_manifest(collection, serving_policy.SLOT))
-            auto_answer = lambda q: path.search(collection, q, LIMIT, mode="auto")
+
+            def auto_answer(q: np.ndarray, collection: str = collection):
+                return path.search(collection, q, LIMIT, mode="auto")
+
             auto_result, auto_report = auto_answer(queries)
             auto_recall = float(np.mean(auto_result.ids[:, 0] == truth))
             auto_seconds = best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]

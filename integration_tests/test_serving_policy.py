@@ -179,7 +179,10 @@ def test_tune_command_round_trip_on_edge(tmp_path):
     np.save(tmp_path / "keys.npy", keys)
     np.save(tmp_path / "q.npy", queries)
     store = ["--store", f"edge:{tmp_path / 'edge'}"]
-    run = lambda *args: CliRunner().invoke(main, [*store, *map(str, args)])
+
+    def run(*args):
+        return CliRunner().invoke(main, [*store, *map(str, args)])
+
     assert run("ingest", "c", tmp_path / "keys.npy").exit_code == 0
     out = run("tune", "c", "--queries", tmp_path / "q.npy", "--target-recall", "0.9", "--repeats", "1",
               "--plot", tmp_path / "f.png")

@@ -79,7 +79,10 @@ def test_anchor_holds_points_at_their_key_centroids(collection, partition):
     free, held = PointRouter(partition), PointRouter(partition)
     fit_router(free, keys, train, partition.assignment, RouterTraining(steps=200, noise_copies=0, anchor=0.0))
     fit_router(held, keys, train, partition.assignment, RouterTraining(steps=200, noise_copies=0, anchor=100.0))
-    drift = lambda r: float(((r.points.detach() - r.anchor) ** 2).sum())
+
+    def drift(router):
+        return float(((router.points.detach() - router.anchor) ** 2).sum())
+
     assert drift(held) < 0.05 * drift(free)
 
 
