@@ -1,4 +1,4 @@
-"""The one small interface every backend implements (DESIGN.md §3–4).
+"""The one small interface every backend implements (docs/design.md §3–4).
 
 A store holds named collections of dense vectors with Qdrant point ids (integers or UUIDs, as
 arrays: `point_ids`), answers batched nearest-

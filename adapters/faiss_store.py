@@ -1,4 +1,4 @@
-"""FAISS indexes for inner-product search, each reporting its own cost (DESIGN.md §2).
+"""FAISS indexes for inner-product search, each reporting its own cost (docs/design.md §2).
 
 Cost is counted in inner-product equivalents (IPE): one IPE is one d-dimensional inner product.
 The indexes here count exactly what they compute:

@@ -2,7 +2,7 @@
 
 Local mode is exact brute force in Python (fine for tests and small data, and it warns above 20k
 points); the same calls reach a server, where the collection is HNSW-indexed and sharded.
-The model rides along as DESIGN.md §5 says: the manifest in the collection's metadata under
+The model rides along as docs/design.md §5 says: the manifest in the collection's metadata under
 "amips" (the compressed key store's under "amips_pq"), the blobs as ≤ 1 MiB base64 chunks in
 payload-only points of `<collection>__amips`.
 

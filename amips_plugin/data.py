@@ -1,4 +1,4 @@
-"""Training data: split by base query, noise augmentation, exact re-targeting (DESIGN.md §1).
+"""Training data: split by base query, noise augmentation, exact re-targeting (docs/design.md §1).
 
 Each base query gets m noisy copies x + ε, ε ~ N(0, s² I) (s = 0.02 by default), re-normalised
 when the collection is unit-norm, and every copy's target is recomputed exactly. The split into

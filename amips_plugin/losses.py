@@ -1,4 +1,4 @@
-"""Training losses (DESIGN.md §1; Olausson et al., eqs. for KeyNet and SupportNet).
+"""Training losses (docs/design.md §1; Olausson et al., arXiv:2603.08001: the KeyNet and SupportNet losses).
 
 Both models are trained with the same form, on a batch of B queries in R^d:
 

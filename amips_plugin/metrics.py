@@ -1,4 +1,4 @@
-"""Quality metrics of a key predictor, exactly as DESIGN.md §2 defines them.
+"""Quality metrics of a key predictor, exactly as docs/design.md §2 defines them.
 
 For a query x with true optimal key index i* = argmax_i <x, y_i> and a prediction ŷ, rank every
 key by <ŷ, y_i>; let r = #{i : <ŷ, y_i> > <ŷ, y_{i*}>} (keys scoring strictly higher).

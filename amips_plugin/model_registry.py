@@ -1,4 +1,4 @@
-"""Models stored alongside their collection (DESIGN.md §5).
+"""Models stored alongside their collection (docs/design.md §5).
 
 Publishing a new model is a compare-and-swap on the collection's manifest:
 

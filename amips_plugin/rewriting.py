@@ -1,4 +1,4 @@
-"""The query path: rewrite queries to predicted keys before the vector-store lookup (DESIGN.md §4).
+"""The query path: rewrite queries to predicted keys before the vector-store lookup (docs/design.md §4).
 
     off      plain search with x
     replace  prefetch L candidates with ŷ, rescore them by <x, ·>, return the top k; queries the

@@ -1,4 +1,4 @@
-"""Synthetic collections: Gaussian mixtures with varying norms, so MIPS ≠ cosine (DESIGN.md §6)."""
+"""Synthetic collections: Gaussian mixtures with varying norms, so MIPS ≠ cosine (docs/design.md §6)."""
 from __future__ import annotations
 
 import numpy as np

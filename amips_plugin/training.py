@@ -1,6 +1,6 @@
 """Train a model on one collection's keys and a sample of its queries.
 
-The recipe (DESIGN.md §1): Adam; global gradient-norm clipping; linear warm-up then cosine decay;
+The recipe (docs/design.md §1): Adam; global gradient-norm clipping; linear warm-up then cosine decay;
 an exponential moving average (EMA) of the weights, which is what is evaluated, early-stopped on
 and returned; noise augmentation with exact targets; validation on held-out *base* queries.
 Seeded and deterministic on CPU.

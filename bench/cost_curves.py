@@ -3,12 +3,12 @@
 Every point of a curve is measured on the same test queries:
 
   * recall@1: the true argmax key is the top result after rescoring the candidates with x;
-  * IPE per query (DESIGN.md §2): the index's own distance computations (FAISS counters), plus
+  * IPE per query (docs/design.md §2): the index's own distance computations (FAISS counters), plus
     the model's forward FLOPs / 2d, plus the candidates rescored with x, plus a router's scores;
   * wall clock: single-query latency p50/p99 over a fixed query sample (model forward included,
     one query at a time) and batched throughput over all test queries.
 
-Modes (DESIGN.md §4): `off` searches with x; `replace` searches with ŷ and rescores its top
+Modes (docs/design.md §4): `off` searches with x; `replace` searches with ŷ and rescores its top
 `limit` by <x, ·>; `hybrid` runs both searches and rescores the union; `route` lets a learned
 router choose the lists to scan with x (IVF only).
 """

@@ -1,4 +1,4 @@
-"""Load the real embedding sets in ../shared/data/<name>/ (DESIGN.md §6)."""
+"""Load the real embedding sets in ../shared/data/<name>/ (docs/design.md §6)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""The model artifact: data only — a header and tensors — never code, never pickle (DESIGN.md §5).
+"""The model artifact: data only — a header and tensors — never code, never pickle (docs/design.md §5).
 
 File layout (all integers little-endian):
 

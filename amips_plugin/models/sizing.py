@@ -1,4 +1,4 @@
-"""Size a model from a parameter budget: params(width) ≈ ρ·N·d (DESIGN.md §1).
+"""Size a model from a parameter budget: params(width) ≈ ρ·N·d (docs/design.md §1).
 
 Every parameter counts, the input skip and re-injections included. The count is read off the
 architecture itself (built on PyTorch's "meta" device, which allocates nothing), so it can never
