@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amips_plugin.errors import InputError
+from amips_plugin.core.errors import InputError
 
 from . import point_ids
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore

@@ -22,8 +22,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from amips_plugin.errors import InputError, StoreBusyError
-from amips_plugin.limits import MAX_BLOB_BYTES
+from amips_plugin.core.errors import InputError, StoreBusyError
+from amips_plugin.core.limits import MAX_BLOB_BYTES
 
 from . import point_ids
 

@@ -13,7 +13,7 @@ from typing import Any
 import qdrant_edge as edge
 from qdrant_client import models
 
-from amips_plugin.errors import InputError
+from amips_plugin.core.errors import InputError
 
 from . import point_ids
 

@@ -30,9 +30,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import qdrant_edge as edge
 
-from amips_plugin.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
-from amips_plugin.files import atomic_write, read_bounded
-from amips_plugin.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES
+from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.core.files import atomic_write, read_bounded
+from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES
 from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json
 
 from . import point_ids

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from amips_plugin.errors import InputError
+from amips_plugin.core.errors import InputError
 
 SIDECAR_SUFFIX = "__amips"
 MAX_NAME_LENGTH = 200

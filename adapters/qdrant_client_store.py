@@ -37,10 +37,10 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from amips_plugin.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
-from amips_plugin.limits import MAX_BLOB_BYTES
+from amips_plugin.core.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.core.limits import MAX_BLOB_BYTES
 from amips_plugin.manifest_schema import validate_manifest
-from amips_plugin.redact import redact
+from amips_plugin.core.redact import redact
 
 from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from amips_plugin.limits import MAX_BLOB_BYTES
+from amips_plugin.core.limits import MAX_BLOB_BYTES
 
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, vector_slot
 

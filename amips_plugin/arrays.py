@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .core.errors import InputError
 
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
 

@@ -19,20 +19,20 @@ import numpy as np
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
-from adapters import SearchParams, VectorStore, open_store, point_ids
-from adapters.vector_view import for_vector
-from compression.artifact import decode_model, load_model, read_header, save_model
-from compression import pq_store
-from compression.quantization import STORAGE_DTYPES
+from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
+from amips_plugin.adapters.vector_view import for_vector
+from amips_plugin.compression.artifact import decode_model, load_model, read_header, save_model
+from amips_plugin.compression import pq_store
+from amips_plugin.compression.quantization import STORAGE_DTYPES
 
 from . import __version__
 from .arrays import check_npy_size, load_ids, load_payloads, load_vectors
 from . import collections as collection_ops
 from . import model_registry, router_store
-from .errors import AmipsError, InputError, StoreError
-from .limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
-from .redact import redact
-from .files import atomic_write, read_bounded
+from .core.errors import AmipsError, InputError, StoreError
+from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
+from .core.redact import redact
+from .core.files import atomic_write, read_bounded
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error

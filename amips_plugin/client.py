@@ -33,12 +33,12 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.models import QueryResponse
 
-from adapters import SearchParams, VectorStore, open_store, point_ids
-from adapters.qdrant_client_store import QdrantClientStore
-from adapters.vector_view import for_vector
+from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
+from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
+from amips_plugin.adapters.vector_view import for_vector
 
 from . import collections as collection_ops
-from .errors import InputError
+from .core.errors import InputError
 from .rewriting import QueryRewriter, SearchReport
 from .training import TrainConfig
 
@@ -175,7 +175,7 @@ class AmipsClient:
         """Build and publish a side index: kind "pq" (options: subspaces, relative_threshold) or "route"
         (queries required; options: lists, sublists, coarse_candidates, training)."""
         if kind == "pq":
-            from compression import pq_store
+            from amips_plugin.compression import pq_store
 
             return pq_store.build(for_vector(self.store, using), collection_name, **options)
         if kind == "route":

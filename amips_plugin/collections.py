@@ -7,14 +7,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from adapters import point_ids
-from adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
-from adapters.vector_view import for_vector
-from compression.artifact import encode_model
+from amips_plugin.adapters import point_ids
+from amips_plugin.adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
+from amips_plugin.adapters.vector_view import for_vector
+from amips_plugin.compression.artifact import encode_model
 
 from . import model_registry, serving_policy
 from .arrays import check_vectors
-from .errors import AmipsError, InputError, UnknownCollectionError
+from .core.errors import AmipsError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
 from .training import FitResult, TrainConfig, fit
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.point_ids import id_bytes
+from amips_plugin.adapters.point_ids import id_bytes
 
 
 class KeyFingerprint:

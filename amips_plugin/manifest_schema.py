@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
 
-from . import limits
-from .errors import ArtifactError
+from .core import limits
+from .core.errors import ArtifactError
 
 Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
 Number = StrictFloat | StrictInt

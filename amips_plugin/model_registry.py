@@ -38,11 +38,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import MANIFEST_SLOTS, VectorStore
-from compression.artifact import LoadedModel, decode_model
+from amips_plugin.adapters.base import MANIFEST_SLOTS, VectorStore
+from amips_plugin.compression.artifact import LoadedModel, decode_model
 
-from .errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
-from .limits import MAX_BLOB_BYTES
+from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
+from .core.limits import MAX_BLOB_BYTES
 from .manifest_schema import ManifestError
 from .fingerprint import KeyFingerprint
 

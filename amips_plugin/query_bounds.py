@@ -13,10 +13,10 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from adapters.base import SearchParams
+from amips_plugin.adapters.base import SearchParams
 
-from .errors import InputError
-from .limits import MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING, MAX_QUERY_NORM
+from .core.errors import InputError
+from .core.limits import MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING, MAX_QUERY_NORM
 
 
 def _integer(value: object, name: str, low: int, high: int) -> int:

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from adapters import point_ids
-from adapters.base import SearchParams, SearchResult, VectorStore
+from amips_plugin.adapters import point_ids
+from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from . import model_registry, serving_policy
 from .arrays import check_vectors
-from .errors import AmipsError, InputError, StoreError
+from .core.errors import AmipsError, InputError, StoreError
 from .query_bounds import check_query_norms, check_search_inputs
 from .models import MIPSModel
 
@@ -249,7 +249,7 @@ class QueryRewriter:
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
         candidates) with the reason noted. Like the model, an index built on another number of keys
         than the collection holds (`count`) is stale: writes by other clients cannot mark it."""
-        from compression import pq_store  # the compression package builds on this one
+        from amips_plugin.compression import pq_store  # the compression package builds on this one
 
         from . import router_store
 
@@ -283,7 +283,7 @@ class QueryRewriter:
 
     def _side_index_gone(self, collection: str, source: str, exc: Exception) -> str:
         """Remember that the cached side index names missing points; the reason to note."""
-        from compression import pq_store
+        from amips_plugin.compression import pq_store
 
         from . import router_store
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from adapters import point_ids
-from adapters.base import VectorStore
-from compression.artifact import pack, unpack
-from compression.quantization import encode_exact
+from amips_plugin.adapters import point_ids
+from amips_plugin.adapters.base import VectorStore
+from amips_plugin.compression.artifact import pack, unpack
+from amips_plugin.compression.quantization import encode_exact
 
 from . import model_registry
 from .collections import Built, build_and_publish
-from .errors import ArtifactError, InputError
+from .core.errors import ArtifactError, InputError
 from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition, fit_router
 
 KIND = "amips-router"

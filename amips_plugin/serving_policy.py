@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters import point_ids
-from adapters.base import SearchParams, SearchResult, VectorStore
+from amips_plugin.adapters import point_ids
+from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
-from .errors import AmipsError, ArtifactError
+from .core.errors import AmipsError, ArtifactError
 from .models import MIPSModel
 
 SLOT = "policy"

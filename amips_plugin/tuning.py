@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import SearchParams, VectorStore
+from amips_plugin.adapters.base import SearchParams, VectorStore
 
 from . import model_registry
 from .arrays import check_vectors
 from .collections import read_keys
-from .errors import ConcurrentPublishError, InputError
+from .core.errors import ConcurrentPublishError, InputError
 from .rewriting import QueryRewriter
 from .serving_policy import (
     CERTIFICATES,

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset  # noqa: E402
+from bench.datasets import load_dataset
 
 from amips_plugin.inference import predict_keys  # noqa: E402
 from amips_plugin.metrics import evaluate_predictions  # noqa: E402
 from amips_plugin.training import TrainConfig, fit  # noqa: E402
-from compression.artifact import decode_model, encode_model  # noqa: E402
-from compression.quantization import STORAGE_DTYPES  # noqa: E402
+from amips_plugin.compression.artifact import decode_model, encode_model  # noqa: E402
+from amips_plugin.compression.quantization import STORAGE_DTYPES  # noqa: E402
 
 
 def model_rows(data, rhos: list[float]) -> list[dict]:

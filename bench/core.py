@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset  # noqa: E402
-from sweep_core import train_and_test, trivial_baselines  # noqa: E402
+from bench.datasets import load_dataset
+from bench.sweep_core import train_and_test, trivial_baselines
 
 COLUMNS = ("model", "params", "rho", "test_match_rate", "test_mrr", "test_recall@10", "test_e_rel", "seconds", "steps_run")
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from adapters.faiss_store import Hits
+from amips_plugin.adapters.faiss_store import Hits
 from amips_plugin.inference import predict_keys
 from amips_plugin.models import MIPSModel
 

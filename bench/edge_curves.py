@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from cost_curves import CurvePoint, Rewriter, measure
-from adapters import SearchParams, open_store
+from bench.cost_curves import CurvePoint, Rewriter, measure
+from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin import model_registry
 from amips_plugin.rewriting import QueryRewriter
-from compression.artifact import encode_model
+from amips_plugin.compression.artifact import encode_model
 
 LIMIT = 10
 EF_VALUES = (4, 8, 16, 32, 64, 128, 256)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
-from adapters.faiss_store import HNSWIndex
+from amips_plugin.adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
+from amips_plugin.adapters.faiss_store import HNSWIndex
 
 
 class FaissHNSWStore(VectorStore):

@@ -12,17 +12,14 @@ recall@1 and batched throughput of plain search, replace with the gate, replace 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset  # noqa: E402
+from bench.datasets import load_dataset
 
-from adapters import SearchParams, open_store  # noqa: E402
+from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
 from amips_plugin.collections import read_keys  # noqa: E402
 from amips_plugin.rewriting import QueryRewriter  # noqa: E402
 

@@ -27,7 +27,7 @@ _CASE = textwrap.dedent("""
     from pathlib import Path
     sys.path[:0] = [{repo!r}, {tests!r}]
     import test_hostile_files as h
-    from amips_plugin.errors import AmipsError
+    from amips_plugin.core.errors import AmipsError
     case, folder = {case!r}, Path({folder!r})
     if case == "huge-model":
         blob = h.huge_model_artifact(dim={dim}, width={width}, depth={depth}); refuse = lambda: h.decode_model(blob); size = len(blob)
@@ -58,7 +58,7 @@ _QUERY_PATH = textwrap.dedent("""
     import numpy as np, torch
     torch.set_num_threads(1)
     import test_hostile_files as h
-    from adapters import SearchParams, open_store
+    from amips_plugin.adapters import SearchParams, open_store
     from amips_plugin import collections as ops
     from amips_plugin.rewriting import QueryRewriter
     from amips_plugin.synthetic import gaussian_mixture

@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset
+from bench.datasets import load_dataset
 
-from adapters import SearchParams, open_store
+from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin import serving_policy, tuning
 from amips_plugin.arrays import load_vectors
-from amips_plugin.errors import UnknownCollectionError
+from amips_plugin.core.errors import UnknownCollectionError
 from amips_plugin.rewriting import QueryRewriter
 
 LIMIT = 10

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset  # noqa: E402
+from bench.datasets import load_dataset
 
 from amips_plugin.synthetic import gaussian_mixture  # noqa: E402
-from compression.anisotropic_pq import (ProductCodes, anisotropic_pq, anisotropic_weight,  # noqa: E402
+from amips_plugin.compression.anisotropic_pq import (ProductCodes, anisotropic_pq, anisotropic_weight,  # noqa: E402
                                         refine_anisotropic, score_threshold, train_codebooks)
 
 SUBSPACES = {"squad-dev": (16, 24, 48), "synthetic-100k": (8, 16, 32), "synthetic-100k-wide": (8, 16, 32)}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cost_curves import CurvePoint, Rewriter, cheapest_at, cost_of, measure, run_mode
-from edge_curves import edge_curves
-from datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
+from bench.cost_curves import CurvePoint, Rewriter, cheapest_at, cost_of, measure, run_mode
+from bench.edge_curves import edge_curves
+from bench.datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
 
-from adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
-from compression.artifact import load_model, save_model
+from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from amips_plugin.compression.artifact import load_model, save_model
 from amips_plugin.routing import (
     CorrectedModelRouter,
     PointRouter,

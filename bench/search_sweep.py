@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_dataset  # noqa: E402
+from bench.datasets import load_dataset
 
-from adapters import SearchParams, open_store  # noqa: E402
+from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
 from amips_plugin import collections as collection_ops  # noqa: E402
 from amips_plugin import model_registry  # noqa: E402
-from amips_plugin.errors import UnknownCollectionError  # noqa: E402
+from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
 from amips_plugin.rewriting import MODES, QueryRewriter  # noqa: E402
 from amips_plugin.training import TrainConfig  # noqa: E402
 

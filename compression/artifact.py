@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import zstandard
 
-from amips_plugin.errors import ArtifactError
-from amips_plugin.files import atomic_write, read_bounded
-from amips_plugin.limits import MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_HEADER_BYTES
+from amips_plugin.core.errors import ArtifactError
+from amips_plugin.core.files import atomic_write, read_bounded
+from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_HEADER_BYTES
 from amips_plugin.manifest_schema import validate_header
 from amips_plugin.models import MIPSModel, ModelConfig, build_model
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from adapters import point_ids
-from adapters.base import VectorStore
+from amips_plugin.adapters import point_ids
+from amips_plugin.adapters.base import VectorStore
 from amips_plugin import model_registry
 from amips_plugin.collections import Built, build_and_publish
-from amips_plugin.errors import ArtifactError
+from amips_plugin.core.errors import ArtifactError
 
 from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq, score_threshold
 from .artifact import pack, unpack

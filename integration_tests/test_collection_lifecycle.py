@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from adapters import open_store
+from amips_plugin.adapters import open_store
 from amips_plugin import rewriting
 from amips_plugin.cli import main
-from amips_plugin.errors import ArtifactError
-from compression.artifact import decode_model
+from amips_plugin.core.errors import ArtifactError
+from amips_plugin.compression.artifact import decode_model
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

@@ -10,10 +10,10 @@ import qdrant_edge as edge
 from click.testing import CliRunner
 from qdrant_client import QdrantClient, models
 
-from adapters import open_store
+from amips_plugin.adapters import open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin.cli import main
-from amips_plugin.errors import InputError
+from amips_plugin.core.errors import InputError
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.training import TrainConfig
 
@@ -122,7 +122,7 @@ def test_uuid_collection_trains_searches_and_serves_side_indexes(backend, tmp_pa
 
     from amips_plugin import router_store
     from amips_plugin.routing import RouterTraining
-    from compression import pq_store
+    from amips_plugin.compression import pq_store
     pq_store.build(store, "docs", subspaces=8)
     router_store.build(store, "docs", train, lists=6, training=RouterTraining(steps=50))
     for source in ("pq", "route"):
@@ -142,7 +142,7 @@ def test_side_indexes_notice_points_added_by_other_clients(backend, tmp_path, mi
     keys, train, test = mixture
     spec = _make_user_collection(backend, tmp_path, "docs", list(range(len(keys))), keys, [{}] * len(keys))
     store = open_store(spec)
-    from compression import pq_store
+    from amips_plugin.compression import pq_store
     pq_store.build(store, "docs", subspaces=8)
     path = QueryRewriter(store)
     _, report = path.search("docs", test[:5], 3, "off", 50, candidate_source="pq")

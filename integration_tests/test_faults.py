@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from adapters import SearchParams, open_store
+from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin import model_registry
 from amips_plugin.cli import main
-from amips_plugin.errors import StoreError
+from amips_plugin.core.errors import StoreError
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig

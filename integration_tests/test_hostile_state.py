@@ -14,16 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qdrant_client import models
 
-from adapters import SearchParams, open_store
+from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin import model_registry
 from amips_plugin.cli import main
-from amips_plugin.errors import ArtifactError, InputError, StoreError
+from amips_plugin.core.errors import ArtifactError, InputError, StoreError
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.routing import RouterTraining
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
-from compression import pq_store
+from amips_plugin.compression import pq_store
 from amips_plugin import router_store
 
 EXACT = SearchParams(exact=True)
@@ -420,7 +420,7 @@ def test_queries_whose_norm_float32_cannot_square_are_refused_and_no_nan_reaches
 
 
 def test_url_credentials_and_api_keys_never_appear_in_errors():
-    from adapters.qdrant_client_store import QdrantClientStore
+    from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 
     with pytest.raises(StoreError) as info:
         QdrantClientStore("http://alice:hunter2@127.0.0.1:9", api_key="sk-secret-key", attempts=1)
@@ -432,7 +432,7 @@ def test_url_credentials_and_api_keys_never_appear_in_errors():
 
 def test_a_store_never_shows_its_url_credentials(monkeypatch):
     """Every message a store writes names it by `location` (unknown collection, server failures)."""
-    from adapters.qdrant_client_store import QdrantClientStore
+    from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 
     monkeypatch.setattr(QdrantClientStore, "_wait_for_server", lambda self, attempts, backoff: None)
     store = QdrantClientStore("https://alice:hunter2@db.example:6333")
@@ -443,7 +443,7 @@ def test_a_store_never_shows_its_url_credentials(monkeypatch):
 def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_candidates(hostile):
     """A compressed key store of another dimension, or naming negative point ids, is published like a
     real one (valid container, valid manifest); searches note it and use the engine."""
-    from compression.anisotropic_pq import ProductCodes
+    from amips_plugin.compression.anisotropic_pq import ProductCodes
 
     spec, store, test = hostile
     plain = _plain(store, test)

@@ -3,12 +3,12 @@ points added while a build runs make what it publishes stale, for each of the th
 import numpy as np
 import pytest
 
-from adapters import open_store
+from amips_plugin.adapters import open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin import router_store
 from amips_plugin.routing import RouterTraining
 from amips_plugin.training import TrainConfig
-from compression import pq_store
+from amips_plugin.compression import pq_store
 
 
 def _train(store, queries):

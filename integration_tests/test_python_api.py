@@ -4,7 +4,7 @@ import pytest
 
 from qdrant_client import QdrantClient, models
 
-from adapters import open_store
+from amips_plugin.adapters import open_store
 from amips_plugin import collections as collection_ops
 from amips_plugin.client import AmipsClient
 from amips_plugin.training import TrainConfig

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from adapters import SearchParams, open_store
-from adapters.qdrant_client_store import LOCK_POINT_ID, QdrantClientStore
+from amips_plugin.adapters import SearchParams, open_store
+from amips_plugin.adapters.qdrant_client_store import LOCK_POINT_ID, QdrantClientStore
 from amips_plugin import collections as collection_ops
 from amips_plugin import model_registry
-from amips_plugin.errors import ConcurrentPublishError, StoreBusyError
+from amips_plugin.core.errors import ConcurrentPublishError, StoreBusyError
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
-from compression.artifact import decode_model, encode_model
+from amips_plugin.compression.artifact import decode_model, encode_model
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from adapters import SearchParams, open_store
+from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collections as ops
 from amips_plugin import model_registry, tuning
 from amips_plugin import serving_policy as sp
 from amips_plugin.cli import main
-from amips_plugin.errors import ArtifactError
+from amips_plugin.core.errors import ArtifactError
 from amips_plugin.rewriting import QueryRewriter
 
 FIRST_EF, SECOND_EF, TARGET = 8, 128, 0.97

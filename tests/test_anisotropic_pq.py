@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amips_plugin.synthetic import gaussian_mixture
-from compression.anisotropic_pq import (ProductCodes, anisotropic_loss, anisotropic_pq, anisotropic_weight,
+from amips_plugin.compression.anisotropic_pq import (ProductCodes, anisotropic_loss, anisotropic_pq, anisotropic_weight,
                                         assign_anisotropic, score_threshold, train_codebooks, update_codebooks)
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from amips_plugin.errors import ArtifactError
+from amips_plugin.core.errors import ArtifactError
 from amips_plugin.models import ModelConfig, build_model
-from compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, load_model, read_header, save_model
+from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, load_model, read_header, save_model
 
 
 @pytest.fixture

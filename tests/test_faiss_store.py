@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
 from amips_plugin.synthetic import gaussian_mixture
 
 

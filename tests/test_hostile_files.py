@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amips_plugin.arrays import load_vectors
-from amips_plugin.errors import ArtifactError, InputError
+from amips_plugin.core.errors import ArtifactError, InputError
 from amips_plugin.models import ModelConfig, build_model
-from compression import artifact
-from compression.artifact import MODEL_KIND, decode_model, encode_model, frame, read_header, unpack
+from amips_plugin.compression import artifact
+from amips_plugin.compression.artifact import MODEL_KIND, decode_model, encode_model, frame, read_header, unpack
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -186,7 +186,7 @@ def test_refusing_hostile_files_stays_far_below_256_mib_above_the_baseline(tmp_p
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
         import test_hostile_files as h
         from pathlib import Path
-        from amips_plugin.errors import AmipsError
+        from amips_plugin.core.errors import AmipsError
         files = [h.huge_model_artifact(), h.bomb_artifact(gib=4), h.bomb_artifact(gib=4, declare_size=True)]
         npy = h.huge_npy(Path({str(tmp_path)!r}) / "huge.npy")
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

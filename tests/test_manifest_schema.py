@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from adapters.base import SearchParams
-from adapters.names import check_collection_name
-from amips_plugin.errors import InputError
+from amips_plugin.adapters.base import SearchParams
+from amips_plugin.adapters.names import check_collection_name
+from amips_plugin.core.errors import InputError
 from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json, validate_manifest
 from amips_plugin.query_bounds import check_query_norms, check_search_inputs
-from amips_plugin.redact import redact
+from amips_plugin.core.redact import redact
 
 GOOD = {"version": 3, "blob": 12345, "sha256": "a" * 64, "bytes": 1000, "stale": False, "slot": "model",
         "created": "2026-01-01T00:00:00Z", "fingerprint": {"count": 80, "dim": 16, "sha256": "b" * 64},

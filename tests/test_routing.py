@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from amips_plugin.errors import ArtifactError
+from amips_plugin.core.errors import ArtifactError
 from amips_plugin.router_store import RoutedLists, decode_routed_lists, encode_routed_lists
 from amips_plugin.routing import (
     CorrectedModelRouter,
@@ -18,8 +18,8 @@ from amips_plugin.routing import (
     rank_by_centroids,
 )
 from amips_plugin.synthetic import gaussian_mixture
-from compression.artifact import pack, unpack
-from compression.quantization import encode_exact
+from amips_plugin.compression.artifact import pack, unpack
+from amips_plugin.compression.quantization import encode_exact
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The numbers behind serving policies: the Wilson bound, threshold calibration, the logistic fit, the merge."""
 import numpy as np
 
-from adapters.base import SearchResult
+from amips_plugin.adapters.base import SearchResult
 from amips_plugin import serving_policy as sp
 
 

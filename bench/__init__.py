@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print tables and plots, run from the repository root as `python -m bench.NAME`."""
