@@ -29,6 +29,7 @@ from . import __version__
 from .arrays import check_npy_size, load_ids, load_payloads, load_vectors
 from . import collections as collection_ops
 from . import model_registry, router_store
+from .side_indexes import BY_SLOT, SIDE_INDEXES
 from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
 from .core.redact import redact
@@ -44,7 +45,6 @@ from .targets import exact_top1
 from .training import FitResult, TrainConfig, fit
 
 DEFAULTS = TrainConfig()
-_SIDE_INDEX_BUILDERS = {pq_store.SLOT: pq_store.BUILD_COMMAND, router_store.SLOT: router_store.BUILD_COMMAND}
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
 
 
@@ -435,7 +435,7 @@ def _status_line(r: dict[str, Any]) -> str:
             line += f"; {slot} UNUSABLE ({side['error']})"
             continue
         line += f"; {slot} v{side['version']} ({side['bytes']:,} bytes), " + (
-            f"STALE — run amips {_SIDE_INDEX_BUILDERS[slot]}" if side["stale"] else "fresh")
+            f"STALE — run amips {BY_SLOT[slot].build_command}" if side["stale"] else "fresh")
     policy = r.get("policy")
     if policy and "error" in policy:
         line += f"; policy UNUSABLE ({policy['error']})"
@@ -632,18 +632,17 @@ def drop_model_command(ctx: click.Context, collection: str) -> None:
     click.echo(f"{collection}: model removed" if had else f"{collection}: had no model")
 
 
-INDEX_SLOTS = {"pq": pq_store.SLOT, "route": router_store.SLOT}
 
 
 @main.command("drop-index")
 @click.argument("collection")
-@click.argument("index", type=click.Choice(sorted(INDEX_SLOTS)))
+@click.argument("index", type=click.Choice(sorted(SIDE_INDEXES)))
 @click.pass_context
 @_friendly_errors
 def drop_index_command(ctx: click.Context, collection: str, index: str) -> None:
     """Remove COLLECTION's side index INDEX (pq: the compressed key store, route: the routed lists), a
     broken one included; the model and the points are untouched, and searches use engine candidates."""
-    had = model_registry.drop(_store(ctx), collection, INDEX_SLOTS[index])
+    had = model_registry.drop(_store(ctx), collection, SIDE_INDEXES[index].slot)
     click.echo(f"{collection}: {index} index removed" if had else f"{collection}: had no {index} index")
 
 

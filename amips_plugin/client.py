@@ -40,6 +40,7 @@ from amips_plugin.adapters.vector_view import for_vector
 from . import collections as collection_ops
 from .core.errors import InputError
 from .rewriting import QueryRewriter, SearchReport
+from .side_indexes import SIDE_INDEXES
 from .training import TrainConfig
 
 DEFAULT_MODE = "auto"  # the collection's tuned serving policy (`amips tune`); plain search until there is one
@@ -172,20 +173,16 @@ class AmipsClient:
 
     def build_index(self, collection_name: str, kind: str, queries: np.ndarray | None = None,
                     using: str | None = None, **options: Any) -> dict[str, Any]:
-        """Build and publish a side index: kind "pq" (options: subspaces, relative_threshold) or "route"
-        (queries required; options: lists, sublists, coarse_candidates, training)."""
-        if kind == "pq":
-            from amips_plugin.compression import pq_store
-
-            return pq_store.build(for_vector(self.store, using), collection_name, **options)
-        if kind == "route":
-            from . import router_store
-
-            if queries is None:
-                raise InputError("a route index is trained on a query sample: pass queries=")
-            return router_store.build(for_vector(self.store, using), collection_name,
-                                      np.asarray(queries, dtype=np.float32), **options)
-        raise InputError(f"unknown side index {kind!r}; expected 'pq' or 'route'")
+        """Build and publish a side index (`side_indexes.SIDE_INDEXES`): "pq" (options: subspaces,
+        relative_threshold) or "route" (trained on `queries`; options: lists, sublists, coarse_candidates,
+        training); returns its manifest."""
+        if kind not in SIDE_INDEXES:
+            raise InputError(f"unknown side index {kind!r}; expected one of {sorted(SIDE_INDEXES)}")
+        if queries is not None:
+            options["queries"] = np.asarray(queries, dtype=np.float32)
+        elif kind == "route":
+            raise InputError("a route index is trained on a query sample: pass queries=")
+        return SIDE_INDEXES[kind].build(for_vector(self.store, using), collection_name, **options)
 
     def close(self) -> None:
         self.store.close()

@@ -41,11 +41,12 @@ from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .core.errors import AmipsError, InputError, StoreError
 from .query_bounds import check_query_norms, check_search_inputs
+from .side_indexes import SIDE_INDEXES
 from .models import MIPSModel
 
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid", "auto")
-CANDIDATE_SOURCES = ("engine", "pq", "route")
+CANDIDATE_SOURCES = ("engine", *SIDE_INDEXES)
 RESCORE_BATCH = 256  # queries whose side-index candidates are fetched from the store in one call
 
 
@@ -249,15 +250,11 @@ class QueryRewriter:
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine
         candidates) with the reason noted. Like the model, an index built on another number of keys
         than the collection holds (`count`) is stale: writes by other clients cannot mark it."""
-        from amips_plugin.compression import pq_store  # the compression package builds on this one
-
-        from . import router_store
-
-        module = pq_store if source == "pq" else router_store
-        name, command = module.DESCRIPTION, module.BUILD_COMMAND
+        kind = SIDE_INDEXES[source]
+        name, command = kind.description, kind.build_command
         loaded, reason = None, None
         try:
-            manifest = self.store.read_manifest(collection, module.SLOT)
+            manifest = self.store.read_manifest(collection, kind.slot)
         except AmipsError as exc:
             reason = f"the {name} cannot be loaded: {exc}"
         else:
@@ -269,8 +266,8 @@ class QueryRewriter:
             elif built_on != count:
                 reason = f"the {name} is stale (built on {built_on} keys, the collection has {count}); run `amips {command}`"
             else:
-                loaded, problem = self._cached_load(collection, module.SLOT, manifest,
-                                                    lambda: module.load(self.store, collection))
+                loaded, problem = self._cached_load(collection, kind.slot, manifest,
+                                                    lambda: kind.load(self.store, collection))
                 if loaded is None:
                     reason = f"the {name} cannot be loaded: {problem}" if problem else f"no {name} (run `amips {command}`)"
                 elif loaded[0].dim != dim:
@@ -283,14 +280,10 @@ class QueryRewriter:
 
     def _side_index_gone(self, collection: str, source: str, exc: Exception) -> str:
         """Remember that the cached side index names missing points; the reason to note."""
-        from amips_plugin.compression import pq_store
-
-        from . import router_store
-
-        module = pq_store if source == "pq" else router_store
-        cached = self._cache.get((collection, module.SLOT))
-        reason = (f"the {module.DESCRIPTION} names points the collection no longer has ({exc}); "
-                  f"run `amips {module.BUILD_COMMAND}`")
+        kind = SIDE_INDEXES[source]
+        cached = self._cache.get((collection, kind.slot))
+        reason = (f"the {kind.description} names points the collection no longer has ({exc}); "
+                  f"run `amips {kind.build_command}`")
         if cached:
-            self._cache[(collection, module.SLOT)] = (cached[0], None, reason)
+            self._cache[(collection, kind.slot)] = (cached[0], None, reason)
         return reason

@@ -22,7 +22,7 @@ LAYERS = [
                   "amips_plugin.compression.anisotropic_pq"]),
     ("training", ["amips_plugin.training", "amips_plugin.routing"]),
     ("indexes", ["amips_plugin.model_registry", "amips_plugin.collections", "amips_plugin.compression.pq_store",
-                 "amips_plugin.router_store", "amips_plugin.serving_policy"]),
+                 "amips_plugin.router_store", "amips_plugin.serving_policy", "amips_plugin.side_indexes"]),
     ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.client"]),
     ("cli", ["amips_plugin.cli"]),
 ]
@@ -92,3 +92,16 @@ def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
     known = {"amips_plugin.core.bad": fake, "amips_plugin.rewriting": ROOT / "amips_plugin" / "rewriting.py"}
     edges = [resolve(t, known) for t in imports("amips_plugin.core.bad", fake)]
     assert any(layer_of(t) > layer_of("amips_plugin.core.bad") for t in edges)
+
+
+def test_every_side_index_has_a_manifest_slot_and_is_a_candidate_source():
+    """Slots, candidate sources and drop-index names all come from one registry."""
+    from amips_plugin.adapters.base import MANIFEST_SLOTS
+    from amips_plugin.cli import main
+    from amips_plugin.rewriting import CANDIDATE_SOURCES
+    from amips_plugin.side_indexes import BY_SLOT, SIDE_INDEXES
+
+    assert set(BY_SLOT) <= set(MANIFEST_SLOTS) and len(BY_SLOT) == len(SIDE_INDEXES)
+    assert CANDIDATE_SOURCES == ("engine", *SIDE_INDEXES)
+    drop_index = main.commands["drop-index"].params[1]
+    assert sorted(drop_index.type.choices) == sorted(SIDE_INDEXES)

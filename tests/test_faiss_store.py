@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from amips_plugin.adapters.base import SearchParams
 from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
 from amips_plugin.synthetic import gaussian_mixture
 
@@ -55,3 +56,19 @@ def test_hnsw_counts_distances_and_widens_with_ef(data):
     assert 0 < narrow.ipe < wide.ipe < len(keys)
     assert np.mean(wide.ids[:, 0] == truth) >= np.mean(narrow.ids[:, 0] == truth)
     assert np.mean(wide.ids[:, 0] == truth) > 0.9
+
+
+def test_the_benchmarks_faiss_store_runs_the_products_query_path():
+    """bench's FAISS HNSW store is a VectorStore: the product's QueryRewriter runs on it unchanged, and
+    its prefetch + exact rescoring counts one inner product per rescored candidate."""
+    from amips_plugin.rewriting import QueryRewriter
+    from amips_plugin.synthetic import gaussian_mixture
+    from bench.faiss_policy_store import FaissHNSWStore
+
+    keys, queries = gaussian_mixture(2000, 100, 32, clusters=8, seed=1)
+    store = FaissHNSWStore("c", keys)
+    plain, _ = QueryRewriter(store).search("c", queries, 5, "off", params=SearchParams(hnsw_ef=64))
+    before = store.inner_products
+    union = store.search_prefetched("c", queries, [queries], 5, 5, SearchParams(hnsw_ef=64))
+    np.testing.assert_array_equal(union.ids, plain.ids)  # prefetching x alone is plain search
+    assert store.inner_products - before == before + 5 * len(queries)  # the same graph search + 5 rescored each
