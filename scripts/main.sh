@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, on the embedded default (Qdrant Edge): ingest squad-dev's keys into a collection,
-# train its model from the store, then search the unseen test queries with plain search (off) and
-# with rewriting (hybrid), printing recall and single-query latency for both. Falls back to a
+# train its model from the store, tune its serving policy for recall@1 0.99 on a query sample, then
+# search the unseen test queries with plain search (off), rewriting (hybrid) and the tuned policy
+# (auto), printing recall and throughput for each. Falls back to a
 # synthetic Gaussian-mixture collection when ../shared/data/squad-dev is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,9 @@ fi
 AMIPS=.venv/bin/amips
 $AMIPS ingest docs "$KEYS"
 $AMIPS train docs --queries "$TRAIN" --params-fraction 0.2 "$@"
+$AMIPS tune docs --queries "$TRAIN" --target-recall 0.99
 $AMIPS status docs
 for mode in off hybrid; do
-  $AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --hnsw-ef 16 --mode $mode --single
+  $AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --hnsw-ef 16 --mode $mode
 done
+$AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --mode auto
