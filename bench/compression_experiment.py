@@ -1,6 +1,6 @@
 """Compression experiment: how small a model can stand in for the keys, and PQ bits against recall.
 
-    python bench/compression_experiment.py [--dataset squad-dev] [--rho 0.001 0.003 0.01 0.03 0.1 0.2] \
+    python -m bench.compression_experiment [--dataset squad-dev] [--rho 0.001 0.003 0.01 0.03 0.1 0.2] \
         [--pq bench/results/pq.json] [--out bench/results/compression]
 
 For every ρ the default model is trained once on the train queries; its artifact is then written

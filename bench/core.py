@@ -1,6 +1,6 @@
 """Core benchmark: KeyNet, SupportNet (ICNN) and SmoothMax at ρ ∈ {0.005, 0.02, 0.2} on a real set's test queries.
 
-    python bench/core.py [--dataset squad-dev] [--rho 0.005 0.02 0.2] [--out bench/results/core.json]
+    python -m bench.core [--dataset squad-dev] [--rho 0.005 0.02 0.2] [--out bench/results/core.json]
 
 Prints one table row per model: parameters, ρ, match rate, MRR, recall@10, E_rel, training wall
 time and steps; first the trivial predictors ŷ = x and ŷ = ᾱ·x measured in the same run (their

@@ -8,9 +8,11 @@ Every point of a curve is measured on the same test queries:
   * wall clock: single-query latency p50/p99 over a fixed query sample (model forward included,
     one query at a time) and batched throughput over all test queries.
 
-Modes (docs/design.md §4): `off` searches with x; `replace` searches with ŷ and rescores its top
-`limit` by <x, ·>; `hybrid` runs both searches and rescores the union; `route` lets a learned
-router choose the lists to scan with x (IVF only).
+Modes (docs/design.md §4) are the product's own: `off`, `replace` and `hybrid` are answered by
+`QueryRewriter.search` — the code `amips search` and `AmipsClient` run — over the FAISS index wrapped as a
+`VectorStore` (bench/faiss_policy_store.py), with the rewriter published as the collection's model; the
+store counts every inner product it computes (graph or list scans, and the exact rescoring of the
+prefetched candidates). `route` lets a learned router choose the lists to scan with x (IVF only).
 """
 from __future__ import annotations
 
@@ -20,16 +22,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from amips_plugin.adapters.faiss_store import Hits
-from amips_plugin.inference import predict_keys
+from amips_plugin import model_registry
+from amips_plugin.adapters.base import SearchParams
+from amips_plugin.compression.artifact import encode_model
 from amips_plugin.models import MIPSModel
-
-Search = Callable[[np.ndarray, int, int], Hits]  # (queries, k, knob) -> Hits
+from amips_plugin.rewriting import QueryRewriter
+from bench.faiss_policy_store import FaissStore, Search
 
 
 @dataclass(frozen=True)
 class Rewriter:
-    """A trained model as the query path uses it: ŷ for a batch, and its cost in IPE per query."""
+    """A trained model the query path serves, and its forward cost in IPE per query."""
 
     name: str
     model: MIPSModel
@@ -37,9 +40,6 @@ class Rewriter:
     @property
     def ipe(self) -> float:
         return self.model.flops_per_query() / (2 * self.model.config.dim)
-
-    def __call__(self, queries: np.ndarray) -> np.ndarray:
-        return predict_keys(self.model, queries)
 
 
 @dataclass
@@ -61,28 +61,34 @@ class CurvePoint:
         return asdict(self)
 
 
-def rescore_top1(keys: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """The candidate with the largest <x, y> per query (−1 marks an empty slot)."""
-    safe = np.where(candidates < 0, 0, candidates)
-    scores = np.einsum("bd,bkd->bk", queries, keys[safe])
-    scores[candidates < 0] = -np.inf
-    return np.take_along_axis(safe, scores.argmax(axis=1, keepdims=True), axis=1)[:, 0]
+COLLECTION = "bench"
+_PATHS: dict[tuple[int, str], tuple[FaissStore, QueryRewriter]] = {}
+
+
+def product_path(search: Search, keys: np.ndarray, rewriter: Rewriter | None) -> tuple[FaissStore, QueryRewriter]:
+    """The product's query path over `search`, with `rewriter` published as the collection's model
+    (one store per index and rewriter, made on first use, outside any timing)."""
+    key = (id(search), rewriter.name if rewriter else "-")
+    if key not in _PATHS:
+        store = FaissStore(COLLECTION, keys, search)
+        if rewriter is not None:
+            model_registry.publish(store, COLLECTION, encode_model(rewriter.model),
+                                   model_registry.current_fingerprint(store, COLLECTION))
+        _PATHS[key] = (store, QueryRewriter(store))
+    return _PATHS[key]
 
 
 def run_mode(mode: str, search: Search, keys: np.ndarray, queries: np.ndarray, knob: int, limit: int,
              rewriter: Rewriter | None) -> tuple[np.ndarray, float]:
-    """Top-1 key per query and IPE per query for off / replace / hybrid."""
-    if mode == "off":
-        hits = search(queries, 1, knob)
-        return hits.ids[:, 0], hits.ipe
-    assert rewriter is not None
-    predicted = rewriter(queries)
-    rewritten = search(predicted, limit, knob)
-    cost = rewriter.ipe + rewritten.ipe + limit
-    if mode == "replace":
-        return rescore_top1(keys, queries, rewritten.ids), cost
-    plain = search(queries, 1, knob)
-    return rescore_top1(keys, queries, np.concatenate([plain.ids, rewritten.ids], axis=1)), cost + plain.ipe
+    """Top-1 key per query and IPE per query for off / replace / hybrid, answered by the product's query
+    path with `limit` results and `limit` candidates per prefetch (the CLI's default at limit ≥ 10)."""
+    store, path = product_path(search, keys, rewriter if mode != "off" else None)
+    before = store.inner_products
+    result, report = path.search(COLLECTION, queries, limit, mode, limit, SearchParams(hnsw_ef=knob))
+    if mode != "off" and report.fallback_reason:
+        raise RuntimeError(f"the benchmark's model was not used: {report.fallback_reason}")
+    model_ipe = rewriter.ipe if rewriter is not None and mode != "off" else 0.0
+    return result.ids[:, 0], (store.inner_products - before) / len(queries) + model_ipe
 
 
 def measure(answer: Callable[[np.ndarray], tuple[np.ndarray, float]], queries: np.ndarray, truth: np.ndarray,

@@ -1,33 +1,42 @@
-"""A FAISS HNSW index behind the VectorStore interface, so the SAME product code (`tuning.tune`,
-`serving_policy.serve`, `QueryRewriter.search` in every mode) runs over it, with every inner product
-counted: the graph search's (FAISS hnsw_stats) and the exact rescoring of prefetched candidates.
+"""FAISS indexes behind the VectorStore interface, so the SAME product code (`QueryRewriter.search` in
+every mode, `tuning.tune`, `serving_policy.serve`) runs over them, with every inner product counted:
+the index's own (FAISS stats) and the exact rescoring of prefetched candidates.
 
-Read-only: ids are 0..N−1, the manifest slots live in memory, and writes of points or blobs raise.
+The index's one effort knob (efSearch for HNSW, nprobe for IVF) is read from `SearchParams.hnsw_ef`.
+Ids are 0..N−1; the manifest slots and blobs (models published as `amips import` would) live in memory;
+writing points raises.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from amips_plugin.adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
-from amips_plugin.adapters.faiss_store import HNSWIndex
+from amips_plugin.adapters.faiss_store import Hits, HNSWIndex
+from amips_plugin.core.errors import ArtifactError
+
+Search = Callable[[np.ndarray, int, int], Hits]  # (queries, k, knob) -> Hits
 
 
-class FaissHNSWStore(VectorStore):
-    """One collection, `name`, held in a FAISS IndexHNSWFlat (M links); `ipe` accumulates inner products."""
+class FaissStore(VectorStore):
+    """One collection, `name`, searched by `search`; `inner_products` accumulates every inner product."""
 
-    location = "faiss-hnsw"
+    location = "faiss"
 
-    def __init__(self, name: str, keys: np.ndarray, links: int = 32) -> None:
+    def __init__(self, name: str, keys: np.ndarray, search: Search, default_knob: int = 16) -> None:
         self.name, self.keys = name, np.ascontiguousarray(keys, dtype=np.float32)
-        self.index = HNSWIndex(self.keys, links=links)
+        self._search, self.default_knob = search, default_knob
         self.manifests: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[int, bytes] = {}
         self.inner_products = 0.0
 
     def collections(self) -> list[str]:
         return [self.name]
+
+    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+        return {"": (self.keys.shape[1], "dot")}, {}
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         return CollectionInfo(self.name, self.keys.shape[1], "dot", len(self.keys))
@@ -38,16 +47,13 @@ class FaissHNSWStore(VectorStore):
             rows = np.arange(start, min(start + batch_size, len(self.keys)), dtype=np.int64)
             yield rows, self.keys[rows]
 
-    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
-        return {"": (self.keys.shape[1], "dot")}, {}
-
     def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
         for ids, _ in self.scroll(collection, batch_size):
             yield ids
 
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
                using: str | None = None) -> SearchResult:
-        hits = self.index.search(queries, limit, params.hnsw_ef or 16)
+        hits = self._search(queries, limit, params.hnsw_ef or self.default_knob)
         self.inner_products += hits.ipe * len(queries)
         return SearchResult(hits.ids.astype(np.int64), hits.scores.astype(np.float32))
 
@@ -78,7 +84,29 @@ class FaissHNSWStore(VectorStore):
         else:
             self.manifests[slot] = manifest
 
-    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("the benchmark's FAISS store is read-only")
+    def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
+        self.blobs[blob_id] = data
 
-    create = upsert = existing = records = write_blob = read_blob = delete_blob = _read_only
+    def read_blob(self, collection: str, blob_id: int, max_bytes: int = 1 << 30) -> bytes:
+        if blob_id not in self.blobs:
+            raise ArtifactError(f"blob {blob_id} is missing")
+        return self.blobs[blob_id]
+
+    def delete_blob(self, collection: str, blob_id: int | None) -> None:
+        if blob_id is None:
+            self.blobs.clear()
+        else:
+            self.blobs.pop(blob_id, None)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("the benchmark's FAISS store holds its keys fixed")
+
+    create = upsert = existing = records = _read_only
+
+
+class FaissHNSWStore(FaissStore):
+    """A FAISS IndexHNSWFlat (M links); the knob is efSearch."""
+
+    def __init__(self, name: str, keys: np.ndarray, links: int = 32) -> None:
+        self.index = HNSWIndex(np.ascontiguousarray(keys, dtype=np.float32), links=links)
+        super().__init__(name, keys, self.index.search)

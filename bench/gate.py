@@ -1,6 +1,6 @@
 """What the confidence gate does: the same model and index with the gate on and off.
 
-    python bench/gate.py [--store edge:/tmp/amips-bench] [--collection squad_train] [--ef 16]
+    python -m bench.gate [--store edge:/tmp/amips-bench] [--collection squad_train] [--ef 16]
 
 Needs a collection with a trained smoothmax model (bench/search_sweep.py makes one). Query sets:
 the collection's own test queries (in distribution) and squad-dev's test questions, which are

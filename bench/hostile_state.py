@@ -1,6 +1,6 @@
 """What refusing hostile stored state costs: peak memory and time, each case in a fresh process.
 
-    python bench/hostile_state.py [--bomb-gib 4] [--npy-gib 400] [--queries 200]
+    python -m bench.hostile_state [--bomb-gib 4] [--npy-gib 400] [--queries 200]
 
 Cases: a checksum-valid artifact of a few hundred bytes declaring a keynet of --width × --depth
 (default 65536 × 64: 275 G parameters); a checksum-valid model artifact followed, in the same zstd

@@ -1,6 +1,6 @@
 """Tuned serving policies against plain HNSW search on Qdrant Edge, through the product's own code (issue 11).
 
-    nice python bench/policy_bench.py [--datasets squad-train squad-sentences] [--targets 0.95 0.99]
+    nice python -m bench.policy_bench [--datasets squad-train squad-sentences] [--targets 0.95 0.99]
 
 Per dataset: the keys are ingested into an Edge shard (cached under --root), the collection's model
 (for σ̂) is the one `amips train` stored there (train it first on the fit queries, see README), and
@@ -194,7 +194,7 @@ def new_topics(store, collection: str, keys: np.ndarray, policy, model, args) ->
 
 def run_faiss(name: str, args: argparse.Namespace) -> dict:
     """The same tune + serve code over FAISS HNSW (M 32), cost in inner products per query (IPE)."""
-    from faiss_policy_store import FaissHNSWStore
+    from bench.faiss_policy_store import FaissHNSWStore
 
     data = load_dataset(name)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Anisotropic (score-aware) PQ against plain PQ at equal bits per key.
 
-    python bench/pq.py [--sets squad-dev synthetic-100k synthetic-100k-wide] [--thresholds 0.2]
+    python -m bench.pq [--sets squad-dev synthetic-100k synthetic-100k-wide] [--thresholds 0.2]
                        [--ablation] [--out bench/results/pq.json]
 
 For each set and number of subspaces m (8·m bits per key): FAISS IndexPQ (its own training), plain

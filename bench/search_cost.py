@@ -1,7 +1,7 @@
 """Recall@1 against total cost per query, every mode side by side with plain search, in one run.
 
-    python bench/search_cost.py --preset quick            # squad-dev, ≤ 10 minutes on 2 cores
-    python bench/search_cost.py --preset full [--datasets squad-train synthetic-1m]
+    python -m bench.search_cost --preset quick            # squad-dev, ≤ 10 minutes on 2 cores
+    python -m bench.search_cost --preset full [--datasets squad-train synthetic-1m]
 
 For each dataset: FAISS IVF-Flat (inner product, √N lists, nprobe swept over the whole range) and
 FAISS HNSW (efSearch swept), each searched with `off` (plain x), `replace` and `hybrid` (KeyNet at

@@ -1,6 +1,6 @@
 """Edge (or any store) search sweep: recall@1 and latency of off / replace / hybrid over hnsw_ef.
 
-    python bench/search_sweep.py [--dataset squad-train] [--store edge:/tmp/amips-bench] \
+    python -m bench.search_sweep [--dataset squad-train] [--store edge:/tmp/amips-bench] \
         [--ef 4 8 16 32 64 128] [--latency-queries 500] [--out bench/results/search_sweep.json]
 
 Ingests the set's keys (ids 0..N−1) into the store, trains the default model on its train

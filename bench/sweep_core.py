@@ -1,6 +1,6 @@
 """Hyper-parameter sweep for the core models on a real set: one JSON line per run.
 
-    python bench/sweep_core.py squad-dev '{"model": "keynet", "depth": 2}' '{"depth": 3}' ... \
+    python -m bench.sweep_core squad-dev '{"model": "keynet", "depth": 2}' '{"depth": 3}' ... \
         --out bench/results/sweep.jsonl
 
 Each argument is a TrainConfig override; every run trains on the set's train queries and is

@@ -1,6 +1,6 @@
 """Peak memory of training, against the bytes of the key table it trains on.
 
-    nice -n 10 python bench/train_memory.py --keys 200000 --dim 384 [--queries 20000] [--steps 20]
+    nice -n 10 python -m bench.train_memory --keys 200000 --dim 384 [--queries 20000] [--steps 20]
         [--model smoothmax] [--noise-copies 8] [--time-budget 120] [--json bench/results/train_memory.json]
 
 A synthetic collection (amips_plugin.synthetic.gaussian_mixture) is generated in one child process and
