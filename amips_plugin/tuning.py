@@ -103,7 +103,7 @@ class TuneReport:
                 "rows": [r.to_dict() for r in self.rows], "manifest": self.manifest}
 
 
-def _best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Seconds per task, best of `repeats` interleaved rounds."""
     best = {name: float("inf") for name in tasks}
     for _ in range(repeats):
@@ -146,7 +146,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         f"ef{ef}": (lambda ef=ef: store.search(collection, held_queries, depth, at_ef(ef))) for ef in grid}
     if model is not None:
         tasks["sigma"] = lambda: support_values(model, held_queries)
-    seconds = _best_times(tasks, repeats)
+    seconds = best_times(tasks, repeats)
     per_query = {name: s / len(held) for name, s in seconds.items()}
     sigma = support_values(model, queries) if model is not None else None
 
@@ -167,7 +167,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     for row in candidates[1:]:
         row.policy = replace(row.policy, key_count=info.count,
                              model_sha256=(manifest or {}).get("sha256") if row.policy.uses_model else None)
-    measured = _best_times({row.name: (lambda p=row.policy: serve(store, collection, held_queries, limit, p, model,
+    measured = best_times({row.name: (lambda p=row.policy: serve(store, collection, held_queries, limit, p, model,
                                                                     params)) for row in candidates}, repeats)
     for row in candidates:
         row.qps = len(held) / measured[row.name]

@@ -46,16 +46,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def best_times(tasks: dict, repeats: int) -> dict[str, float]:
-    best = {name: float("inf") for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            start = time.perf_counter()
-            task()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def latencies(answer, queries: np.ndarray) -> tuple[float, float]:
     times = []
     for row in range(len(queries)):
@@ -119,7 +109,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                     policies[f"{target}: {row.name}" + (" (chosen)" if row is report.chosen else "")] = row.policy
         policy_tasks = {label: (lambda p=policy: serving_policy.serve(store, collection, queries, LIMIT, p, model))
                         for label, policy in policies.items()}
-        seconds = best_times({**plain_tasks, **policy_tasks}, args.repeats)
+        seconds = tuning.best_times({**plain_tasks, **policy_tasks}, args.repeats)
         for ef in PLAIN_GRID:
             plain[ef]["qps"] = len(queries) / seconds[f"plain {ef}"]
         out["plain"] = {str(ef): row for ef, row in plain.items()}
@@ -149,7 +139,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
             auto_result, auto_report = auto_answer(queries)
             auto_recall = float(np.mean(auto_result.ids[:, 0] == truth))
-            auto_seconds = best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
+            auto_seconds = tuning.best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
             ef = cheapest_plain_at(plain, auto_recall)
             single = queries[: args.single]
             p50, p99 = latencies(auto_answer, single)
@@ -180,7 +170,7 @@ def new_topics(store, collection: str, keys: np.ndarray, policy, model, args) ->
     tasks = {f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)))
              for ef in PLAIN_GRID}
     tasks["policy"] = lambda: serving_policy.serve(store, collection, queries, LIMIT, policy, model)
-    seconds = best_times(tasks, args.repeats)
+    seconds = tuning.best_times(tasks, args.repeats)
     plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
                                           == truth)), "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
     result, escalated = serving_policy.serve(store, collection, queries, LIMIT, policy, model)
