@@ -26,6 +26,8 @@ from amips_plugin.training import TrainConfig
 from amips_plugin.compression import pq_store
 from amips_plugin import router_store
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 EXACT = SearchParams(exact=True)
 QUICK = TrainConfig(steps=40, eval_every=20, noise_copies=0, device="cpu", min_match=0.0)
 BACKENDS = ("local-dir", "edge")

@@ -10,6 +10,8 @@ from amips_plugin.routing import RouterTraining
 from amips_plugin.training import TrainConfig
 from amips_plugin.compression import pq_store
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 
 def _train(store, queries):
     return collection_ops.train(store, "c", queries, TrainConfig(steps=20, noise_copies=0, device="cpu"),

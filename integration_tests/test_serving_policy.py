@@ -16,6 +16,8 @@ from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.rewriting import QueryRewriter
 
+pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
+
 FIRST_EF, SECOND_EF, TARGET = 8, 128, 0.97
 
 
