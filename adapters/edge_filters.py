@@ -8,7 +8,8 @@ never silently dropped.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import qdrant_edge as edge
 from qdrant_client import models
@@ -17,6 +18,7 @@ from amips_plugin.core.errors import InputError
 
 from . import point_ids
 
+_MATCHES: dict[type, Callable[[Any], Any]]  # qdrant-client match class -> its Qdrant Edge conversion
 _MATCHES = {models.MatchValue: lambda m: edge.MatchValue(m.value), models.MatchAny: lambda m: edge.MatchAny(m.any),
             models.MatchExcept: lambda m: edge.MatchExcept(m.except_), models.MatchText: lambda m: edge.MatchText(m.text),
             models.MatchPhrase: lambda m: edge.MatchPhrase(m.phrase),
@@ -29,6 +31,11 @@ def edge_filter(flt: models.Filter | None) -> edge.Filter | None:
         return None
     if not isinstance(flt, models.Filter):
         raise InputError(f"expected a qdrant_client.models.Filter, got {type(flt).__name__}")
+
+    @overload
+    def many(conditions: None) -> None: ...
+    @overload
+    def many(conditions: Any) -> list[Any]: ...
 
     def many(conditions: Any) -> list[Any] | None:
         if conditions is None:

@@ -13,6 +13,7 @@ nearest centroids; the caller adds its own routing cost.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -70,6 +71,7 @@ class IVFIndex:
             ids = np.arange(len(keys), dtype=np.int64)
             self.index.add_core(len(keys), faiss.swig_ptr(keys), faiss.swig_ptr(ids), faiss.swig_ptr(list_ids))
         invlists = self.index.invlists
+        assert invlists is not None  # an IndexIVFFlat always owns its inverted lists
         self.list_sizes = np.array([invlists.list_size(i) for i in range(nlist)], dtype=np.int64)
 
     @property
@@ -83,7 +85,7 @@ class IVFIndex:
     def search(self, queries: np.ndarray, k: int, nprobe: int) -> Hits:
         """Nearest-centroid routing: nlist + Σ|probed lists| IPE per query."""
         self.index.nprobe = nprobe
-        stats = faiss.cvar.indexIVF_stats
+        stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]  # the faiss stub lists no cvar globals
         stats.reset()
         scores, ids = self.index.search(_as_f32(queries), k)
         return Hits(ids, scores, self.nlist + stats.ndis / max(len(queries), 1))
@@ -91,10 +93,14 @@ class IVFIndex:
     def search_lists(self, queries: np.ndarray, k: int, lists: np.ndarray) -> Hits:
         """Scan the given lists (B, p) exactly; Σ|lists| IPE per query (routing cost not included)."""
         lists = np.ascontiguousarray(lists, dtype=np.int64)
-        stats = faiss.cvar.indexIVF_stats
+        stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]  # the faiss stub lists no cvar globals
         stats.reset()
         self.index.nprobe = lists.shape[1]
-        scores, ids = self.index.search_preassigned(
+        # The faiss stub types the SWIG method (n, x, k, ..., out-arrays) -> None, not faiss's Python wrapper
+        # (x, k, Iq, Dq) -> (D, I) that this call reaches.
+        search_preassigned: Callable[..., tuple[np.ndarray, np.ndarray]] = (
+            self.index.search_preassigned)  # type: ignore[assignment]
+        scores, ids = search_preassigned(
             _as_f32(queries), k, lists, np.zeros(lists.shape, dtype=np.float32))
         return Hits(ids, scores, stats.ndis / max(len(queries), 1))
 
@@ -109,7 +115,7 @@ class HNSWIndex:
 
     def search(self, queries: np.ndarray, k: int, ef_search: int) -> Hits:
         self.index.hnsw.efSearch = max(ef_search, k)
-        stats = faiss.cvar.hnsw_stats
+        stats = faiss.cvar.hnsw_stats  # type: ignore[attr-defined]  # the faiss stub lists no cvar globals
         stats.reset()
         scores, ids = self.index.search(_as_f32(queries), k)
         return Hits(ids, scores, stats.ndis / max(len(queries), 1))

@@ -83,7 +83,9 @@ def to_qdrant(value: Any) -> int | str:
     return canonical(value.item() if isinstance(value, np.generic) else value)
 
 
-def to_qdrant_list(ids: np.ndarray) -> list[int | str]:
+def to_qdrant_list(ids: np.ndarray) -> list[int | str | uuid.UUID]:
+    """The ids as Qdrant takes them (ints and UUID texts); typed as the id lists that qdrant-client and
+    Qdrant Edge declare, which are invariant `list[int | str | UUID]`."""
     return [to_qdrant(i) for i in ids.tolist()]
 
 

@@ -197,7 +197,7 @@ class QdrantClientStore(VectorStore):
             stop = start + UPSERT_BATCH
             rows = vectors[start:stop].tolist()
             batch = models.Batch(ids=qdrant_ids[start:stop], vectors={name: rows} if name else rows,
-                                 payloads=list(payloads[start:stop]) if payloads else None)
+                                 payloads=[p or {} for p in payloads[start:stop]] if payloads else None)
             self.client.upsert(collection, points=batch, wait=True)
 
     def existing(self, collection: str, ids: np.ndarray) -> np.ndarray:

@@ -160,8 +160,9 @@ class AmipsClient:
                              "directly for other query kinds, prefetches or named vectors")
         fields = {name: getattr(request, name) for name in ("query", "using", "prefetch", "limit", "offset",
                                                             "with_payload", "score_threshold", "lookup_from")}
+        # QueryRequest.with_vector may be None (the server's default); query_points' annotation omits None.
         return self._qdrant.query_points(collection, query_filter=request.filter, search_params=request.params,
-                                         with_vectors=request.with_vector, **fields, **kwargs)
+                                         with_vectors=request.with_vector, **fields, **kwargs)  # type: ignore[arg-type]
 
     # models and side indexes --------------------------------------------------------------------
     def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig = TrainConfig(),
@@ -199,7 +200,8 @@ def _as_query(query: Any) -> Any:
     return query.tolist() if isinstance(query, np.ndarray) else query
 
 
-def _vector(query: Any) -> list[float]:
+def _vector(query: Any) -> Any:
+    """The dense vector of a rewritable query (a list, tuple or array; see `_rewritable`)."""
     return query.nearest if isinstance(query, models.NearestQuery) else query
 
 

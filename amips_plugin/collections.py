@@ -184,18 +184,20 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     A slot whose manifest does not validate is reported as {"error": reason} (the reason names the
     command that clears it), never raised: one broken manifest does not hide the rest."""
     info = store.info(collection)
-    manifests = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
+    read = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
                               "distance": info.distance, "model": None, "side_indexes": {}}
     report["policy"] = None
-    for slot, manifest in list(manifests.items()):
+    manifests: dict[str, dict[str, Any] | None] = {}
+    for slot, manifest in read.items():
         if isinstance(manifest, model_registry.BrokenManifest):
             entry = {"error": manifest.reason}
             if slot in ("model", "policy"):
                 report[slot] = entry
             else:
                 report["side_indexes"][slot] = entry
-            manifests[slot] = None
+            manifest = None
+        manifests[slot] = manifest
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
 

@@ -205,8 +205,9 @@ def validate_manifest(raw: Any, slot: str, collection: str) -> dict[str, Any] | 
         except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
             problem = f"{type(exc).__name__}"
         else:
-            if getattr(parsed, "slot", None) is not None and parsed.slot != base:
-                problem = f"it names slot {parsed.slot!r}"
+            named = getattr(parsed, "slot", None)
+            if named is not None and named != base:
+                problem = f"it names slot {named!r}"
     if problem:
         raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({problem}); "
                             f"clear it with `{fix_command(slot, collection)}`")

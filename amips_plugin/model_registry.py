@@ -123,7 +123,8 @@ def _discard(store: VectorStore, collection: str, blob_id: int) -> None:
 
 
 def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
-                 slot: str = "model", stale: bool = False, expected: dict[str, Any] | None = READ_NOW) -> dict[str, Any]:
+                 slot: str = "model", stale: bool = False,
+                 expected: dict[str, Any] | BrokenManifest | None = READ_NOW) -> dict[str, Any]:
     """The publish protocol for any blob kept alongside a collection; returns the new manifest.
 
     `expected`: the manifest this blob replaces (None: there was none); ConcurrentPublishError when
@@ -178,7 +179,7 @@ def _landed(store: VectorStore, collection: str, slot: str, blob_id: int) -> boo
 
 def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
             metrics: dict[str, Any] | None = None, stale: bool = False,
-            expected: dict[str, Any] | None = READ_NOW) -> dict[str, Any]:
+            expected: dict[str, Any] | BrokenManifest | None = READ_NOW) -> dict[str, Any]:
     """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
     fields = {**model_fields(blob, metrics), "fingerprint": fingerprint}
     return publish_blob(store, collection, blob, fields, stale=stale, expected=expected)
@@ -196,7 +197,8 @@ def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, 
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"the manifest of {collection!r} is malformed or from an incompatible amips version; "
                             "retrain, or drop the model") from None
-    bound = manifest.get("bytes") if type(manifest.get("bytes")) is int else MAX_BLOB_BYTES
+    size = manifest.get("bytes")
+    bound = size if type(size) is int else MAX_BLOB_BYTES
     blob = store.read_blob(collection, blob_id, bound)
     if len(blob) != bound and bound != MAX_BLOB_BYTES:
         raise ArtifactError(f"blob {blob_id} of {collection!r} has {len(blob)} bytes, its manifest says {bound}")

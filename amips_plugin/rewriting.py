@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar, cast
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid", "auto")
 CANDIDATE_SOURCES = ("engine", *SIDE_INDEXES)
 RESCORE_BATCH = 256  # queries whose side-index candidates are fetched from the store in one call
+_Loaded = TypeVar("_Loaded")
 
 
 @dataclass
@@ -98,12 +100,13 @@ class QueryRewriter:
             self._warned.add(message)
             log.warning("%s", message)
 
-    def _cached_load(self, collection: str, slot: str, manifest: dict, load) -> tuple[object, str | None]:
+    def _cached_load(self, collection: str, slot: str, manifest: dict,
+                     load: Callable[[], _Loaded]) -> tuple[_Loaded | None, str | None]:
         """(loaded, None) or (None, reason), loading at most once per manifest checksum."""
         key = manifest["sha256"]
         cached = self._cache.get((collection, slot))
         if cached and cached[0] == key:
-            return cached[1], cached[2]
+            return cast("_Loaded | None", cached[1]), cached[2]  # a slot's entry only ever holds its loader's type
         try:
             loaded, reason = load(), None
         except StoreError as exc:  # the store may recover: not remembered
@@ -212,7 +215,7 @@ class QueryRewriter:
     def _probe_groups(mode: str, queries: np.ndarray, predicted: np.ndarray,
                       confident: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray] | None]]:
         """Rows that are rewritten (probed with ŷ, and x in hybrid mode) and rows searched plainly (None)."""
-        groups = []
+        groups: list[tuple[np.ndarray, list[np.ndarray] | None]] = []
         if confident.any():
             rows = np.flatnonzero(confident)
             groups.append((rows, [predicted[rows]] + ([queries[rows]] if mode == "hybrid" else [])))
@@ -276,6 +279,7 @@ class QueryRewriter:
             self._warn_once(f"amips: engine candidates for {collection!r}: {reason}")
             report.notes.append(reason)
             return None
+        assert loaded is not None  # no reason means the side index loaded
         return loaded[0]
 
     def _side_index_gone(self, collection: str, source: str, exc: Exception) -> str:

@@ -88,6 +88,7 @@ class TwoLevelPartition:
         coarse_km = faiss.Kmeans(dim, lists, niter=20, seed=seed, verbose=False)
         coarse_km.train(keys)
         coarse = coarse_km.centroids
+        assert coarse is not None  # set by train()
         owner = _nearest(keys, coarse, by="ip")
         fine = np.repeat(coarse, sublists, axis=0)
         assignment = owner * sublists
@@ -98,6 +99,7 @@ class TwoLevelPartition:
             count = min(sublists, len(members))
             km = faiss.Kmeans(dim, count, niter=20, seed=seed + j, verbose=False, min_points_per_centroid=1)
             km.train(keys[members])
+            assert km.centroids is not None  # set by train()
             fine[j * sublists : j * sublists + count] = km.centroids
             fine[j * sublists + count : (j + 1) * sublists] = km.centroids[-1]
             assignment[members] = j * sublists + _nearest(keys[members], km.centroids, by="l2")
@@ -118,6 +120,9 @@ def rank_by_centroids(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 class PointRouter(nn.Module):
     """One learned point and bias per fine list; see the module docstring for the math."""
+
+    anchor: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    coarse: torch.Tensor
 
     def __init__(self, partition: TwoLevelPartition) -> None:
         super().__init__()
@@ -238,6 +243,8 @@ class ListRanker:
 
 class CorrectedModelRouter(nn.Module):
     """logits_j = a·<x, μ_j> + β·σ̂_j(x) with a c-headed KeyNet or SupportNet (β starts at 0)."""
+
+    centroids: torch.Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, centroids: np.ndarray, kind: str, width: int, depth: int = 2) -> None:
         super().__init__()

@@ -199,6 +199,7 @@ class Policy:
             and policy.threshold is not None and (policy.certificate != "classifier" or classifier is not None)
             and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)))
         if well_formed and kind == "two-pass":
+            assert policy.certificate is not None  # checked to be one of CERTIFICATES just above
             columns = len(used_columns(policy.certificate, policy.uses_model))
             well_formed = (classifier is None or len(classifier.mean) in (3, 4)) and all(
                 bound is None or len(bound) == columns for bound in (policy.guard_low, policy.guard_high))
@@ -230,7 +231,7 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
     `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
     needs `model`."""
 
-    def at_ef(ef: int) -> SearchParams:
+    def at_ef(ef: int | None) -> SearchParams:
         return dataclasses.replace(params, hnsw_ef=ef)
 
     if policy.kind == "plain":

@@ -13,7 +13,7 @@ Everything that names a side index — search's `--candidates-from`, `drop-index
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -26,12 +26,13 @@ from . import router_store
 class CandidateIndex(Protocol):
     """A loaded side index: the point ids it covers, their dimension, and candidates per probe row."""
 
-    ids: np.ndarray
+    @property
+    def ids(self) -> np.ndarray: ...
 
     @property
     def dim(self) -> int: ...
 
-    def candidates(self, probes: np.ndarray, limit: int) -> Sequence[np.ndarray]:
+    def candidates(self, probes: np.ndarray, limit: int, /) -> list[np.ndarray]:
         """Candidate point ids for each row of `probes` (`limit`: keys for pq, fine lists for route)."""
         ...
 

@@ -18,7 +18,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -194,7 +194,7 @@ def _accumulate_gradients(model: MIPSModel, train: TargetedQueries, keys_t: torc
     accumulated gradient is the full batch's. One chunk (the common case) is the plain computation.
     """
     parts = batch.split(micro_batch)
-    totals = {"total": 0.0, "score": 0.0, "key": 0.0}
+    totals: dict[str, float | torch.Tensor] = {"total": 0.0, "score": 0.0, "key": 0.0}
     for part in parts:
         scores, predicted = model.score_and_key(train.queries[part], create_graph=True)
         loss = amortized_mips_loss(
@@ -208,7 +208,7 @@ def _accumulate_gradients(model: MIPSModel, train: TargetedQueries, keys_t: torc
         (loss.total * weight).backward()
         for name in totals:
             totals[name] += weight * getattr(loss, name).detach()
-    return LossParts(**totals)
+    return LossParts(**cast("dict[str, torch.Tensor]", totals))  # every entry is a tensor once a chunk is added
 
 
 def fit(
@@ -235,6 +235,7 @@ def fit(
     model.initialise_from_keys(keys)
     model = model.to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    averaged = cast(MIPSModel, ema.module)  # AveragedModel's deep copy of `model` (typed as a plain Module)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
@@ -275,7 +276,7 @@ def fit(
             bar.refresh()
 
         if step % config.eval_every == 0 or step == total_steps:
-            quality = _validate(ema.module, keys, validation)
+            quality = _validate(averaged, keys, validation)
             record = {"step": step, "loss": loss.total.item(), "key_loss": loss.key.item(),
                       "score_loss": loss.score.item(), "val_match_rate": quality.match_rate,
                       "val_e_rel": quality.e_rel, "seconds": time.perf_counter() - started}
@@ -287,14 +288,14 @@ def fit(
             candidate = (quality.match_rate, quality.e_rel)
             if candidate[0] > best[0] or (candidate[0] == best[0] and candidate[1] < best[1]):
                 best, best_quality, evals_without_gain = candidate, quality, 0
-                best_state = copy.deepcopy(ema.module.state_dict())
+                best_state = copy.deepcopy(averaged.state_dict())
             else:
                 evals_without_gain += 1
                 if evals_without_gain >= config.patience:
                     break
     bar.close()
 
-    final = ema.module
+    final = averaged
     if best_state is not None:
         final.load_state_dict(best_state)
     final.eval()

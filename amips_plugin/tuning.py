@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     hits = {ef: first[ef].ids[:, 0] == truth for ef in grid}
     held_queries = queries[held]
     tasks: dict[str, Callable[[], Any]] = {
-        f"ef{ef}": (lambda ef=ef: store.search(collection, held_queries, depth, at_ef(ef))) for ef in grid}
+        f"ef{ef}": partial(store.search, collection, held_queries, depth, at_ef(ef)) for ef in grid}
     if model is not None:
         tasks["sigma"] = lambda: support_values(model, held_queries)
     seconds = best_times(tasks, repeats)
@@ -167,8 +168,8 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     for row in candidates[1:]:
         row.policy = replace(row.policy, key_count=info.count,
                              model_sha256=(manifest or {}).get("sha256") if row.policy.uses_model else None)
-    measured = best_times({row.name: (lambda p=row.policy: serve(store, collection, held_queries, limit, p, model,
-                                                                    params)) for row in candidates}, repeats)
+    measured = best_times({row.name: partial(serve, store, collection, held_queries, limit, row.policy, model, params)
+                           for row in candidates}, repeats)
     for row in candidates:
         row.qps = len(held) / measured[row.name]
         result, escalated = serve(store, collection, held_queries, limit, row.policy, model, params)

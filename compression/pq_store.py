@@ -37,9 +37,9 @@ class KeyStore:
         """The dimension of the keys it codes: m subspaces × d/m."""
         return self.codes.codebooks.shape[0] * self.codes.codebooks.shape[2]
 
-    def candidates(self, probes: np.ndarray, limit: int) -> np.ndarray:
+    def candidates(self, probes: np.ndarray, limit: int) -> list[np.ndarray]:
         """Point ids of the top-`limit` keys by asymmetric score, per probe row."""
-        return self.ids[self.codes.search(probes, limit)]
+        return list(self.ids[self.codes.search(probes, limit)])
 
 
 def encode_key_store(key_store: KeyStore, metadata: dict[str, Any]) -> bytes:

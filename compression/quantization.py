@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STORAGE_DTYPES = ("fp32", "fp16", "int8")  # what model weights may be stored as
-RAW_DTYPES = {"uint8": np.dtype("u1"), "int64": np.dtype("<i8")}  # exact integer arrays (codes, ids)
-_NUMPY = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1"), **RAW_DTYPES}
+RAW_DTYPES: dict[str, np.dtype] = {"uint8": np.dtype("u1"), "int64": np.dtype("<i8")}  # exact integer arrays (codes, ids)
+_NUMPY: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1"), **RAW_DTYPES}
 CONTAINER_DTYPES = tuple(_NUMPY)
 
 

@@ -144,3 +144,21 @@ def test_synth_writes_a_seeded_collection_with_exact_answers(tmp_path):
     assert np.array_equal(keys, np.load(tmp_path / "b" / "keys.npy"))  # same seed, same collection
     norms = np.linalg.norm(keys, axis=1)
     assert norms.std() / norms.mean() > 0.1  # varying norms: MIPS is not cosine search
+
+
+@pytest.mark.parametrize("backend", ["local-dir", "edge"])
+def test_ingest_writes_null_payload_lines_as_empty_payloads_on_every_store(tmp_path, backend):
+    """`--payload` takes a JSON object or null per line (load_payloads); a null is a point without payload."""
+    from amips_plugin.adapters import open_store
+
+    spec = str(tmp_path / "store") if backend == "local-dir" else f"edge:{tmp_path / 'store'}"
+    np.save(tmp_path / "keys.npy", np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+    (tmp_path / "p.jsonl").write_text('{"n": 0}\nnull\n{"n": 2}\n')
+    result = _run("--store", spec, "ingest", "c", tmp_path / "keys.npy", "--payload", tmp_path / "p.jsonl", "--quiet")
+    assert result.exit_code == 0, result.output
+    store = open_store(spec)
+    try:
+        records = store.records("c", np.arange(3))
+    finally:
+        store.close()
+    assert {i: payload or {} for i, (payload, _) in records.items()} == {0: {"n": 0}, 1: {}, 2: {"n": 2}}

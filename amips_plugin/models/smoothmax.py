@@ -54,6 +54,8 @@ def _principal_axes(rows: torch.Tensor, centre: torch.Tensor, count: int) -> tor
 class SmoothMaxSupportNet(MIPSModel):
     """kind "smoothmax": `width` is the rank r, `points` the number n of learned points."""
 
+    gate_threshold: torch.Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.kind != "smoothmax":

@@ -27,6 +27,7 @@ Quantizing the raw values keeps the guarantee, since softplus of anything is non
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -105,6 +106,7 @@ class SupportNet(MIPSModel):
     def flops_per_query(self) -> int:
         # Forward plus the input-gradient backward pass: about two forwards' worth of matrix work.
         weights = self.input_layer.weight.numel() + self.out_linear.weight.numel()
-        weights += sum(block.weight_raw.numel() for block in [*self.hidden, self.out])
-        weights += sum(m.weight.numel() for m in self.reinject.values())
+        blocks = cast("list[NonNegativeLinear]", [*self.hidden, self.out])  # ModuleList items are typed Module
+        weights += sum(block.weight_raw.numel() for block in blocks)
+        weights += sum(cast(nn.Linear, m).weight.numel() for m in self.reinject.values())
         return 4 * weights
