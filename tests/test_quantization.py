@@ -68,6 +68,15 @@ def test_columns_of_very_different_norms_get_per_column_scales():
     assert _relative_error(columns, encoded) < 0.01
 
 
+def test_rows_of_one_entry_share_scales():
+    """Per-row scales are exact on a 32 × 1 factor (each entry its own scale, 4 bytes per 1-byte code); the
+    uniform-int8 floor of the bound (E_UNIFORM) lets its entries share scales."""
+    factor = np.random.default_rng(4).standard_normal((32, 1)).astype(np.float32)
+    assert _per_row_error(factor) < 1e-6
+    encoded = encode_tensor(factor, "int8")
+    assert len(encoded.scales) < 4 * 8 and _relative_error(factor, encoded) <= ERROR_SLACK * E_UNIFORM
+
+
 @pytest.mark.parametrize("shape", [(2000, 16), (16, 384), (384,), (4, 5, 6), (7, 1), (0, 3), (3, 0)])
 def test_round_trip_decodes_every_code_times_its_scale(shape):
     array = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
