@@ -311,7 +311,8 @@ def inspect_command(model_path: str, as_json: bool) -> None:
 @click.argument("model_path", metavar="MODEL.amips", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(STORAGE_DTYPES), required=True,
-              help="fp32: full precision; fp16: half the bytes; int8: a quarter, matrices with per-output-channel scales.")
+              help="fp32: full precision; fp16: half the bytes; int8: about a quarter, matrices and vectors with "
+                   "scales per row, column or group (chosen per tensor).")
 @_friendly_errors
 def quantize_command(model_path: str, output: str, dtype: str) -> None:
     """Rewrite a model file with its weights stored as fp16 or int8."""

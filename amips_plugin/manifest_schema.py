@@ -151,6 +151,8 @@ class TensorEntrySchema(_Schema):
     offset: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
     nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
     scales_nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
+    scale_axis: Optional[StrictInt] = Field(default=None, ge=0, le=1)  # int8 only; absent: per row
+    scale_group: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_BODY_BYTES)
 
 
 class ArtifactHeaderSchema(_Schema):

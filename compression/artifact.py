@@ -9,7 +9,8 @@ File layout (all integers little-endian):
     checksum   32 bytes  SHA-256 of everything before it
 
 The JSON header holds the architecture ("model"), the tensor table (name, dtype, shape, offset
-and size of values and scales inside the tensor bytes) and free-form metadata (training settings,
+and size of values and scales inside the tensor bytes; for int8 the scales' axis and group size,
+absent in artifacts written before they were chosen per tensor, which means per row) and free-form metadata (training settings,
 fingerprint of the training keys, metrics at training time, library versions). The reader checks
 magic, version, length and checksum, then stream-decompresses: the header first (bounded), validated
 against its kind's schema (amips_plugin.manifest_schema); the tensor table must tile a tensor
@@ -40,7 +41,8 @@ from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_HEADER_
 from amips_plugin.manifest_schema import validate_header
 from amips_plugin.models import MIPSModel, ModelConfig, build_model
 
-from .quantization import STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, numpy_dtype
+from .quantization import (ROW, STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, matrix_shape,
+                           numpy_dtype, scale_count)
 
 MAGIC = b"\x89AMIPS\r\n"
 FORMAT_VERSION = 1
@@ -68,6 +70,8 @@ def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTens
     for name, encoded in tensors:
         table.append({"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape), "offset": offset,
                       "nbytes": len(encoded.data), "scales_nbytes": len(encoded.scales)})
+        if encoded.dtype == "int8":
+            table[-1].update(scale_axis=encoded.scale_axis, scale_group=encoded.scale_group)
         chunks += [encoded.data, encoded.scales]
         offset += len(encoded.data) + len(encoded.scales)
     header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True).encode("utf-8")
@@ -137,6 +141,24 @@ def _read_exact(reader: Any, size: int, what: str) -> bytes:
     return bytes(buffer)
 
 
+def _scale_layout(entry: dict[str, Any]) -> tuple[int, int]:
+    """An entry's int8 scale layout (axis, group): per row when absent (older artifacts); only int8 has one,
+    and a group spans 1 to all of its axis's rows or columns."""
+    name, shape = entry["name"], tuple(entry["shape"])
+    axis, group = entry.get("scale_axis"), entry.get("scale_group")
+    if entry["dtype"] != "int8":
+        if axis is not None or group is not None:
+            raise ArtifactError(f"tensor {name[:64]!r} is {entry['dtype']} but declares int8 scales")
+        return ROW, 1
+    if len(shape) < 1:
+        raise ArtifactError(f"tensor {name[:64]!r} is an int8 scalar; scalars are stored as fp32")
+    axis, group = (ROW if axis is None else axis), (1 if group is None else group)
+    if group > max(1, matrix_shape(shape)[axis]):
+        raise ArtifactError(f"tensor {name[:64]!r} declares scale groups of {group} along an axis of "
+                            f"{matrix_shape(shape)[axis]}")
+    return axis, group
+
+
 def _tensor_layout(table: list[dict[str, Any]]) -> int:
     """Check that the (schema-valid) tensor table tiles the tensor section; return that section's size."""
     cursor, names = 0, set()
@@ -145,7 +167,7 @@ def _tensor_layout(table: list[dict[str, Any]]) -> int:
         if name in names:
             raise ArtifactError(f"invalid tensor table entry for {name[:64]!r}: the name repeats")
         names.add(name)
-        expected_scales = 4 * shape[0] if dtype == "int8" and shape else 0
+        expected_scales = 4 * scale_count(shape, *_scale_layout(entry)) if dtype == "int8" else 0
         if (entry["offset"] != cursor or entry["nbytes"] != prod(shape) * numpy_dtype(dtype).itemsize
                 or entry["scales_nbytes"] != expected_scales):
             raise ArtifactError(f"tensor {name[:64]!r} does not match its declared shape, dtype or position")
@@ -210,7 +232,7 @@ def _load(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None
     for entry in header["tensors"]:
         start, middle = entry["offset"], entry["offset"] + entry["nbytes"]
         tensors[entry["name"]] = decode_tensor(entry["dtype"], tuple(entry["shape"]), data[start:middle],
-                                               data[middle:middle + entry["scales_nbytes"]])
+                                               data[middle:middle + entry["scales_nbytes"]], *_scale_layout(entry))
     return header, tensors
 
 

@@ -127,7 +127,7 @@ def test_a_deeply_nested_or_huge_integer_header_is_refused():
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=8),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                      max_leaves=8)
-_TABLE_FIELDS = ("name", "dtype", "shape", "offset", "nbytes", "scales_nbytes")
+_TABLE_FIELDS = ("name", "dtype", "shape", "offset", "nbytes", "scales_nbytes", "scale_axis", "scale_group")
 _MODEL_FIELDS = tuple(HEADER["model"])
 
 
