@@ -78,10 +78,24 @@ def test_header_is_readable_without_building_the_model(model):
     assert all(t["dtype"] == "fp32" for t in header["tensors"] if not t["shape"])  # scalars stay fp32
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(model, tmp_path):
+def test_save_replaces_the_file_by_rename_and_leaves_no_temporary_files(model, tmp_path, monkeypatch):
+    """A save writes a temporary file and renames it over the old one: a save that fails half-way
+    leaves the previous file whole, and none leaves a temporary file behind."""
+    import os
+
     path = tmp_path / "m.amips"
     save_model(path, model)
     first = path.read_bytes()
+    real_replace = os.replace
+
+    def crash(src, dst):  # the process dies between writing the new bytes and the rename
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        save_model(path, model, {"v": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_bytes() == first  # the old file, whole
     save_model(path, model, {"v": 2})
     assert path.read_bytes() != first
     assert [p.name for p in tmp_path.iterdir()] == ["m.amips"]
