@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.compression.artifact import decode_model, load_model, read_header, save_model
+from amips_plugin.compression.artifact import load_model, read_header, save_model
 from amips_plugin.compression import pq_store
 from amips_plugin.compression.quantization import STORAGE_DTYPES
 
@@ -606,18 +606,10 @@ def export_command(ctx: click.Context, collection: str, output: str) -> None:
 @_friendly_errors
 def import_command(ctx: click.Context, collection: str, model_path: str) -> None:
     """Store MODEL.amips as COLLECTION's model; stale at once if it was trained on other keys."""
-    store = _store(ctx)
     if not Path(model_path).is_file():
         raise InputError(f"no such model file: {model_path}")
-    blob = _model_file(Path(model_path))
-    loaded = decode_model(blob)
-    info = store.info(collection)
-    if loaded.model.config.dim != info.dim:
-        raise InputError(f"the model expects dimension {loaded.model.config.dim}, {collection!r} has {info.dim}")
-    trained_on = loaded.header.get("metadata", {}).get("fingerprint") or {}
-    stale = trained_on != model_registry.current_fingerprint(store, collection)
-    manifest = model_registry.publish(store, collection, blob, trained_on,
-                                      loaded.header.get("metadata", {}).get("validation"), stale=stale)
+    manifest = collection_ops.import_model(_store(ctx), collection, _model_file(Path(model_path)))
+    stale = manifest["stale"]
     click.echo(f"{collection}: imported as model version {manifest['version']}"
                + (" — STALE: it was trained on other keys; run amips train" if stale else ""))
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from amips_plugin.adapters import point_ids
 from amips_plugin.adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.compression.artifact import decode_model, encode_model
 
 from . import model_registry, serving_policy
 from .arrays import check_vectors
@@ -174,6 +174,19 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 
     manifest, built = build_and_publish(store, collection, "model", build)
     return TrainedCollection(built.result, manifest)
+
+
+def import_model(store: VectorStore, collection: str, blob: bytes) -> dict[str, Any]:
+    """Publish a model file's bytes as the collection's model; returns the manifest, committed stale at
+    once (in the same manifest write) when the file was fit on other keys than the collection holds."""
+    loaded = decode_model(blob)
+    info = store.info(collection)
+    if loaded.model.config.dim != info.dim:
+        raise InputError(f"the model expects dimension {loaded.model.config.dim}, {collection!r} has {info.dim}")
+    metadata = loaded.header.get("metadata", {})
+    trained_on = metadata.get("fingerprint") or {}
+    stale = trained_on != model_registry.current_fingerprint(store, collection)
+    return model_registry.publish(store, collection, blob, trained_on, metadata.get("validation"), stale=stale)
 
 
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
