@@ -167,6 +167,11 @@ class VectorStore(abc.ABC):
         one vector is named "text" is the same as one trained with using="text"."""
         return slot if "@" in slot else vector_slot(slot, self.resolve_vector(collection, None)[0])
 
+    def quantized(self, collection: str, using: str | None = None) -> bool | None:
+        """Whether the vector keeps int8 copies that searches use (so `oversampling` means something);
+        None where the store cannot tell or ignores quantization anyway (qdrant-client's local mode)."""
+        return None
+
     @abc.abstractmethod
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """Dimension, distance and point count of a vector (`using`, default the only one);

@@ -128,6 +128,12 @@ class EdgeStore(VectorStore):
                 servable[name] = (int(params["size"]), distance)
         return servable, unsupported
 
+    def quantized(self, collection: str, using: str | None = None) -> bool:
+        name = self.resolve_vector(collection, using)[0]
+        config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
+        return bool(((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
+                    or config.get("quantization_config"))
+
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """The point count is counted once and then kept: the shard is this process's alone (its WAL
         lock keeps other processes out), so only this store's own writes change it, and `upsert`

@@ -169,6 +169,15 @@ class QdrantClientStore(VectorStore):
                 servable[name] = (params.size, _DISTANCE_NAME[params.distance])
         return servable, unsupported
 
+    def quantized(self, collection: str, using: str | None = None) -> bool | None:
+        if not self.shared:  # local mode searches exactly and does not keep the quantization config
+            return None
+        name = self.resolve_vector(collection, using)[0]
+        config = self.client.get_collection(collection).config
+        vectors = config.params.vectors
+        params = vectors if isinstance(vectors, models.VectorParams) else (vectors or {}).get(name)
+        return bool(config.quantization_config or (params is not None and params.quantization_config))
+
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         name, dim, distance = self.resolve_vector(collection, using)
         count = self.client.count(collection, count_filter=self._holds(name), exact=True).count

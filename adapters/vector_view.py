@@ -30,6 +30,9 @@ class VectorView(VectorStore):
     def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         return self.store.vector_spaces(collection)
 
+    def quantized(self, collection: str, using: str | None = None) -> bool | None:
+        return self.store.quantized(collection, self.using)
+
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         return self.store.info(collection, self.using)
 

@@ -151,6 +151,9 @@ class QueryRewriter:
             raise InputError(f"unknown candidate source {candidate_source!r}; expected one of {CANDIDATE_SOURCES}")
         check_search_inputs(limit, candidates, params)
         info = self.store.info(collection)
+        if params.oversampling is not None and self.store.quantized(collection) is False:
+            raise InputError(f"oversampling applies to a scalar-quantized collection; {collection!r} keeps no int8 "
+                             "copies (create it with --scalar-quantization), so leave --oversampling out")
         queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
         check_query_norms(queries)
         report = SearchReport(mode=mode)

@@ -253,3 +253,21 @@ def test_named_vectors_each_get_their_own_model(backend, tmp_path, mixture):
                                 search_params=models.SearchParams(exact=True))
     assert title.points[0].id == ids[5] and "no model" in client.last_report.fallback_reason
     client.close()
+
+
+def test_oversampling_on_a_collection_without_int8_copies_is_refused(backend, tmp_path, mixture):
+    """--oversampling only means something for a scalar-quantized collection; elsewhere it was ignored.
+    (Local mode keeps no quantization and searches exactly, as a server may: there it stays accepted.)"""
+    from amips_plugin.adapters import SearchParams
+
+    if backend == "local-dir":
+        pytest.skip("qdrant-client's local mode keeps no quantization config")
+    keys, _, test = mixture
+    spec = _make_user_collection(backend, tmp_path, "docs", list(range(len(keys))), keys, [{}] * len(keys))
+    store = open_store(spec)
+    with pytest.raises(InputError, match="oversampling applies to a scalar-quantized collection"):
+        QueryRewriter(store).search("docs", test[:3], 3, "off", params=SearchParams(oversampling=2.0))
+    collection_ops.ingest(store, "sq", keys, scalar_quantization=True)
+    result, _ = QueryRewriter(store).search("sq", test[:3], 3, "off", params=SearchParams(oversampling=2.0))
+    assert (result.ids[:, 0] >= 0).all()
+    store.close()
