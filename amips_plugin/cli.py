@@ -544,14 +544,15 @@ def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
               help="m: subspaces of 8 bits each, so 8·m bits per key; must divide the dimension.")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
               help="Anisotropic threshold T as a fraction of the largest key norm.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
-def pq_build_command(ctx: click.Context, collection: str, subspaces: int, threshold: float) -> None:
+def pq_build_command(ctx: click.Context, collection: str, subspaces: int, threshold: float, quiet: bool) -> None:
     """Build COLLECTION's compressed key store (score-aware product quantization) and store it alongside.
 
     Searches with `--candidates-from pq` then take their candidates from it and rescore them exactly.
     """
-    manifest = pq_store.build(_store(ctx), collection, subspaces, threshold)
+    manifest = pq_store.build(_store(ctx), collection, subspaces, threshold, progress=not quiet)
     ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
     click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
                f"{manifest['bytes']:,} bytes ({ratio:.1%} of the fp32 keys)")
@@ -568,10 +569,11 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
 @click.option("--coarse-candidates", type=click.IntRange(min=1), default=16, show_default=True,
               help="M: coarse lists, nearest by centroid, whose fine lists a query ranks (routing costs c + M·s).")
 @click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Router training steps.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
 def route_build_command(ctx: click.Context, collection: str, queries_path: str, lists: int | None, sublists: int,
-                        coarse_candidates: int, steps: int) -> None:
+                        coarse_candidates: int, steps: int, quiet: bool) -> None:
     """Train a list router for COLLECTION on a query sample and store it alongside (IVF with learned routing).
 
     The keys are split into c coarse × s fine lists; each fine list gets a learned point, trained so
@@ -580,7 +582,7 @@ def route_build_command(ctx: click.Context, collection: str, queries_path: str, 
     """
     queries = load_vectors(queries_path, "QUERIES")
     manifest = router_store.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
-                                  RouterTraining(steps=steps))
+                                  RouterTraining(steps=steps), progress=not quiet)
     click.echo(f"{collection}: routed list index v{manifest['version']}, {manifest['lists']} × {manifest['sublists']} "
                f"lists, {manifest['bytes']:,} bytes")
 

@@ -97,7 +97,7 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
 
 def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int | None = None,
           sublists: int = DEFAULT_SUBLISTS, coarse_candidates: int = DEFAULT_COARSE_CANDIDATES,
-          training: RouterTraining = RouterTraining()) -> dict[str, Any]:
+          training: RouterTraining = RouterTraining(), progress: bool = False) -> dict[str, Any]:
     """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
     (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
 
@@ -109,7 +109,7 @@ def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int |
             raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {count}")
         partition = TwoLevelPartition.build(keys, count, sublists)
         router = PointRouter(partition)
-        fit_router(router, keys, queries, partition.assignment, training)
+        fit_router(router, keys, queries, partition.assignment, training, progress)
         routed = RoutedLists.from_assignment(router.freeze(), ids, partition.assignment, coarse_candidates)
         fields = {"lists": count, "sublists": sublists, "coarse_candidates": coarse_candidates,
                   "router_steps": training.steps}

@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .data import augment, is_unit_norm
 from .models import ModelConfig, build_model
@@ -283,7 +284,7 @@ class RouterTraining:
 
 
 def fit_router(router: PointRouter | CorrectedModelRouter, keys: np.ndarray, queries: np.ndarray,
-               list_of_key: np.ndarray, settings: RouterTraining = RouterTraining()) -> None:
+               list_of_key: np.ndarray, settings: RouterTraining = RouterTraining(), progress: bool = False) -> None:
     """Train `router` in place: cross-entropy on the list holding each query's exact argmax key
     (`list_of_key` maps key index → list id: fine lists for a PointRouter, coarse for a model)."""
     torch.manual_seed(settings.seed)
@@ -294,7 +295,7 @@ def fit_router(router: PointRouter | CorrectedModelRouter, keys: np.ndarray, que
     optimiser = torch.optim.Adam(router.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
     router.train()
-    for _ in range(settings.steps):
+    for _ in tqdm(range(settings.steps), desc="router training", unit="step", disable=not progress):
         batch = torch.randint(0, len(x), (settings.batch_size,), generator=generator)
         loss = router.training_loss(x[batch], targets[batch], settings.anchor)
         optimiser.zero_grad(set_to_none=True)

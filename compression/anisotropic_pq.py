@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 CENTROIDS = 256  # 8 bits per subspace
 DEFAULT_RELATIVE_THRESHOLD = 0.2  # τ: T = τ·max‖x‖
@@ -183,16 +184,17 @@ def update_codebooks(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray,
 
 
 def refine_anisotropic(keys: np.ndarray, codebooks: np.ndarray, codes: np.ndarray, eta: np.ndarray,
-                       rounds: int = DEFAULT_ROUNDS) -> ProductCodes:
+                       rounds: int = DEFAULT_ROUNDS, progress: bool = False) -> ProductCodes:
     """`rounds` alternations from (codebooks, codes): re-assign the codes, then re-fit the codebooks, under ℓ."""
-    for _ in range(rounds):
+    for _ in tqdm(range(rounds), desc="anisotropic PQ rounds", unit="round", disable=not progress):
         codes = assign_anisotropic(keys, codebooks, codes, eta, sweeps=1)
         codebooks = update_codebooks(keys, codebooks, codes, eta).astype(np.float32)
     return ProductCodes(codebooks, codes)
 
 
 def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD,
-                   rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> tuple[ProductCodes, ProductCodes]:
+                   rounds: int = DEFAULT_ROUNDS, seed: int = 0,
+                   progress: bool = False) -> tuple[ProductCodes, ProductCodes]:
     """(anisotropic, plain k-means) product codes of the same keys at the same bits per key.
 
     T = relative_threshold × the largest key norm (`score_threshold`). Each round re-assigns codes,
@@ -201,4 +203,4 @@ def anisotropic_pq(keys: np.ndarray, num_subspaces: int, relative_threshold: flo
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     codebooks, plain = train_codebooks(keys, num_subspaces, seed)
     eta = anisotropic_weight(np.linalg.norm(keys, axis=1), score_threshold(keys, relative_threshold), keys.shape[1])
-    return refine_anisotropic(keys, codebooks, plain, eta, rounds), ProductCodes(codebooks, plain)
+    return refine_anisotropic(keys, codebooks, plain, eta, rounds, progress), ProductCodes(codebooks, plain)

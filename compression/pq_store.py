@@ -64,7 +64,7 @@ def decode_key_store(blob: bytes) -> KeyStore:
 
 
 def build(store: VectorStore, collection: str, subspaces: int,
-          relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> dict[str, Any]:
+          relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD, progress: bool = False) -> dict[str, Any]:
     """Quantize the collection's keys and publish the codes alongside it; returns the manifest.
 
     relative_threshold τ sets the anisotropic threshold T = τ·max‖x‖ (for unit queries); the
@@ -72,7 +72,7 @@ def build(store: VectorStore, collection: str, subspaces: int,
     """
 
     def quantize(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
-        scored, _ = anisotropic_pq(keys, subspaces, relative_threshold)
+        scored, _ = anisotropic_pq(keys, subspaces, relative_threshold, progress=progress)
         fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key,
                   "relative_threshold": relative_threshold, "score_threshold": score_threshold(keys, relative_threshold),
                   "keys_fp32_bytes": int(keys.nbytes)}
