@@ -1,6 +1,7 @@
 """Collections a user already has: made by plain qdrant-client / qdrant-edge, with gapped integer ids,
 UUID ids and payloads. amips must serve them and never change a point it did not write."""
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -19,20 +20,24 @@ from amips_plugin.training import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 
-BACKENDS = ["local-dir", "edge"]
+BACKENDS = ["local-dir", "edge"] + (["server"] if os.environ.get("QDRANT_URL") else [])
 
 
 def _make_user_collection(backend: str, root: Path, name: str, ids: list, keys: np.ndarray,
                           payloads: list[dict]) -> str:
     """Create `name` the way an application would, without amips; returns the amips store spec."""
-    if backend == "local-dir":
-        client = QdrantClient(path=str(root / "local"))
+    if backend in ("local-dir", "server"):
+        client = (QdrantClient(path=str(root / "local")) if backend == "local-dir"
+                  else QdrantClient(url=os.environ["QDRANT_URL"]))
+        for stale in (name, f"{name}__amips"):  # a server outlives the test run: start clean
+            if client.collection_exists(stale):
+                client.delete_collection(stale)
         client.create_collection(name, vectors_config=models.VectorParams(size=keys.shape[1],
                                                                            distance=models.Distance.DOT))
         client.upsert(name, points=[models.PointStruct(id=i, vector=v.tolist(), payload=p)
                                     for i, v, p in zip(ids, keys, payloads)], wait=True)
         client.close()
-        return str(root / "local")
+        return str(root / "local") if backend == "local-dir" else os.environ["QDRANT_URL"]
     shard_dir = root / "edge" / name / "shard"
     shard_dir.mkdir(parents=True)
     shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
@@ -185,8 +190,12 @@ def _two_vector_collection(backend: str, root: Path, keys: np.ndarray, other: np
     """A collection with two named cosine vectors ("text", "title") and a sparse one, UUID ids and
     payloads, made without amips."""
     ids = [str(uuid.UUID(int=i + 1)) for i in range(len(keys))]
-    if backend == "local-dir":
-        client = QdrantClient(path=str(root / "local"))
+    if backend in ("local-dir", "server"):
+        client = (QdrantClient(path=str(root / "local")) if backend == "local-dir"
+                  else QdrantClient(url=os.environ["QDRANT_URL"]))
+        for stale in ("docs", "docs__amips"):
+            if client.collection_exists(stale):
+                client.delete_collection(stale)
         client.create_collection("docs", vectors_config={
             "text": models.VectorParams(size=keys.shape[1], distance=models.Distance.COSINE),
             "title": models.VectorParams(size=other.shape[1], distance=models.Distance.COSINE)},
@@ -195,7 +204,7 @@ def _two_vector_collection(backend: str, root: Path, keys: np.ndarray, other: np
                                                          payload={"n": n})
                                       for n, (i, k, o) in enumerate(zip(ids, keys, other))], wait=True)
         client.close()
-        return str(root / "local")
+        return str(root / "local") if backend == "local-dir" else os.environ["QDRANT_URL"]
     shard_dir = root / "edge" / "docs" / "shard"
     shard_dir.mkdir(parents=True)
     shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
@@ -252,6 +261,37 @@ def test_named_vectors_each_get_their_own_model(backend, tmp_path, mixture):
     title = client.query_points("docs", query=other[5], using="title", limit=1,
                                 search_params=models.SearchParams(exact=True))
     assert title.points[0].id == ids[5] and "no model" in client.last_report.fallback_reason
+
+    # every mode with a filter and payloads on the named vector, against plain qdrant-style exact answers
+    odd = models.Filter(must=[models.FieldCondition(key="n", match=models.MatchAny(any=list(range(1, 600, 2))))])
+    allowed = np.arange(1, len(keys), 2)
+    expected = [ids[allowed[np.argsort(-(unit(keys[allowed]) @ unit(q[None])[0]))[:3]]].tolist() for q in test[:20]]
+    for mode in ("off", "replace", "hybrid"):
+        got = client.query_batch_points("docs", [models.QueryRequest(
+            query=q.tolist(), using="text", filter=odd, limit=3, with_payload=True,
+            params=models.SearchParams(exact=True)) for q in test[:20]], mode=mode)
+        found = [[p.id for p in r.points] for r in got]
+        if mode == "replace":  # candidates from ŷ alone: approximate, but filtered and exactly scored
+            assert np.mean([f[0] == e[0] for f, e in zip(found, expected)]) >= 0.8
+        else:  # off is the exact search; hybrid's x prefetch contains it
+            assert found == expected, mode
+        assert all(p.payload["n"] % 2 == 1 for r in got for p in r.points)
+    # side indexes of the named vector, then an append that stales them and the model, then a retrain
+    client.build_index("docs", "pq", using="text", subspaces=8)
+    client.build_index("docs", "route", queries=train, using="text", lists=6,
+                       training=__import__("amips_plugin.routing", fromlist=["RouterTraining"]).RouterTraining(steps=50))
+    text = client.rewriter("text")
+    for source in ("pq", "route"):
+        result, report = text.search("docs", test, 5, "off", 10_000, candidate_source=source)
+        assert not report.notes and np.mean(result.ids[:, 0] == np.load(tmp_path / "truth.npy")) == 1.0, source
+    from amips_plugin.adapters.vector_view import for_vector
+    collection_ops.ingest(for_vector(store, "text"), "docs", keys[:2], distance="cosine")
+    result, report = text.search("docs", test[:5], 3, "hybrid")
+    assert "stale" in report.fallback_reason
+    assert "stale" in text.search("docs", test[:5], 3, "off", 50, candidate_source="pq")[1].notes[0]
+    retrained = client.train("docs", train, TrainConfig(steps=100, noise_copies=0, device="cpu"), using="text")
+    assert retrained["stale"] is False and retrained["version"] == 2
+    assert text.search("docs", test[:5], 3, "hybrid")[1].fallback_reason is None
     client.close()
 
 
@@ -267,7 +307,8 @@ def test_oversampling_on_a_collection_without_int8_copies_is_refused(backend, tm
     store = open_store(spec)
     with pytest.raises(InputError, match="oversampling applies to a scalar-quantized collection"):
         QueryRewriter(store).search("docs", test[:3], 3, "off", params=SearchParams(oversampling=2.0))
-    collection_ops.ingest(store, "sq", keys, scalar_quantization=True)
-    result, _ = QueryRewriter(store).search("sq", test[:3], 3, "off", params=SearchParams(oversampling=2.0))
+    quantized = f"sq_{uuid.uuid4().hex[:8]}"  # unique: a server outlives the test run
+    collection_ops.ingest(store, quantized, keys, scalar_quantization=True)
+    result, _ = QueryRewriter(store).search(quantized, test[:3], 3, "off", params=SearchParams(oversampling=2.0))
     assert (result.ids[:, 0] >= 0).all()
     store.close()
