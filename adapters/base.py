@@ -239,6 +239,14 @@ class VectorStore(abc.ABC):
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         """Replace the manifest in `slot` atomically (None removes it)."""
 
+    def last_version(self, collection: str, slot: str = "model") -> int:
+        """The version of the slot's last removed manifest (0: none kept), so that versions keep rising
+        after a drop. Stored state: anything unreadable counts as 0."""
+        return 0
+
+    def remember_version(self, collection: str, slot: str, version: int) -> None:
+        """Keep `version` as the slot's last removed manifest's (`last_version`); a store may not keep it."""
+
     @abc.abstractmethod
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
         """Store blob `blob_id` (< 2**40) completely before returning; readers never see part of it."""

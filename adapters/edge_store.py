@@ -32,7 +32,7 @@ import qdrant_edge as edge
 
 from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.core.files import atomic_write, read_bounded
-from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES
+from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES, MAX_VERSION
 from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json
 
 from . import point_ids
@@ -295,6 +295,19 @@ class EdgeStore(VectorStore):
                 path.unlink(missing_ok=True)
                 return
             atomic_write(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+
+    def last_version(self, collection: str, slot: str = "model") -> int:
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot)).with_suffix(".removed")
+        try:
+            text = read_bounded(path, 32).decode("ascii").strip()
+        except (OSError, ValueError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.isdigit() and int(text) < MAX_VERSION else 0
+
+    def remember_version(self, collection: str, slot: str, version: int) -> None:
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot)).with_suffix(".removed")
+        with _file_errors(f"write the last version of {collection!r}"):
+            atomic_write(path, str(int(version)).encode("ascii"))
 
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
         with _file_errors(f"write model blob {blob_id} of {collection!r}"):

@@ -38,7 +38,7 @@ from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from amips_plugin.core.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
-from amips_plugin.core.limits import MAX_BLOB_BYTES
+from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_VERSION
 from amips_plugin.manifest_schema import validate_manifest
 from amips_plugin.core.redact import redact
 
@@ -298,6 +298,15 @@ class QdrantClientStore(VectorStore):
         self._require(collection)
         self.client.update_collection(collection, metadata={self._metadata_key(self.manifest_slot(collection, slot)):
                                                             manifest})
+
+    def last_version(self, collection: str, slot: str = "model") -> int:
+        metadata = self.client.get_collection(collection).config.metadata or {}
+        value = metadata.get(self._metadata_key(self.manifest_slot(collection, slot)) + "#removed")
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_VERSION else 0
+
+    def remember_version(self, collection: str, slot: str, version: int) -> None:
+        key = self._metadata_key(self.manifest_slot(collection, slot)) + "#removed"
+        self.client.update_collection(collection, metadata={key: int(version)})
 
     @staticmethod
     def _metadata_key(slot: str) -> str:

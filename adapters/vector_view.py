@@ -79,6 +79,12 @@ class VectorView(VectorStore):
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self.store.write_manifest(collection, manifest, vector_slot(slot, self.using))
 
+    def last_version(self, collection: str, slot: str = "model") -> int:
+        return self.store.last_version(collection, vector_slot(slot, self.using))
+
+    def remember_version(self, collection: str, slot: str, version: int) -> None:
+        self.store.remember_version(collection, vector_slot(slot, self.using), version)
+
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
         self.store.write_blob(collection, blob_id, data)
 

@@ -150,7 +150,8 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
             previous = current if isinstance(current, dict) else None
             keys_changed = bool(previous and previous.get("stale")
                                 and not (expected if isinstance(expected, dict) else {}).get("stale"))
-            manifest = {**fields, "version": previous["version"] + 1 if previous else 1, "blob": blob_id,
+            version = (previous["version"] if previous else store.last_version(collection, slot)) + 1
+            manifest = {**fields, "version": version, "blob": blob_id,
                         "sha256": sha256, "bytes": len(blob), "slot": slot,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": stale or keys_changed}
             try:
@@ -259,6 +260,8 @@ def drop(store: VectorStore, collection: str, slot: str = "model") -> bool:
     this slot's own (no other slot names it), so a tampered manifest cannot delete another's blob."""
     with store.manifest_lock(collection):
         manifest = read_for_replace(store, collection, slot)
+        if isinstance(manifest, dict):  # the next publish continues from its version, not from 1
+            store.remember_version(collection, slot, int(manifest["version"]))
         store.write_manifest(collection, None, slot)
     _discard_replaced(store, collection, slot, manifest)
     return manifest is not None

@@ -312,3 +312,19 @@ def test_oversampling_on_a_collection_without_int8_copies_is_refused(backend, tm
     result, _ = QueryRewriter(store).search(quantized, test[:3], 3, "off", params=SearchParams(oversampling=2.0))
     assert (result.ids[:, 0] >= 0).all()
     store.close()
+
+
+def test_versions_keep_rising_after_a_drop(backend, tmp_path, mixture):
+    """A model published after `drop-model` is version 2, not version 1 again."""
+    keys, train, _ = mixture
+    spec = _make_user_collection(backend, tmp_path, "docs", list(range(len(keys))), keys, [{}] * len(keys))
+    runner = CliRunner()
+    np.save(tmp_path / "keys.npy", keys)
+    np.save(tmp_path / "train.npy", train[:600])
+    fitted = runner.invoke(main, ["fit", str(tmp_path / "keys.npy"), str(tmp_path / "train.npy"), "-o",
+                                  str(tmp_path / "m.amips"), "--steps", "50", "--quiet", "--device", "cpu"])
+    assert fitted.exit_code == 0, fitted.output
+    for expected in ("version 1", "version 2"):
+        imported = runner.invoke(main, ["--store", spec, "import", "docs", str(tmp_path / "m.amips")])
+        assert imported.exit_code == 0 and f"imported as model {expected}" in imported.output, imported.output
+        assert runner.invoke(main, ["--store", spec, "drop-model", "docs"]).exit_code == 0
