@@ -98,12 +98,9 @@ def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchRes
     flat = [point for points in responses for point in points[:limit]]
     ids = point_ids.as_id_array([point.id for point in flat])
     result = SearchResult.empty(len(responses), limit, text=point_ids.is_text(ids))
-    at = 0
-    for row, points in enumerate(responses):
-        n = min(len(points), limit)
-        result.ids[row, :n] = ids[at:at + n]
-        result.scores[row, :n] = [point.score for point in points[:n]]
-        at += n
+    filled = np.arange(limit) < np.array([min(len(points), limit) for points in responses], dtype=np.int64)[:, None]
+    result.ids[filled] = ids  # a boolean mask fills row by row, in the order of `flat`
+    result.scores[filled] = np.fromiter((point.score for point in flat), dtype=np.float32, count=len(flat))
     return result
 
 

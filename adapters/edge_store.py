@@ -70,6 +70,7 @@ class EdgeStore(VectorStore):
         self._shards: dict[str, edge.EdgeShard] = {}
         self._spaces: dict[str, tuple[dict[str, tuple[int, str]], dict[str, str]]] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
+        self._quantized: dict[tuple[str, str], bool] = {}  # (collection, vector) -> keeps int8 copies
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -129,10 +130,14 @@ class EdgeStore(VectorStore):
         return servable, unsupported
 
     def quantized(self, collection: str, using: str | None = None) -> bool:
+        """Read once per vector: a shard's quantization, like its vectors, is fixed at its creation."""
         name = self.resolve_vector(collection, using)[0]
-        config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
-        return bool(((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
-                    or config.get("quantization_config"))
+        if (collection, name) not in self._quantized:
+            config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
+            self._quantized[(collection, name)] = bool(
+                ((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
+                or config.get("quantization_config"))
+        return self._quantized[(collection, name)]
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """The point count is counted once and then kept: the shard is this process's alone (its WAL

@@ -44,6 +44,11 @@ def as_id_array(values: Iterable[Any]) -> np.ndarray:
         if values.size and (values.min() < 0 or (values.dtype.kind == "u" and values.max() >= 2**63)):
             raise ValueError("point ids must be non-negative integers below 2**63 or UUIDs")
         return values.astype(np.int64)
+    values = list(values)
+    if all(type(v) is int for v in values):  # the common case, checked without a call per id
+        array = np.array(values, dtype=object if not values else None)
+        if array.dtype.kind == "i" and (not array.size or array.min() >= 0):
+            return array.astype(np.int64).reshape(len(values))
     ids = [canonical(v) for v in values]
     if all(isinstance(i, int) and i < 2**63 for i in ids):
         return np.array(ids, dtype=np.int64).reshape(len(ids))

@@ -48,6 +48,7 @@ Z_ONE_SIDED_95 = 1.645
 GUARD_QUANTILES = (0.001, 0.999)  # features outside this calibration range always escalate
 _NORM_FLOOR = 1e-12
 _RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
+SIGMA_CHUNK = 128  # queries per σ̂ forward pass
 
 
 def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
@@ -61,9 +62,13 @@ def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> f
 
 
 def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
-    """σ̂(x) for a whole batch in one forward pass (no gradient, so no per-query torch overhead)."""
+    """σ̂(x) for a batch, no gradient, in chunks of SIGMA_CHUNK rows: a SmoothMax forward pass makes a
+    (rows × points) logit matrix, which for the whole batch leaves the cache (measured on squad-sentences'
+    6,325-point model: 33 µs a query in chunks of 128 against 86–144 µs in one pass of 8,000)."""
+    x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     with torch.no_grad():
-        return model.head_scores(torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)))[:, 0].numpy()
+        return torch.cat([model.head_scores(x[start:start + SIGMA_CHUNK])[:, 0]
+                          for start in range(0, len(x), SIGMA_CHUNK)] or [torch.empty(0)]).numpy()
 
 
 def features(queries: np.ndarray, scores: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:

@@ -26,7 +26,7 @@ def hard_edge(tmp_path_factory):
     """4,000 random 64-d keys in Edge: HNSW at ef 8 finds the argmax for only ≈ 65% of random queries."""
     rng = np.random.default_rng(0)
     keys = rng.standard_normal((4000, 64)).astype(np.float32)
-    queries = rng.standard_normal((3000, 64)).astype(np.float32)
+    queries = rng.standard_normal((6000, 64)).astype(np.float32)
     store = open_store(f"edge:{tmp_path_factory.mktemp('hard')}")
     ops.ingest(store, "c", keys)
     truth = (queries @ keys.T).argmax(axis=1)
@@ -47,22 +47,25 @@ def _recall(store, queries, truth, policy):
 
 def test_calibrated_s1_threshold_meets_the_target_on_unseen_queries_and_misses_it_when_forced(hard_edge):
     store, _, queries, truth = hard_edge
-    calib, unseen = slice(0, 2000), slice(2000, 3000)
+    calib, unseen = slice(0, 3000), slice(3000, 6000)
     first, hit1, hit2 = _passes(store, queries[calib], truth[calib])
     z = sp.features(queries[calib], first.scores, None)
     calibration = sp.calibrate_threshold(sp.suspicion("s1", z), hit1, hit1 | hit2, TARGET)
     assert calibration is not None and calibration.lower_bound >= TARGET
-    assert 0 < calibration.escalated < 2000  # neither trivial end
+    assert 0 < calibration.escalated < 3000  # neither trivial end
     policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", calibration.threshold)
     recall, escalated = _recall(store, queries[unseen], truth[unseen], policy)
     plain_first = float(np.mean(store.search("c", queries[unseen], 10, SearchParams(hnsw_ef=FIRST_EF)).ids[:, 0]
                                 == truth[unseen]))
-    assert plain_first < TARGET - 0.1 and recall >= TARGET and 0 < escalated.mean() < 1
+    # the bound holds for the query distribution; 3,000 unseen queries measure it within 2 binomial
+    # standard deviations (Edge's HNSW graph also differs between builds)
+    slack = 2 * np.sqrt(TARGET * (1 - TARGET) / 3000)
+    assert plain_first < TARGET - 0.1 and recall >= TARGET - slack and 0 < escalated.mean() < 1
     # δ on the wrong side: the cut moved so that a third fewer queries are escalated
     scores = sp.suspicion("s1", z)
-    lowered = float(np.quantile(scores, 1 - (2 / 3) * calibration.escalated / 2000))
+    lowered = float(np.quantile(scores, 1 - (2 / 3) * calibration.escalated / 3000))
     wrong = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", lowered)
-    assert _recall(store, queries[unseen], truth[unseen], wrong)[0] < TARGET
+    assert _recall(store, queries[unseen], truth[unseen], wrong)[0] < TARGET - slack
 
 
 class _OracleSupport(torch.nn.Module):
