@@ -11,9 +11,9 @@ are set to a few KB; the engine's defaults would brute-force anything under ~10 
 stays on: it is what makes a second process opening the same shard fail instead of silently
 diverging. Manifest and blobs are written to a temporary file and renamed into place; a file
 system error there (disk full, permissions) is a StoreError. Writers of the manifests take an
-exclusive lock (portalocker; flock on POSIX) on `<collection>/amips/.manifest.lock`, so the registry's read-check-write of a
-manifest is a compare-and-swap even between processes (the shard's own lock already keeps a second
-process out; the flock does not depend on that).
+exclusive lock (portalocker; flock on POSIX) on `<collection>/amips/.manifest.lock`, so the
+registry's read-check-write of a manifest is a compare-and-swap even between processes (the shard's
+own lock already keeps a second process out; the flock does not depend on that).
 """
 from __future__ import annotations
 
