@@ -11,23 +11,22 @@ are set to a few KB; the engine's defaults would brute-force anything under ~10 
 stays on: it is what makes a second process opening the same shard fail instead of silently
 diverging. Manifest and blobs are written to a temporary file and renamed into place; a file
 system error there (disk full, permissions) is a StoreError. Writers of the manifests take an
-exclusive flock on `<collection>/amips/.manifest.lock`, so the registry's read-check-write of a
-manifest is a compare-and-swap even between processes (the shard's own lock already keeps a second
-process out; the flock does not depend on that).
+exclusive lock (portalocker; flock on POSIX) on `<collection>/amips/.manifest.lock`, so the
+registry's read-check-write of a manifest is a compare-and-swap even between processes (the shard's
+own lock already keeps a second process out; the flock does not depend on that).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import time
 from pathlib import Path
 from urllib.parse import quote
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import portalocker
 import qdrant_edge as edge
 
 from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
@@ -337,29 +336,27 @@ class EdgeStore(VectorStore):
 
     @contextlib.contextmanager
     def manifest_lock(self, collection: str) -> Iterator[None]:
-        """An exclusive flock on `<collection>/amips/.manifest.lock`, polled until the timeout.
+        """An exclusive lock on `<collection>/amips/.manifest.lock` (portalocker: `flock` on POSIX),
+        retried until the timeout.
 
-        flock locks belong to an open file description, so this excludes other processes and other
-        threads of this one alike; the kernel drops it when its holder dies.
+        flock locks belong to an open file description and every call opens the file anew, so this
+        excludes other processes and other threads of this one alike; the kernel drops it when its holder dies.
         """
         folder, timeout = self._model_dir(collection), self.manifest_lock_timeout
-        with _file_errors(f"open the manifest lock of {collection!r}"):
+        lock = portalocker.Lock(folder / _LOCK_FILE, mode="a", timeout=timeout, check_interval=_LOCK_POLL_SECONDS)
+        with _file_errors(f"take the manifest lock of {collection!r}"):
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                lock.acquire()
+            except portalocker.AlreadyLocked:
+                raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} "
+                                     f"for over {timeout:g}s") from None
+            except portalocker.LockException as exc:
+                raise StoreError(f"cannot take the manifest lock of {collection!r}: {exc}") from None
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} "
-                                             f"for over {timeout:g}s") from None
-                    time.sleep(_LOCK_POLL_SECONDS)
             yield
         finally:
-            os.close(fd)  # releases the flock
+            lock.release()
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -9,15 +9,15 @@ The indexes here count exactly what they compute:
   * `HNSWIndex`: the graph walk's distance computations (FAISS `hnsw_stats.ndis`).
 
 `IVFIndex.search_lists` scans lists chosen by the caller (a learned router) instead of the
-nearest centroids; the caller adds its own routing cost.
+nearest centroids (FAISS `ivf_tools.search_preassigned`); the caller adds its own routing cost.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class IVFIndex:
     """IVF-Flat under the inner product. Lists come from k-means (FAISS) or from the caller.
 
     `assignment` (one list id per key) with `centroids` builds the index over a given partition,
-    e.g. the fine lists of a `TwoLevelPartition`; without them FAISS trains `nlist` lists.
+    e.g. the fine lists of a `TwoLevelPartition` (FAISS `ivf_tools.add_preassigned`); without them FAISS
+    trains `nlist` lists.
     """
 
     def __init__(self, keys: np.ndarray, nlist: int, seed: int = 0,
@@ -67,9 +68,7 @@ class IVFIndex:
                 raise ValueError("a given partition needs nlist centroids and one list id per key")
             self.quantizer.add(_as_f32(centroids))
             self.index.is_trained = True
-            list_ids = np.ascontiguousarray(assignment, dtype=np.int64)
-            ids = np.arange(len(keys), dtype=np.int64)
-            self.index.add_core(len(keys), faiss.swig_ptr(keys), faiss.swig_ptr(ids), faiss.swig_ptr(list_ids))
+            add_preassigned(self.index, keys, np.ascontiguousarray(assignment, dtype=np.int64))  # ids 0..N-1
         invlists = self.index.invlists
         assert invlists is not None  # an IndexIVFFlat always owns its inverted lists
         self.list_sizes = np.array([invlists.list_size(i) for i in range(nlist)], dtype=np.int64)
@@ -96,12 +95,7 @@ class IVFIndex:
         stats = faiss.cvar.indexIVF_stats  # type: ignore[attr-defined]  # the faiss stub lists no cvar globals
         stats.reset()
         self.index.nprobe = lists.shape[1]
-        # The faiss stub types the SWIG method (n, x, k, ..., out-arrays) -> None, not faiss's Python wrapper
-        # (x, k, Iq, Dq) -> (D, I) that this call reaches.
-        search_preassigned: Callable[..., tuple[np.ndarray, np.ndarray]] = (
-            self.index.search_preassigned)  # type: ignore[assignment]
-        scores, ids = search_preassigned(
-            _as_f32(queries), k, lists, np.zeros(lists.shape, dtype=np.float32))
+        scores, ids = search_preassigned(self.index, _as_f32(queries), k, lists)
         return Hits(ids, scores, stats.ndis / max(len(queries), 1))
 
 

@@ -10,7 +10,6 @@ import functools
 import io
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
 from .core.redact import redact
 from .core.files import atomic_write, read_bounded
+from .core.timing import latency_ms, one_at_a_time, timed
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
@@ -265,9 +265,7 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
     _check_model_dim(model.config.dim, keys, "KEYS")
-    started = time.perf_counter()
-    predicted = predict_keys(model, queries)
-    predict_seconds = time.perf_counter() - started
+    predicted, predict_seconds = timed(lambda: predict_keys(model, queries))
     targets = exact_top1(keys, queries)
     quality = evaluate_predictions(keys, queries, predicted, targets.index)
     alpha = float(targets.score.mean())
@@ -488,30 +486,24 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
         return rewriter.search(collection, batch, limit, mode, candidates, params, candidate_source)
 
     run(queries[:1])  # load the model (and key store) before timing
-    latencies: list[float] = []
-    started = time.perf_counter()
+    latencies = None
     if single:
-        parts = []
-        for row in range(len(queries)):
-            tick = time.perf_counter()
-            parts.append(run(queries[row:row + 1]))
-            latencies.append(time.perf_counter() - tick)
+        (parts, latencies), seconds = timed(lambda: one_at_a_time(run, queries))
         ids = point_ids.concatenate([p[0].ids for p in parts])
         scores = np.concatenate([p[0].scores for p in parts])
         report = parts[-1][1]
         report.rewritten, report.plain = sum(p[1].rewritten for p in parts), sum(p[1].plain for p in parts)
     else:
-        result, report = run(queries)
+        (result, report), seconds = timed(lambda: run(queries))
         ids, scores = result.ids, result.scores
-    seconds = time.perf_counter() - started
     summary: dict[str, Any] = {"collection": collection, "mode": mode, "candidates_from": candidate_source,
                                "notes": report.notes, "queries": len(queries), "limit": limit,
                                "rewritten": report.rewritten, "plain": report.plain,
                                "fallback_reason": report.fallback_reason, "model_version": report.model_version,
                                "seconds": round(seconds, 4), "queries_per_second": round(len(queries) / seconds, 1)}
-    if latencies:
-        summary["latency_ms_p50"] = round(1000 * float(np.percentile(latencies, 50)), 3)
-        summary["latency_ms_p99"] = round(1000 * float(np.percentile(latencies, 99)), 3)
+    if latencies is not None:
+        p50, p99 = latency_ms(latencies)
+        summary["latency_ms_p50"], summary["latency_ms_p99"] = round(p50, 3), round(p99, 3)
     if truth_path:
         truth = _load_truth(truth_path, len(queries), ids)
         summary["recall@1"] = round(float(np.mean(ids[:, 0] == truth[:, 0])), 4)

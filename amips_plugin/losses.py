@@ -1,6 +1,7 @@
 """Training losses (docs/design.md §1; Olausson et al., arXiv:2603.08001: the KeyNet and SupportNet losses).
 
-Both models are trained with the same form, on a batch of B queries in R^d:
+σ(x) = max_i <x, y_i> and y*(x) = argmax_i <x, y_i> are the value and the solution of the MIPS
+problem, the paper's eq. (1.1). Both models are trained with the same form, on a batch of B queries in R^d:
 
     L = w_s · mean_b (σ̂(x_b) − σ(x_b))²  +  w_t · mean_{b,j} (ŷ(x_b)_j − y*(x_b)_j)²
 

@@ -142,15 +142,16 @@ MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {
 
 
 class TensorEntrySchema(_Schema):
-    """One row of an artifact's tensor table: where a tensor's bytes lie in the tensor section."""
+    """One row of an artifact's tensor table: a tensor's name, dtype, shape and int8 scale layout. Its offset
+    and byte sizes follow from the table; artifact format 1 also stated them (checked when present)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     name: StrictStr = Field(min_length=1, max_length=256)
     dtype: Literal["fp32", "fp16", "int8", "uint8", "int64"]
     shape: list[Annotated[StrictInt, Field(ge=0, le=limits.MAX_BODY_BYTES)]] = Field(max_length=limits.MAX_TENSOR_RANK)
-    offset: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
-    nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
-    scales_nbytes: StrictInt = Field(ge=0, le=limits.MAX_BODY_BYTES)
+    offset: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_BODY_BYTES)
+    nbytes: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_BODY_BYTES)
+    scales_nbytes: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_BODY_BYTES)
     scale_axis: Optional[StrictInt] = Field(default=None, ge=0, le=1)  # int8 only; absent: per row
     scale_group: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_BODY_BYTES)
 

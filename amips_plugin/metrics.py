@@ -1,6 +1,7 @@
 """Quality metrics of a key predictor, exactly as docs/design.md §2 defines them.
 
-For a query x with true optimal key index i* = argmax_i <x, y_i> and a prediction ŷ, rank every
+For a query x with true optimal key index i* = argmax_i <x, y_i> (the MIPS solution of eq. (1.1),
+Olausson et al., arXiv:2603.08001) and a prediction ŷ, rank every
 key by <ŷ, y_i>; let r = #{i : <ŷ, y_i> > <ŷ, y_{i*}>} (keys scoring strictly higher).
 
     match rate  = mean [r = 0]              (recall@1 of the predictor)

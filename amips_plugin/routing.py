@@ -1,4 +1,5 @@
-"""Learned routing: rank partitions of the keys by a predicted support value (docs/design.md §1, §2).
+"""Learned routing: rank partitions of the keys by a predicted support value (docs/design.md §1, its routing
+variant, and §2).
 
 An inverted-file (IVF) search scores c centroids, then scans the keys of the best lists exactly
 with the true query x. Its recall@1 is the chance that the list holding y*(x) is scanned, so the

@@ -1,4 +1,5 @@
-"""Exact MIPS targets: σ(x) = max_i <x, y_i> and y*(x) = argmax_i <x, y_i> over all keys.
+"""Exact MIPS targets: σ(x) = max_i <x, y_i> and y*(x) = argmax_i <x, y_i> over all keys, the MIPS problem
+of eq. (1.1) in Olausson et al., arXiv:2603.08001 (docs/design.md §1).
 
 Queries are processed in chunks so that no N×M score matrix is ever held: at most
 `max_scores` floats per chunk, each scored with one matrix product on the device (the keys are

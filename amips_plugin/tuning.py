@@ -36,6 +36,7 @@ from . import model_registry
 from .arrays import check_vectors
 from .collections import read_keys
 from .core.errors import ConcurrentPublishError, InputError
+from .core.timing import best_times
 from .rewriting import QueryRewriter
 from .serving_policy import (
     CERTIFICATES,
@@ -102,17 +103,6 @@ class TuneReport:
         return {"target": self.target, "held_out": self.held_out, "chosen": self.chosen.to_dict(),
                 "plain": self.plain.to_dict(), "speedup": self.speedup, "verdict": self.verdict(),
                 "rows": [r.to_dict() for r in self.rows], "manifest": self.manifest}
-
-
-def best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Seconds per task, best of `repeats` interleaved rounds."""
-    best = {name: float("inf") for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            start = time.perf_counter()
-            task()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float, limit: int = 10,

@@ -16,7 +16,6 @@ prefetched candidates). `route` lets a learned router choose the lists to scan w
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -25,6 +24,7 @@ import numpy as np
 from amips_plugin import model_registry
 from amips_plugin.adapters.base import SearchParams
 from amips_plugin.compression.artifact import encode_model
+from amips_plugin.core.timing import latency_ms, one_at_a_time, timed
 from amips_plugin.models import MIPSModel
 from amips_plugin.rewriting import QueryRewriter
 from bench.faiss_policy_store import FaissStore, Search
@@ -95,18 +95,10 @@ def measure(answer: Callable[[np.ndarray], tuple[np.ndarray, float]], queries: n
             latency_queries: int) -> dict[str, float]:
     """Recall@1, IPE, batched throughput and single-query latency of one configured search."""
     answer(queries[:4])  # warm-up
-    started = time.perf_counter()
-    top1, ipe = answer(queries)
-    batch_seconds = time.perf_counter() - started
-    latencies = []
-    for row in range(min(latency_queries, len(queries))):
-        tick = time.perf_counter()
-        answer(queries[row : row + 1])
-        latencies.append(time.perf_counter() - tick)
+    (top1, ipe), batch_seconds = timed(lambda: answer(queries))
+    p50, p99 = latency_ms(one_at_a_time(answer, queries[:latency_queries])[1])
     return {"recall_at_1": float(np.mean(top1 == truth)), "ipe": float(ipe),
-            "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
-            "latency_ms_p99": 1000 * float(np.percentile(latencies, 99)),
-            "batch_qps": len(queries) / batch_seconds}
+            "latency_ms_p50": p50, "latency_ms_p99": p99, "batch_qps": len(queries) / batch_seconds}
 
 
 def cost_of(point: CurvePoint) -> float:

@@ -36,6 +36,7 @@ from amips_plugin import collections as collection_ops
 from amips_plugin import serving_policy, tuning
 from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import UnknownCollectionError
+from amips_plugin.core.timing import best_times, latency_ms, one_at_a_time
 from amips_plugin.rewriting import QueryRewriter
 
 LIMIT = 10
@@ -44,15 +45,6 @@ PLAIN_GRID = (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def latencies(answer, queries: np.ndarray) -> tuple[float, float]:
-    times = []
-    for row in range(len(queries)):
-        start = time.perf_counter()
-        answer(queries[row:row + 1])
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.percentile(times, 50)), 1000 * float(np.percentile(times, 99))
 
 
 def cheapest_plain_at(plain: dict[int, dict], recall: float) -> int | None:
@@ -109,7 +101,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                     policies[f"{target}: {row.name}" + (" (chosen)" if row is report.chosen else "")] = row.policy
         policy_tasks = {label: (lambda p=policy: serving_policy.serve(store, collection, queries, LIMIT, p, model))
                         for label, policy in policies.items()}
-        seconds = tuning.best_times({**plain_tasks, **policy_tasks}, args.repeats)
+        seconds = best_times({**plain_tasks, **policy_tasks}, args.repeats)
         for ef in PLAIN_GRID:
             plain[ef]["qps"] = len(queries) / seconds[f"plain {ef}"]
         out["plain"] = {str(ef): row for ef, row in plain.items()}
@@ -139,13 +131,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
             auto_result, auto_report = auto_answer(queries)
             auto_recall = float(np.mean(auto_result.ids[:, 0] == truth))
-            auto_seconds = tuning.best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
+            auto_seconds = best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
             ef = cheapest_plain_at(plain, auto_recall)
             single = queries[: args.single]
-            p50, p99 = latencies(auto_answer, single)
-            plain_p50, plain_p99 = latencies(  # plain through the same query path (mode off), at that ef
+            p50, p99 = latency_ms(one_at_a_time(auto_answer, single)[1])
+            plain_p50, plain_p99 = latency_ms(one_at_a_time(  # plain through the same query path (mode off), at that ef
                 lambda q, ef=ef: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
-                single) if ef else (None, None)
+                single)[1]) if ef else (None, None)
             entry = out["targets"][str(target)]
             entry["auto"] = {"describe": report.chosen.policy.describe(), "recall": auto_recall,
                              "qps": len(queries) / auto_seconds, "notes": auto_report.notes,
@@ -170,7 +162,7 @@ def new_topics(store, collection: str, keys: np.ndarray, policy, model, args) ->
     tasks = {f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)))
              for ef in PLAIN_GRID}
     tasks["policy"] = lambda: serving_policy.serve(store, collection, queries, LIMIT, policy, model)
-    seconds = tuning.best_times(tasks, args.repeats)
+    seconds = best_times(tasks, args.repeats)
     plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
                                           == truth)), "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
     result, escalated = serving_policy.serve(store, collection, queries, LIMIT, policy, model)

@@ -25,6 +25,7 @@ from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
 from amips_plugin import collections as collection_ops  # noqa: E402
 from amips_plugin import model_registry  # noqa: E402
 from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
+from amips_plugin.core.timing import latency_ms, one_at_a_time, timed  # noqa: E402
 from amips_plugin.rewriting import MODES, QueryRewriter  # noqa: E402
 from amips_plugin.training import TrainConfig  # noqa: E402
 
@@ -71,17 +72,13 @@ def main() -> None:
         params = SearchParams(hnsw_ef=ef)
         for mode in MODES:
             rewriter.search(name, queries[:8], LIMIT, mode, LIMIT, params)  # warm caches and the model
-            started = time.perf_counter()
-            result, report = rewriter.search(name, queries, LIMIT, mode, LIMIT, params)
-            batch_seconds = time.perf_counter() - started
-            latencies = []
-            for row in range(min(args.latency_queries, len(queries))):
-                tick = time.perf_counter()
-                rewriter.search(name, queries[row:row + 1], LIMIT, mode, LIMIT, params)
-                latencies.append(time.perf_counter() - tick)
+            def answer(q: np.ndarray, mode: str = mode, params: SearchParams = params):
+                return rewriter.search(name, q, LIMIT, mode, LIMIT, params)
+
+            (result, report), batch_seconds = timed(lambda: answer(queries))
+            p50, p99 = latency_ms(one_at_a_time(answer, queries[:args.latency_queries])[1])
             row = {"hnsw_ef": ef, "mode": mode, "recall@1": float(np.mean(result.ids[:, 0] == truth)),
-                   "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
-                   "latency_ms_p99": 1000 * float(np.percentile(latencies, 99)),
+                   "latency_ms_p50": p50, "latency_ms_p99": p99,
                    "batch_qps": len(queries) / batch_seconds, "rewritten": report.rewritten}
             rows.append(row)
             print(f"{ef:>7} {mode:>8} {row['recall@1']:>9.4f} {row['latency_ms_p50']:>8.3f} {row['latency_ms_p99']:>8.3f} "

@@ -1,4 +1,5 @@
-"""Score-aware (anisotropic) product quantization of the keys (Guo et al., ScaNN, ICML 2020).
+"""Score-aware (anisotropic) product quantization of the keys (Guo et al., ScaNN, ICML 2020; the compressed
+key store of docs/design.md §3).
 
 Product quantization splits d into m subspaces and stores each key as m one-byte codes into
 per-subspace codebooks of 256 centroids (8·m bits per key). Plain PQ assigns every sub-vector to

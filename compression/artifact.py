@@ -3,15 +3,20 @@
 File layout (all integers little-endian):
 
     magic      8 bytes   b"\\x89AMIPS\\r\\n"
-    version    u32       FORMAT_VERSION
+    version    u32       FORMAT_VERSION (2; version 1 is read too)
     length     u64       byte length of the compressed body
     body       zstd frame of:  u32 header length | header (UTF-8 JSON) | tensor bytes
     checksum   32 bytes  SHA-256 of everything before it
 
-The JSON header holds the architecture ("model"), the tensor table (name, dtype, shape, offset
-and size of values and scales inside the tensor bytes; for int8 the scales' axis and group size,
-absent in artifacts written before they were chosen per tensor, which means per row) and free-form metadata (training settings,
-fingerprint of the training keys, metrics at training time, library versions). The reader checks
+The JSON header (compact: no spaces) holds the architecture ("model"), the tensor table and free-form
+metadata (training settings, fingerprint of the training keys, metrics at training time, library
+versions). A table entry is the tensor's name, dtype and shape, and for int8 the scales' axis and group
+size unless they are per row (absent: per row, as in artifacts written before layouts were chosen per
+tensor). Tensors lie back to back in table order, so each one's offset and its values' and scales'
+byte sizes follow from the table; version 1 wrote them into every entry ("offset", "nbytes",
+"scales_nbytes": some 40% of a small model's header text), version 2 leaves them out. The reader accepts
+both: a size or offset that is present must equal the derived one, and the header it returns carries
+all three, so callers see one table whichever version was read. The reader checks
 magic, version, length and checksum, then stream-decompresses: the header first (bounded), validated
 against its kind's schema (amips_plugin.manifest_schema); the tensor table must tile a tensor
 section whose size, with the header's, is the frame's declared size and at most
@@ -45,7 +50,9 @@ from .quantization import (ROW, STORAGE_DTYPES, EncodedTensor, decode_tensor, en
                            numpy_dtype, scale_count)
 
 MAGIC = b"\x89AMIPS\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: every table entry also states its offset and byte sizes
+_DERIVED = ("offset", "nbytes", "scales_nbytes")  # table fields the reader computes (version 1 stored them)
 _PREFIX = struct.Struct("<8sIQ")
 _HEADER_LENGTH = struct.Struct("<I")
 _CHECKSUM_BYTES = 32
@@ -66,15 +73,13 @@ def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTens
     """Frame a payload of kind `kind` ("amips-model", "amips-pq"): header + tensors, compressed, checksummed."""
     table: list[dict[str, Any]] = []
     chunks: list[bytes] = []
-    offset = 0
     for name, encoded in tensors:
-        table.append({"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape), "offset": offset,
-                      "nbytes": len(encoded.data), "scales_nbytes": len(encoded.scales)})
-        if encoded.dtype == "int8":
+        table.append({"name": name, "dtype": encoded.dtype, "shape": list(encoded.shape)})
+        if encoded.dtype == "int8" and (encoded.scale_axis, encoded.scale_group) != (ROW, 1):
             table[-1].update(scale_axis=encoded.scale_axis, scale_group=encoded.scale_group)
         chunks += [encoded.data, encoded.scales]
-        offset += len(encoded.data) + len(encoded.scales)
-    header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True).encode("utf-8")
+    header_bytes = json.dumps({**header, "format": kind, "tensors": table}, sort_keys=True,
+                              separators=(",", ":")).encode("utf-8")
     return frame(header_bytes, b"".join(chunks))
 
 
@@ -106,10 +111,10 @@ def _unframe(blob: bytes) -> memoryview:
     magic, version, length = _PREFIX.unpack_from(blob)
     if magic != MAGIC:
         raise ArtifactError("not an amips model: bad magic bytes")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = " (written by a newer amips; upgrade to read it)" if version > FORMAT_VERSION else ""
-        raise ArtifactError(f"unsupported artifact format version {version}; this amips reads version "
-                            f"{FORMAT_VERSION}{newer}")
+        raise ArtifactError(f"unsupported artifact format version {version}; this amips reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}{newer}")
     expected = _PREFIX.size + length + _CHECKSUM_BYTES
     if len(blob) != expected:
         raise ArtifactError(f"artifact is truncated or has trailing bytes: {len(blob)} bytes, expected {expected}")
@@ -160,17 +165,20 @@ def _scale_layout(entry: dict[str, Any]) -> tuple[int, int]:
 
 
 def _tensor_layout(table: list[dict[str, Any]]) -> int:
-    """Check that the (schema-valid) tensor table tiles the tensor section; return that section's size."""
+    """Check that the (schema-valid) tensor table tiles the tensor section and complete each entry's
+    offset and byte sizes (derived from the table; checked where the entry states them); return the
+    section's size."""
     cursor, names = 0, set()
     for entry in table:
         name, dtype, shape = entry["name"], entry["dtype"], tuple(entry["shape"])
         if name in names:
             raise ArtifactError(f"invalid tensor table entry for {name[:64]!r}: the name repeats")
         names.add(name)
-        expected_scales = 4 * scale_count(shape, *_scale_layout(entry)) if dtype == "int8" else 0
-        if (entry["offset"] != cursor or entry["nbytes"] != prod(shape) * numpy_dtype(dtype).itemsize
-                or entry["scales_nbytes"] != expected_scales):
+        scales = 4 * scale_count(shape, *_scale_layout(entry)) if dtype == "int8" else 0
+        derived = dict(zip(_DERIVED, (cursor, prod(shape) * numpy_dtype(dtype).itemsize, scales)))
+        if any(entry.get(field, value) != value for field, value in derived.items()):
             raise ArtifactError(f"tensor {name[:64]!r} does not match its declared shape, dtype or position")
+        entry.update(derived)
         cursor += entry["nbytes"] + entry["scales_nbytes"]
     if cursor > MAX_BODY_BYTES:
         raise ArtifactError(f"artifact declares {cursor:,} bytes of tensors, over the {MAX_BODY_BYTES:,} limit")

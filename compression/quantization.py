@@ -1,4 +1,5 @@
-"""Weight storage dtypes for artifacts: fp32, fp16, and int8 with a scale granularity chosen per tensor.
+"""Weight storage dtypes for artifacts: fp32, fp16, and int8 with a scale granularity chosen per tensor
+(docs/design.md §5).
 
 int8 is symmetric. A tensor is viewed as a matrix W (R × C): a matrix as (shape[0], the rest), a
 vector as one row (1 × n). Its scales follow one axis a ∈ {0 (rows), 1 (columns)} in groups of g

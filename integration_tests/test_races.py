@@ -2,8 +2,11 @@
 server lock's lease, and writes by other clients (stale models), on real backends.
 
 Edge and qdrant-client local mode admit one process per store, so writers racing on the manifest are
-threads of one process here; test_faults.py shows what a second *process* gets (a clear 'busy').
+threads of one process here, except for one test of the Edge manifest lock held by another process (which
+frees the shard while it holds the lock); test_faults.py shows what a second *process* gets (a clear 'busy').
 """
+import subprocess
+import sys
 import threading
 import time
 
@@ -263,6 +266,47 @@ def test_the_server_lock_waits_for_a_live_holder_and_takes_over_an_expired_lease
     _plant_lock(store, "a-dead-writer", time.time() - 1)  # its lease ran out
     second = model_registry.publish(store, "c", _blob(2), {"count": 10})
     assert second["version"] == 2 and _lock_point(store)["lock"] == ""
+
+
+_HOLD_EDGE_LOCK = """
+import sys
+from amips_plugin.adapters import open_store
+store = open_store(sys.argv[1])
+with store.manifest_lock("c"):
+    store.close()  # frees the shard for the other process; the lock file stays locked
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def test_the_edge_manifest_lock_keeps_out_a_writer_in_another_process(tmp_path, data):
+    """A second process holds the Edge manifest lock: a publish here waits the timeout, gets StoreBusyError and
+    writes nothing; once the holder lets go, the same publish commits (a no-op lock would commit at once)."""
+    spec = f"edge:{tmp_path / 'edge'}"
+    store = open_store(spec)
+    collection_ops.ingest(store, "c", data[0])
+    first = model_registry.publish(store, "c", _blob(1), {"count": 300})
+    store.close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_EDGE_LOCK, spec], cwd=tmp_path, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        store = open_store(spec)
+        store.manifest_lock_timeout = 0.5
+        started = time.monotonic()
+        with pytest.raises(StoreBusyError, match="another writer kept the manifest lock of 'c' for over 0.5s"):
+            model_registry.publish(store, "c", _blob(2), {"count": 300}, expected=first)
+        assert time.monotonic() - started >= 0.5
+        assert store.read_manifest("c") == first and _blob_ids(store) == {first["blob"]}
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released" and holder.wait(30) == 0
+        second = model_registry.publish(store, "c", _blob(2), {"count": 300}, expected=first)
+        assert second["version"] == first["version"] + 1 and store.read_manifest("c") == second
+    finally:
+        holder.kill()
+        store.close()
 
 
 def test_writes_by_other_clients_are_caught_by_status_and_queries_stay_correct(store, data):

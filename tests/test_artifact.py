@@ -1,4 +1,6 @@
 """The model file: exact round trip, quantized sizes, and refusal of anything corrupt or foreign."""
+import hashlib
+import json
 import struct
 
 import numpy as np
@@ -7,7 +9,7 @@ import torch
 
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.models import ModelConfig, build_model
-from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, load_model, read_header, save_model
+from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, frame, load_model, read_header, save_model
 
 
 @pytest.fixture
@@ -100,3 +102,49 @@ def test_save_replaces_the_file_by_rename_and_leaves_no_temporary_files(model, t
     assert path.read_bytes() != first
     assert [p.name for p in tmp_path.iterdir()] == ["m.amips"]
     assert np.frombuffer(path.read_bytes()[:8], dtype=np.uint8).tobytes() == MAGIC
+
+
+def _stored(blob: bytes) -> tuple[bytes, bytes]:
+    """(header JSON bytes, tensor section) as an artifact stores them."""
+    import zstandard
+
+    body = zstandard.ZstdDecompressor().decompress(blob[20:-32])
+    length = int.from_bytes(body[:4], "little")
+    return body[4:4 + length], body[4 + length:]
+
+
+def _as_version(blob: bytes, version: int) -> bytes:
+    """The same artifact with another format version in its prefix (checksum recomputed)."""
+    framed = blob[:8] + struct.pack("<I", version) + blob[12:-32]
+    return framed + hashlib.sha256(framed).digest()
+
+
+def test_the_stored_header_is_compact_and_leaves_out_what_the_table_implies(model):
+    """Version 2 stores name, dtype, shape (and a non-per-row int8 layout) per tensor, as JSON without spaces;
+    the reader derives offsets and byte sizes, which tile the tensor section back to back."""
+    blob = encode_model(model, {"k": 1}, dtype="int8")
+    raw, data = _stored(blob)
+    assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    stored = json.loads(raw)["tensors"]
+    assert all(set(entry) <= {"name", "dtype", "shape", "scale_axis", "scale_group"} for entry in stored)
+    assert not any((entry.get("scale_axis"), entry.get("scale_group")) == (0, 1) for entry in stored)
+    table = read_header(blob)["tensors"]
+    assert [entry["name"] for entry in table] == [entry["name"] for entry in stored]
+    ends = np.cumsum([entry["nbytes"] + entry["scales_nbytes"] for entry in table])
+    assert [entry["offset"] for entry in table] == [0, *ends[:-1].tolist()] and ends[-1] == len(data)
+    assert all(entry["nbytes"] == int(np.prod(entry["shape"])) * (1 if entry["dtype"] == "int8" else 4)
+               for entry in table)
+
+
+def test_version_1_artifacts_that_state_offsets_and_sizes_still_load_and_must_be_right(model):
+    blob = encode_model(model, dtype="int8")
+    header, data = read_header(blob), _stored(blob)[1]  # the header as read: every size stated, as version 1 had it
+    old = _as_version(frame(json.dumps(header).encode(), data), 1)
+    assert struct.unpack_from("<I", old, len(MAGIC))[0] == 1 and FORMAT_VERSION == 2
+    restored, expected = decode_model(old).model.state_dict(), decode_model(blob).model.state_dict()
+    assert all(torch.equal(restored[name], expected[name]) for name in expected)
+    for field in ("offset", "nbytes", "scales_nbytes"):
+        wrong = json.loads(json.dumps(header))
+        wrong["tensors"][1][field] += 4
+        with pytest.raises(ArtifactError, match="does not match its declared shape, dtype or position"):
+            decode_model(_as_version(frame(json.dumps(wrong).encode(), data), 1))

@@ -116,6 +116,28 @@ def test_an_unreachable_server_is_one_clear_line_after_retries():
     assert result.output.startswith("Error: cannot reach Qdrant at http://127.0.0.1:9 after 3 attempts")
 
 
+def test_search_single_times_each_query_and_returns_the_batch_answers(tmp_path, files):
+    """--single sends one query per call: the same ids as one batch, plus p50 ≤ p99 latency (ms) within the
+    total time; the summary keeps its key=value line, in the same order."""
+    store = f"edge:{tmp_path / 'store'}"
+    assert _run("--store", store, "ingest", "c", files["keys"]).exit_code == 0
+    runs = {}
+    for single in (False, True):
+        out = tmp_path / f"ids-{single}.npy"
+        result = _run("--store", store, "search", "c", "--queries", files["test"], "--limit", "3", "--mode", "off",
+                      "--exact", "-o", out, *(["--single"] if single else []))
+        assert result.exit_code == 0, result.output
+        runs[single] = dict(item.split("=", 1) for item in result.output.strip().split("  ")), np.load(out)
+    (batch, batch_ids), (single, single_ids) = runs[False], runs[True]
+    np.testing.assert_array_equal(single_ids, batch_ids)
+    common = ["collection", "mode", "candidates_from", "notes", "queries", "limit", "rewritten", "plain",
+              "fallback_reason", "model_version", "seconds", "queries_per_second"]
+    assert list(batch) == common and list(single) == common + ["latency_ms_p50", "latency_ms_p99"]
+    assert single["queries"] == str(len(np.load(files["test"]))) and single["plain"] == single["queries"]
+    p50, p99 = float(single["latency_ms_p50"]), float(single["latency_ms_p99"])
+    assert 0 < p50 <= p99 <= 1000 * float(single["seconds"])
+
+
 def test_a_store_held_by_another_process_is_one_clear_line(tmp_path, files):
     import subprocess
     import sys

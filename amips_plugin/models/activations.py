@@ -1,4 +1,4 @@
-"""The soft leaky ReLU used by both networks.
+"""The soft leaky ReLU used by both networks (docs/design.md §1, the reference defaults).
 
     a(z) = α·z + (1 − α)·softplus(β·z)/β          α = 0.1, β = 20 (reference defaults)
 

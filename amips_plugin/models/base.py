@@ -1,8 +1,9 @@
 """What every amortized-MIPS model offers, and the configuration that rebuilds it.
 
 A model maps a query x ∈ R^d to a predicted support value σ̂(x) ≈ σ(x) = max_i <x, y_i> and a
-predicted optimal key ŷ(x) ≈ y*(x) = argmax_i <x, y_i>. It reads only its own parameters: the
-keys are never consulted at prediction time.
+predicted optimal key ŷ(x) ≈ y*(x) = argmax_i <x, y_i>: the value and the solution of the MIPS
+problem, eq. (1.1) of Olausson et al., arXiv:2603.08001 (docs/design.md §1). It reads only its own
+parameters: the keys are never consulted at prediction time.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""KeyNet: regress the optimal key directly, ŷ = g(x) (Olausson et al., §3.1).
+"""KeyNet: regress the optimal key directly, ŷ = g(x) ≈ y*(x) of eq. (1.1) (Olausson et al., arXiv:2603.08001;
+docs/design.md §1).
 
     h_0 = a(W_0 x + b_0)
     h_l = a(V_l h_{l−1} + b_l + [A_l x  if l % k == 0])          l = 1 … L−1

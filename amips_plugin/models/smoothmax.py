@@ -1,6 +1,8 @@
 """SmoothMax: a support-function network whose output is a smooth maximum over learned points.
 
-The support function of the keys is a maximum of linear functions, σ(x) = max_i <x, y_i>. This
+This model is amips' own; the support function and the homogenization wrapper are the paper's
+(Olausson et al., arXiv:2603.08001; docs/design.md §1). The support function of the keys, the value
+of the MIPS problem (eq. (1.1)), is a maximum of linear functions, σ(x) = max_i <x, y_i>. This
 model keeps that form with n learned points m_j (one per key by default) stored in low rank,
 m_j = μ + C_j V (C: n×r, V: r×d, so n·r + r·d + d parameters), and replaces the max by a
 temperature-τ log-sum-exp, made positively 1-homogeneous by the wrapper f(x) = ‖x‖·h(x/‖x‖):

@@ -1,4 +1,5 @@
-"""SupportNet: a convex, positively 1-homogeneous model of the support function (Olausson et al., §3.2).
+"""SupportNet: a convex, positively 1-homogeneous model of the support function σ(x) = max_i <x, y_i>, the
+value of eq. (1.1) (Olausson et al., arXiv:2603.08001; docs/design.md §1, with the convexity conditions).
 
 The inner network h is an input-convex neural network (ICNN, Amos et al. 2017) on the unit sphere:
 
