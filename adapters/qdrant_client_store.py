@@ -57,6 +57,7 @@ _DISTANCE_NAME = {v: k for k, v in _DISTANCE.items()}
 LOCK_POINT_ID = 1 << 62  # above every blob chunk id (< 2**60)
 LEASE_SECONDS = 60.0
 _LEASE_POLL_SECONDS = 0.05
+SPACES_TTL_SECONDS = 2.0  # a collection's vector configuration is re-read after this (not on every call)
 log = logging.getLogger("amips")
 
 
@@ -129,6 +130,7 @@ class QdrantClientStore(VectorStore):
         self.shared = remote if shared is None else shared
         self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
         self._owns_client = True
+        self._spaces: dict[str, tuple[float, tuple[dict[str, tuple[int, str]], dict[str, str]]]] = {}
 
     def _wait_for_server(self, attempts: int, backoff: float) -> None:
         """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
@@ -154,6 +156,16 @@ class QdrantClientStore(VectorStore):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
     def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+        """Kept for SPACES_TTL_SECONDS: every store call resolves the vector it uses, and on a server each
+        read costs two round trips, which a batch of queries would otherwise pay several times over."""
+        cached = self._spaces.get(collection)
+        if cached is not None and time.monotonic() - cached[0] < SPACES_TTL_SECONDS:
+            return cached[1]
+        spaces = self._read_spaces(collection)
+        self._spaces[collection] = (time.monotonic(), spaces)
+        return spaces
+
+    def _read_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
         self._require(collection)
         config = self.client.get_collection(collection).config.params
         vectors = config.vectors
@@ -191,6 +203,7 @@ class QdrantClientStore(VectorStore):
                replication_factor: int | None = None, scalar_quantization: bool = False,
                using: str | None = None) -> None:
         check_collection_name(collection)
+        self._spaces.pop(collection, None)
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
         params = models.VectorParams(size=dim, distance=_DISTANCE[distance])

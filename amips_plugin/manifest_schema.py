@@ -133,6 +133,8 @@ class PolicyManifestSchema(_Schema):
     target: Optional[Number] = None
     key_count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)
     model_sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    fallback_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
+    break_even: Optional[Number] = None
     measured: Optional[dict[str, Any]] = None
 
 

@@ -9,7 +9,9 @@
              squad-train, gating here cost recall (bench/gate.py)
     auto     the collection's tuned serving policy (`amips tune`; amips_plugin/serving_policy.py):
              plain search at its hnsw_ef, or a cheap first pass with a second one for the queries its
-             certificate flags; a missing or stale policy means plain search with the caller's knobs
+             certificate flags, watched by a shift guard that turns to plain search while queries are
+             escalated more often than the policy pays for; a missing or stale policy means plain search
+             with the caller's knobs
 
 Candidates come from the engine (one store call per batch: Qdrant's Query API, prefetch + outer
 query) or from an index kept alongside the collection, whose candidates' stored vectors are then
@@ -93,6 +95,7 @@ class QueryRewriter:
         self.store = store
         self._cache: dict[tuple[str, str], tuple[str, object, str | None]] = {}
         self._warned: set[str] = set()
+        self._guards: dict[str, tuple[tuple, serving_policy.ShiftGuard]] = {}
 
     def _warn_once(self, message: str) -> None:
         """Log a fallback once per collection and reason, not once per query (the report says it every time)."""
@@ -210,9 +213,28 @@ class QueryRewriter:
             self._warn_once(f"amips: plain search for {collection!r}: {reason}")
             report.fallback_reason = reason
             return self.store.search(collection, queries, limit, params), report
-        result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params)
+        guard = self._shift_guard(collection, policy)
+        guarded_before = guard.answered_plain if guard else 0
+        result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
         report.notes.append(f"{policy.describe()}; {int(escalated.sum())} of {len(queries)} queries escalated")
+        if guard is not None and guard.answered_plain > guarded_before:
+            report.notes.append(
+                f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at hnsw_ef "
+                f"{policy.fallback_ef}: the policy escalated {guard.share:.0%} of the recent queries, above its "
+                f"break-even {policy.break_even:.0%} (queries unlike those it was tuned on)")
+            self._warn_once(f"amips: plain search for part of {collection!r}'s queries: they are escalated more often "
+                            "than the tuned policy pays for (new topics?); re-run `amips tune` on such queries")
         return result, report
+
+    def _shift_guard(self, collection: str, policy: serving_policy.Policy) -> serving_policy.ShiftGuard | None:
+        """One guard per collection and policy behaviour (kept across calls: it watches the query stream)."""
+        if policy.kind != "two-pass" or policy.break_even is None:
+            return None
+        key = (policy.ef, policy.second_ef, policy.certificate, policy.threshold, policy.fallback_ef, policy.break_even)
+        cached = self._guards.get(collection)
+        if cached is None or cached[0] != key:
+            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(policy.break_even))
+        return cached[1]
 
     @staticmethod
     def _probe_groups(mode: str, queries: np.ndarray, predicted: np.ndarray,

@@ -17,6 +17,14 @@ model's support function: SupportNet f(x), KeyNet <g(x), x>):
     classifier  c = b + w·z, a logistic regression of P(the first pass misses the argmax) on the
                 standardised z = (s₁, s₁ − s₂, s₁ − s_k[, σ̂ − s₁]) / ‖x‖, fitted in numpy
 
+Shift guard (`ShiftGuard`): a two-pass policy pays only while the share p of queries it escalates stays
+below the break-even p* = (t_plain − t₁)/t₂ measured at tuning (t₁, t₂: the passes' per-query times;
+t_plain: plain search at the cheapest hnsw_ef meeting the target, the policy's `fallback_ef`). Queries
+from elsewhere than the tuning sample (new topics) are flagged far more often, so the guard keeps an
+exponentially weighted share over about GUARD_WINDOW queries and, while it exceeds p*, answers chunks
+of queries by plain search at `fallback_ef` — plain search's own cost and recall — except every
+PROBE_EVERY-th chunk, still served two-pass so that the share stays measured and the guard lets go.
+
 Calibration (`calibrate_threshold`): on held-out queries with exact answers, escalating the m most
 suspicious ones gives recall r(m) = (Σ_{kept} hit₁ + Σ_{escalated} hit₂) / n. The threshold chosen
 escalates the fewest queries whose Wilson lower bound on r(m) (one-sided, z = 1.645) still clears
@@ -49,6 +57,9 @@ GUARD_QUANTILES = (0.001, 0.999)  # features outside this calibration range alwa
 _NORM_FLOOR = 1e-12
 _RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
 SIGMA_CHUNK = 128  # queries per σ̂ forward pass
+GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
+GUARD_CHUNK = 256  # queries served per decision of the shift guard
+PROBE_EVERY = 8  # while the guard serves plain search, one chunk in this many is still served two-pass
 
 
 def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
@@ -147,6 +158,8 @@ class Policy:
     target: float | None = None
     key_count: int | None = None
     model_sha256: str | None = None  # the model whose σ̂ the certificate reads (None: it reads none)
+    fallback_ef: int | None = None  # two-pass: plain search's hnsw_ef meeting the target (the shift guard's)
+    break_even: float | None = None  # two-pass: the escalated share at which it costs as much as that
     measured: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -159,8 +172,10 @@ class Policy:
             return f"plain search at hnsw_ef {self.ef}"
         share = self.measured.get("escalated")
         share_text = f", {share:.1%} of queries escalated at tuning" if isinstance(share, float) else ""
+        guard_text = "" if self.break_even is None else (
+            f"; plain search at hnsw_ef {self.fallback_ef} while more than {self.break_even:.0%} are escalated")
         return (f"two-pass: hnsw_ef {self.ef} for every query, hnsw_ef {self.second_ef} for those the "
-                f"{self.certificate} certificate flags{share_text}")
+                f"{self.certificate} certificate flags{share_text}{guard_text}")
 
     def escalate(self, z: np.ndarray) -> np.ndarray:
         """Queries to search again: suspicious, or outside the calibrated feature range (or NaN)."""
@@ -196,13 +211,19 @@ class Policy:
                          guard_high=None if high is None else tuple(map(float, high)),
                          target=None if data.get("target") is None else float(data["target"]),
                          key_count=None if data.get("key_count") is None else int(data["key_count"]),
-                         model_sha256=data.get("model_sha256"), measured=dict(data.get("measured") or {}))
+                         model_sha256=data.get("model_sha256"),
+                         fallback_ef=None if data.get("fallback_ef") is None else int(data["fallback_ef"]),
+                         break_even=None if data.get("break_even") is None else float(data["break_even"]),
+                         measured=dict(data.get("measured") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"the stored serving policy is malformed ({exc!r})") from None
         well_formed = kind in KINDS and ef >= 1 and (kind == "plain" or (
             policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.second_ef >= 1
             and policy.threshold is not None and (policy.certificate != "classifier" or classifier is not None)
-            and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)))
+            and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)
+            and (policy.fallback_ef is None) == (policy.break_even is None)
+            and (policy.fallback_ef is None or policy.fallback_ef >= 1)
+            and (policy.break_even is None or math.isfinite(policy.break_even))))
         if well_formed and kind == "two-pass":
             assert policy.certificate is not None  # checked to be one of CERTIFICATES just above
             columns = len(used_columns(policy.certificate, policy.uses_model))
@@ -230,12 +251,52 @@ def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: in
     return SearchResult(ids, scores)
 
 
+class ShiftGuard:
+    """The escalated share of a two-pass policy's recent queries, and whether plain search is cheaper now."""
+
+    def __init__(self, break_even: float) -> None:
+        self.break_even = break_even
+        self.share: float | None = None  # exponentially weighted over ≈ GUARD_WINDOW queries
+        self.chunks = 0
+        self.answered_plain = 0  # queries the guard sent to plain search, in all
+
+    def plain_now(self) -> bool:
+        """Serve the next chunk by plain search? (Every PROBE_EVERY-th chunk is still served two-pass.)"""
+        self.chunks += 1
+        return self.share is not None and self.share > self.break_even and self.chunks % PROBE_EVERY != 0
+
+    def observe(self, escalated: np.ndarray) -> None:
+        weight = min(1.0, len(escalated) / GUARD_WINDOW)
+        share = float(np.mean(escalated)) if len(escalated) else 0.0
+        self.share = share if self.share is None else (1 - weight) * self.share + weight * share
+
+
 def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
-          model: MIPSModel | None = None, params: SearchParams = SearchParams()) -> tuple[SearchResult, np.ndarray]:
+          model: MIPSModel | None = None, params: SearchParams = SearchParams(),
+          guard: ShiftGuard | None = None) -> tuple[SearchResult, np.ndarray]:
     """Answer `queries` with `policy`; returns the results and which queries were escalated.
     `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
-    needs `model`."""
+    needs `model`. With a `guard` (and a policy that names its fallback_ef), queries are served in chunks
+    of GUARD_CHUNK, each two-pass or — while the guard sees the escalated share above break-even — by
+    plain search at fallback_ef."""
+    if guard is None or policy.kind == "plain" or policy.fallback_ef is None:
+        return _serve(store, collection, queries, limit, policy, model, params)
+    plain_params = dataclasses.replace(params, hnsw_ef=policy.fallback_ef)
+    result, escalated = SearchResult.empty(len(queries), limit), np.zeros(len(queries), dtype=bool)
+    for start in range(0, len(queries), GUARD_CHUNK):
+        rows = np.arange(start, min(start + GUARD_CHUNK, len(queries)))
+        if guard.plain_now():
+            part = store.search(collection, queries[rows], limit, plain_params)
+            guard.answered_plain += len(rows)
+        else:
+            part, escalated[rows] = _serve(store, collection, queries[rows], limit, policy, model, params)
+            guard.observe(escalated[rows])
+        result = result.assign(rows, part)
+    return result, escalated
 
+
+def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
+           model: MIPSModel | None, params: SearchParams) -> tuple[SearchResult, np.ndarray]:
     def at_ef(ef: int | None) -> SearchParams:
         return dataclasses.replace(params, hnsw_ef=ef)
 

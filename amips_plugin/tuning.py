@@ -17,7 +17,9 @@ recall@1, and publish it in the collection's "policy" manifest slot (amips_plugi
    forward per call and no staleness with the model) is kept.
 4. Publication is a compare-and-swap under the store's manifest lock: the policy slot must still
    hold what it held when tuning began. The policy records the keys' fingerprint and, when its
-   certificate reads σ̂, the model's SHA-256; it is stale when either changes.
+   certificate reads σ̂, the model's SHA-256; it is stale when either changes. A two-pass policy also
+   records the plain hnsw_ef meeting the target and its break-even escalated share (t_plain − t₁)/t₂,
+   for the query path's shift guard (serving_policy.ShiftGuard).
 """
 from __future__ import annotations
 
@@ -156,8 +158,14 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     candidates = [plain] + _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit, held, target,
                                                  per_query, model is not None)
     for row in candidates[1:]:
-        row.policy = replace(row.policy, key_count=info.count,
-                             model_sha256=(manifest or {}).get("sha256") if row.policy.uses_model else None)
+        policy = row.policy
+        assert policy.second_ef is not None  # a two-pass candidate
+        first_cost = per_query[f"ef{policy.ef}"] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
+        row.policy = replace(policy, key_count=info.count,
+                             model_sha256=(manifest or {}).get("sha256") if policy.uses_model else None,
+                             fallback_ef=plain.policy.ef,
+                             break_even=max(0.0, (per_query[f"ef{plain.policy.ef}"] - first_cost)
+                                            / per_query[f"ef{policy.second_ef}"]))
     measured = best_times({row.name: partial(serve, store, collection, held_queries, limit, row.policy, model, params)
                            for row in candidates}, repeats)
     for row in candidates:

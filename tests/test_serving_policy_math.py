@@ -1,7 +1,9 @@
 """The numbers behind serving policies: the Wilson bound, threshold calibration, the logistic fit, the merge."""
 import numpy as np
+import pytest
 
 from amips_plugin.adapters.base import SearchResult
+from amips_plugin.core.errors import ArtifactError
 from amips_plugin import serving_policy as sp
 
 
@@ -79,3 +81,27 @@ def test_tune_keeps_the_simpler_policy_unless_a_complex_one_is_clearly_faster():
     assert choose(plain, [faster, s1], 0.99) is faster
     assert choose(plain, [row("s1", "s1", 1040)], 0.99) is plain  # within noise of plain
     assert choose(plain, [row("s1", "s1", 5000, bound=0.98)], 0.99) is plain  # misses the target
+
+
+def test_shift_guard_turns_to_plain_search_above_break_even_and_back_below_it():
+    guard = sp.ShiftGuard(break_even=0.3)
+    assert not guard.plain_now()  # nothing seen yet: two-pass
+    guard.observe(np.ones(256, dtype=bool))  # a whole window escalated
+    decisions = [guard.plain_now() for _ in range(16)]  # chunks 2..17: the 8th and 16th are probes
+    assert decisions == [i % 8 != 0 for i in range(2, 18)]
+    guard.observe(np.zeros(256, dtype=bool))  # a probe that escalated nothing
+    assert guard.share == 0.0 and not guard.plain_now()
+    guard.observe(np.ones(64, dtype=bool))  # a quarter window weighs a quarter
+    assert guard.share == 0.25 and not guard.plain_now()
+
+
+def test_a_policy_with_one_of_fallback_ef_and_break_even_is_malformed():
+    policy = sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.2)
+    assert sp.Policy.from_manifest(policy.to_manifest()) == policy
+    assert "plain search at hnsw_ef 32 while more than 20% are escalated" in policy.describe()
+    for field in ("fallback_ef", "break_even"):
+        broken = {**policy.to_manifest(), field: None}
+        with pytest.raises(ArtifactError, match="malformed"):
+            sp.Policy.from_manifest(broken)
+    with pytest.raises(ArtifactError, match="malformed"):
+        sp.Policy.from_manifest({**policy.to_manifest(), "break_even": float("nan")})
