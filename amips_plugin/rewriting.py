@@ -63,6 +63,7 @@ class SearchReport:
     plain: int = 0
     fallback_reason: str | None = None
     model_version: int | None = None
+    escalated: int = 0  # mode auto: queries searched a second time
     notes: list[str] = field(default_factory=list)
 
 
@@ -216,7 +217,8 @@ class QueryRewriter:
         guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
-        report.notes.append(f"{policy.describe()}; {int(escalated.sum())} of {len(queries)} queries escalated")
+        report.escalated = int(escalated.sum())
+        report.notes.append(f"{policy.describe()}; {report.escalated} of {len(queries)} queries escalated")
         if guard is not None and guard.answered_plain > guarded_before:
             report.notes.append(
                 f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at hnsw_ef "
