@@ -21,9 +21,9 @@ Shift guard (`ShiftGuard`): a two-pass policy pays only while the share p of que
 below the break-even p* = (t_plain − t₁)/t₂ measured at tuning (t₁, t₂: the passes' per-query times;
 t_plain: plain search at the cheapest hnsw_ef meeting the target, the policy's `fallback_ef`). Queries
 from elsewhere than the tuning sample (new topics) are flagged far more often, so the guard keeps an
-exponentially weighted share over about GUARD_WINDOW queries and, while it exceeds p*, answers chunks
-of queries by plain search at `fallback_ef` — plain search's own cost and recall — except every
-PROBE_EVERY-th chunk, still served two-pass so that the share stays measured and the guard lets go.
+exponentially weighted share over about GUARD_WINDOW queries and, while it exceeds p*, answers queries
+by plain search at `fallback_ef` — plain search's own cost and recall — except every PROBE_EVERY-th
+piece of a batch, still served two-pass so that the share stays measured and the guard lets go.
 
 Calibration (`calibrate_threshold`): on held-out queries with exact answers, escalating the m most
 suspicious ones gives recall r(m) = (Σ_{kept} hit₁ + Σ_{escalated} hit₂) / n. The threshold chosen
@@ -58,8 +58,8 @@ _NORM_FLOOR = 1e-12
 _RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
 SIGMA_CHUNK = 128  # queries per σ̂ forward pass
 GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
-GUARD_CHUNK = 256  # queries served per decision of the shift guard
-PROBE_EVERY = 8  # while the guard serves plain search, one chunk in this many is still served two-pass
+GUARD_CHUNK = 256  # a batch's head: served and observed before the guard decides on the rest
+PROBE_EVERY = 8  # while the guard serves plain search, one piece in this many is still served two-pass
 
 
 def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
@@ -276,15 +276,18 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
           guard: ShiftGuard | None = None) -> tuple[SearchResult, np.ndarray]:
     """Answer `queries` with `policy`; returns the results and which queries were escalated.
     `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
-    needs `model`. With a `guard` (and a policy that names its fallback_ef), queries are served in chunks
-    of GUARD_CHUNK, each two-pass or — while the guard sees the escalated share above break-even — by
-    plain search at fallback_ef."""
+    needs `model`. With a `guard` (and a policy that names its fallback_ef), the first GUARD_CHUNK queries
+    and then the rest are each served two-pass or — while the guard sees the escalated share above
+    break-even — by plain search at fallback_ef (two pieces at most, so that a large batch of unusual
+    queries is noticed after its head, and a usual one costs one more store call, not one per chunk)."""
     if guard is None or policy.kind == "plain" or policy.fallback_ef is None:
         return _serve(store, collection, queries, limit, policy, model, params)
     plain_params = dataclasses.replace(params, hnsw_ef=policy.fallback_ef)
     result, escalated = SearchResult.empty(len(queries), limit), np.zeros(len(queries), dtype=bool)
-    for start in range(0, len(queries), GUARD_CHUNK):
-        rows = np.arange(start, min(start + GUARD_CHUNK, len(queries)))
+    head = min(GUARD_CHUNK, len(queries))
+    for rows in (np.arange(head), np.arange(head, len(queries))):
+        if not len(rows):
+            continue
         if guard.plain_now():
             part = store.search(collection, queries[rows], limit, plain_params)
             guard.answered_plain += len(rows)
