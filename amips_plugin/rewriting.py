@@ -222,20 +222,21 @@ class QueryRewriter:
         if guard is not None and guard.answered_plain > guarded_before:
             report.notes.append(
                 f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at hnsw_ef "
-                f"{policy.fallback_ef}: the policy escalated {guard.share:.0%} of the recent queries, above its "
-                f"break-even {policy.break_even:.0%} (queries unlike those it was tuned on)")
+                f"{policy.fallback_ef}: the policy escalated {guard.share:.0%} of the recent queries, above the "
+                f"{guard.limit:.0%} it pays for and was calibrated near (queries unlike those it was tuned on)")
             self._warn_once(f"amips: plain search for part of {collection!r}'s queries: they are escalated more often "
                             "than the tuned policy pays for (new topics?); re-run `amips tune` on such queries")
         return result, report
 
     def _shift_guard(self, collection: str, policy: serving_policy.Policy) -> serving_policy.ShiftGuard | None:
         """One guard per collection and policy behaviour (kept across calls: it watches the query stream)."""
-        if policy.kind != "two-pass" or policy.break_even is None:
+        limit = policy.shift_limit
+        if policy.kind != "two-pass" or limit is None:
             return None
-        key = (policy.ef, policy.second_ef, policy.certificate, policy.threshold, policy.fallback_ef, policy.break_even)
+        key = (policy.ef, policy.second_ef, policy.certificate, policy.threshold, policy.fallback_ef, limit)
         cached = self._guards.get(collection)
         if cached is None or cached[0] != key:
-            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(policy.break_even))
+            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(limit))
         return cached[1]
 
     @staticmethod

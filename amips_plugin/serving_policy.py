@@ -19,11 +19,14 @@ model's support function: SupportNet f(x), KeyNet <g(x), x>):
 
 Shift guard (`ShiftGuard`): a two-pass policy pays only while the share p of queries it escalates stays
 below the break-even p* = (t_plain − t₁)/t₂ measured at tuning (t₁, t₂: the passes' per-query times;
-t_plain: plain search at the cheapest hnsw_ef meeting the target, the policy's `fallback_ef`). Queries
-from elsewhere than the tuning sample (new topics) are flagged far more often, so the guard keeps an
-exponentially weighted share over about GUARD_WINDOW queries and, while it exceeds p*, answers queries
-by plain search at `fallback_ef` — plain search's own cost and recall — except every PROBE_EVERY-th
-piece of a batch, still served two-pass so that the share stays measured and the guard lets go.
+t_plain: plain search at the cheapest hnsw_ef meeting the target, the policy's `fallback_ef`), and its
+calibration holds only for queries like the tuning sample. Queries from elsewhere (new topics) are
+flagged far more often, so the guard keeps an exponentially weighted share over about GUARD_WINDOW
+queries and, while it exceeds `Policy.shift_limit` (p*, or the tuned share plus SHIFT_SIGMAS binomial
+standard deviations if lower), answers queries
+by plain search at `fallback_ef` — plain search's own cost and recall — except the head (at most
+GUARD_CHUNK queries) of every PROBE_EVERY-th batch, still served two-pass so that the share stays
+measured and the guard lets go.
 
 Calibration (`calibrate_threshold`): on held-out queries with exact answers, escalating the m most
 suspicious ones gives recall r(m) = (Σ_{kept} hit₁ + Σ_{escalated} hit₂) / n. The threshold chosen
@@ -59,7 +62,8 @@ _RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
 SIGMA_CHUNK = 128  # queries per σ̂ forward pass
 GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
 GUARD_CHUNK = 256  # a batch's head: served and observed before the guard decides on the rest
-PROBE_EVERY = 8  # while the guard serves plain search, one piece in this many is still served two-pass
+PROBE_EVERY = 8  # while the guard serves plain search, one batch head in this many is still served two-pass
+SHIFT_SIGMAS = 4.0  # an escalated share this many standard deviations above tuning's means a shifted stream
 
 
 def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
@@ -163,6 +167,19 @@ class Policy:
     measured: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def shift_limit(self) -> float | None:
+        """The escalated share above which the shift guard serves plain search: the break-even share, or —
+        lower — the share escalated at tuning plus SHIFT_SIGMAS binomial standard deviations over a
+        GUARD_WINDOW of queries (a share that far above calibration means queries unlike the tuning
+        sample, for which the calibrated recall is not promised)."""
+        if self.break_even is None:
+            return None
+        tuned = self.measured.get("escalated")
+        if not isinstance(tuned, float) or not 0 <= tuned <= 1:
+            return self.break_even
+        return min(self.break_even, tuned + SHIFT_SIGMAS * math.sqrt(tuned * (1 - tuned) / GUARD_WINDOW))
+
+    @property
     def uses_model(self) -> bool:
         return self.kind == "two-pass" and (self.certificate == "margin" or (
             self.certificate == "classifier" and self.classifier is not None and len(self.classifier.mean) == 4))
@@ -172,8 +189,9 @@ class Policy:
             return f"plain search at hnsw_ef {self.ef}"
         share = self.measured.get("escalated")
         share_text = f", {share:.1%} of queries escalated at tuning" if isinstance(share, float) else ""
-        guard_text = "" if self.break_even is None else (
-            f"; plain search at hnsw_ef {self.fallback_ef} while more than {self.break_even:.0%} are escalated")
+        limit = self.shift_limit
+        guard_text = "" if limit is None else (
+            f"; plain search at hnsw_ef {self.fallback_ef} while more than {limit:.0%} are escalated")
         return (f"two-pass: hnsw_ef {self.ef} for every query, hnsw_ef {self.second_ef} for those the "
                 f"{self.certificate} certificate flags{share_text}{guard_text}")
 
@@ -254,16 +272,21 @@ def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: in
 class ShiftGuard:
     """The escalated share of a two-pass policy's recent queries, and whether plain search is cheaper now."""
 
-    def __init__(self, break_even: float) -> None:
-        self.break_even = break_even
+    def __init__(self, limit: float) -> None:
+        self.limit = limit  # Policy.shift_limit
         self.share: float | None = None  # exponentially weighted over ≈ GUARD_WINDOW queries
-        self.chunks = 0
+        self.probes = 0  # heads seen while plain search was cheaper (every PROBE_EVERY-th is served two-pass)
         self.answered_plain = 0  # queries the guard sent to plain search, in all
 
-    def plain_now(self) -> bool:
-        """Serve the next chunk by plain search? (Every PROBE_EVERY-th chunk is still served two-pass.)"""
-        self.chunks += 1
-        return self.share is not None and self.share > self.break_even and self.chunks % PROBE_EVERY != 0
+    def plain_now(self, may_probe: bool = True) -> bool:
+        """Serve the next piece by plain search? While the share is above break-even, yes — except every
+        PROBE_EVERY-th piece that `may_probe` (a batch's head, at most GUARD_CHUNK queries), served two-pass."""
+        if self.share is None or self.share <= self.limit:
+            return False
+        if not may_probe:
+            return True
+        self.probes += 1
+        return self.probes % PROBE_EVERY != 0
 
     def observe(self, escalated: np.ndarray) -> None:
         weight = min(1.0, len(escalated) / GUARD_WINDOW)
@@ -288,7 +311,7 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
     for rows in (np.arange(head), np.arange(head, len(queries))):
         if not len(rows):
             continue
-        if guard.plain_now():
+        if guard.plain_now(may_probe=rows[0] == 0):
             part = store.search(collection, queries[rows], limit, plain_params)
             guard.answered_plain += len(rows)
         else:

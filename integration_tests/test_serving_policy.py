@@ -118,22 +118,22 @@ def test_the_shift_guard_answers_by_plain_search_at_the_fallback_ef_while_querie
     suspicion = sp.suspicion("s1", sp.features(queries[:1000], first.scores, None))
     usual = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", float(np.quantile(suspicion, 0.9)),
                       fallback_ef=64, break_even=0.3)
-    guard = sp.ShiftGuard(usual.break_even)
+    guard = sp.ShiftGuard(usual.shift_limit)
     _, escalated = sp.serve(store, "c", queries[1000:3000], 10, usual, guard=guard)
     assert guard.answered_plain == 0 and 0.05 < escalated.mean() < 0.2  # in distribution: never engaged
     # queries it flags 90% of the time (as new topics are): after the batch's head, plain search at ef 64
     unusual = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", float(np.quantile(suspicion, 0.1)),
                         fallback_ef=64, break_even=0.3)
-    guard = sp.ShiftGuard(unusual.break_even)
+    guard = sp.ShiftGuard(unusual.shift_limit)
     q = queries[3000:5000]
     result, escalated = sp.serve(store, "c", q, 10, unusual, guard=guard)
     plain = store.search("c", q, 10, SearchParams(hnsw_ef=64))
     assert guard.answered_plain == 2000 - sp.GUARD_CHUNK  # the head (nothing seen yet) was two-pass
     np.testing.assert_array_equal(result.ids[sp.GUARD_CHUNK:], plain.ids[sp.GUARD_CHUNK:])
     assert not escalated[sp.GUARD_CHUNK:].any() and escalated[:sp.GUARD_CHUNK].mean() > 0.8
-    for _ in range(3):  # pieces 3..8: the 8th (the second piece of the 4th batch) is a probe, served two-pass
+    for _ in range(8):  # batch heads 1..8: the 8th is a probe, served two-pass; the rest of a batch never is
         sp.serve(store, "c", q[:512], 10, unusual, guard=guard)
-    assert guard.answered_plain == 2000 - sp.GUARD_CHUNK + 5 * 256
+    assert guard.answered_plain == 2000 - sp.GUARD_CHUNK + 8 * 512 - sp.GUARD_CHUNK
 
     # through the query path: the rewriter keeps one guard per collection and says what it did
     tuning.publish_policy(store, "c", sp.Policy(**{**unusual.__dict__, "key_count": 4000}),

@@ -84,11 +84,12 @@ def test_tune_keeps_the_simpler_policy_unless_a_complex_one_is_clearly_faster():
 
 
 def test_shift_guard_turns_to_plain_search_above_break_even_and_back_below_it():
-    guard = sp.ShiftGuard(break_even=0.3)
+    guard = sp.ShiftGuard(limit=0.3)
     assert not guard.plain_now()  # nothing seen yet: two-pass
     guard.observe(np.ones(256, dtype=bool))  # a whole window escalated
-    decisions = [guard.plain_now() for _ in range(16)]  # chunks 2..17: the 8th and 16th are probes
-    assert decisions == [i % 8 != 0 for i in range(2, 18)]
+    decisions = [guard.plain_now() for _ in range(16)]  # batch heads: the 8th and 16th are probes
+    assert decisions == [i % 8 != 0 for i in range(1, 17)]
+    assert all(guard.plain_now(may_probe=False) for _ in range(16))  # the rest of a batch never probes
     guard.observe(np.zeros(256, dtype=bool))  # a probe that escalated nothing
     assert guard.share == 0.0 and not guard.plain_now()
     guard.observe(np.ones(64, dtype=bool))  # a quarter window weighs a quarter
@@ -105,3 +106,12 @@ def test_a_policy_with_one_of_fallback_ef_and_break_even_is_malformed():
             sp.Policy.from_manifest(broken)
     with pytest.raises(ArtifactError, match="malformed"):
         sp.Policy.from_manifest({**policy.to_manifest(), "break_even": float("nan")})
+
+
+def test_the_shift_limit_is_the_break_even_or_the_tuned_share_plus_four_deviations_if_lower():
+    policy = sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.5, measured={"escalated": 0.05})
+    assert policy.shift_limit == pytest.approx(0.05 + 4 * np.sqrt(0.05 * 0.95 / sp.GUARD_WINDOW))
+    assert sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.08,
+                     measured={"escalated": 0.05}).shift_limit == 0.08
+    assert sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.5).shift_limit == 0.5
+    assert sp.Policy("two-pass", 8, 64, "s1", 0.1).shift_limit is None
