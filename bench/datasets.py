@@ -1,7 +1,10 @@
 """Load the real embedding sets in ../shared/data/<name>/ (docs/design.md §6)."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,3 +60,10 @@ def load_dataset(name: str) -> Dataset:
         test_queries=load_vectors(_linked(folder / "test_queries.f16.npy")),
         test_argmax=np.load(folder / "test_argmax.i32.npy", allow_pickle=False).astype(np.int64),
     )
+
+
+def run_all(run_dataset: Callable[[str, argparse.Namespace], dict], args: argparse.Namespace, filename: str) -> None:
+    """Run `run_dataset` for each of args.datasets and write the list of results to args.out / filename."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [run_dataset(name, args) for name in args.datasets]
+    (args.out / filename).write_text(json.dumps(results, indent=1))

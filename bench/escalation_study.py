@@ -17,14 +17,13 @@ Prints a table per dataset and writes --out/escalation_study.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.datasets import load_dataset
+from bench.datasets import load_dataset, run_all
 
 from amips_plugin import serving_policy as sp
 from amips_plugin.adapters import SearchParams, open_store
@@ -125,10 +124,7 @@ def main() -> None:
     parser.add_argument("--first-ef", type=int, default=16)
     parser.add_argument("--second-ef", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = [run_dataset(name, args) for name in args.datasets]
-    (args.out / "escalation_study.json").write_text(json.dumps(results, indent=1))
+    run_all(run_dataset, parser.parse_args(), "escalation_study.json")
 
 
 if __name__ == "__main__":

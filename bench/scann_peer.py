@@ -12,13 +12,12 @@ and the cheapest setting reaching each target.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.datasets import load_dataset
+from bench.datasets import load_dataset, run_all
 
 from amips_plugin.core.timing import best_times
 
@@ -68,10 +67,7 @@ def main() -> None:
     parser.add_argument("--reorder", type=int, default=100, help="AH candidates rescored exactly")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = [run_dataset(name, args) for name in args.datasets]
-    (args.out / "scann.json").write_text(json.dumps(results, indent=1))
+    run_all(run_dataset, parser.parse_args(), "scann.json")
 
 
 if __name__ == "__main__":
