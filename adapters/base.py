@@ -18,7 +18,7 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -104,6 +104,25 @@ def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchRes
     return result
 
 
+VectorSpaces = tuple[dict[str, tuple[int, str]], dict[str, str]]
+
+
+def classify_vectors(dense: dict[str, tuple[int, str | None, Any, bool]], sparse: Iterable[str]) -> VectorSpaces:
+    """Split a collection's vectors into those amips serves, {name: (dim, "dot" | "cosine")}, and the
+    others, {name: why not}. `dense`: name → (size, amips's distance name or None, the engine's own
+    distance, whether it is a multivector)."""
+    servable: dict[str, tuple[int, str]] = {}
+    unsupported = {name: "a sparse vector" for name in sparse}
+    for name, (size, distance, engine_distance, multivector) in dense.items():
+        if multivector:
+            unsupported[name] = "a multivector"
+        elif distance is None:
+            unsupported[name] = f"distance {engine_distance} (amips serves Dot and Cosine)"
+        else:
+            servable[name] = (int(size), distance)
+    return servable, unsupported
+
+
 def vector_of(record: Any, vector: str) -> Any:
     """A record's vector `vector` (records of named vectors carry a {name: vector} dict)."""
     return record.vector[vector] if isinstance(record.vector, dict) else record.vector
@@ -135,7 +154,7 @@ class VectorStore(abc.ABC):
         """Names of the user's collections (sidecars and internal files excluded)."""
 
     @abc.abstractmethod
-    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+    def vector_spaces(self, collection: str) -> VectorSpaces:
         """({name: (dim, distance)} of the dense vectors amips can serve ("" is the unnamed one),
         {name: why amips cannot serve it} for the others: sparse, multivector, other distances)."""
 

@@ -37,7 +37,8 @@ from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manif
 from . import point_ids
 from .edge_filters import edge_filter
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
+                   UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
+                   vectors_in_order)
 from .names import check_collection_name
 
 HNSW_M = 16
@@ -67,9 +68,9 @@ class EdgeStore(VectorStore):
         self.root = Path(root)
         self.location = f"edge:{self.root}"
         self._shards: dict[str, edge.EdgeShard] = {}
-        self._spaces: dict[str, tuple[dict[str, tuple[int, str]], dict[str, str]]] = {}
+        self._configs: dict[str, dict[str, Any]] = {}  # collection -> its shard's edge_config.json
+        self._spaces: dict[str, VectorSpaces] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
-        self._quantized: dict[tuple[str, str], bool] = {}  # (collection, vector) -> keeps int8 copies
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -108,35 +109,28 @@ class EdgeStore(VectorStore):
         return sorted(p.name for p in self.root.iterdir()
                       if _NAME.fullmatch(p.name) and (p / "shard" / "edge_config.json").is_file())
 
-    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
-        self._shard(collection)
-        if collection not in self._spaces:  # a shard's vectors are fixed at its creation
-            self._spaces[collection] = self._read_spaces(collection)
+    def vector_spaces(self, collection: str) -> VectorSpaces:
+        if collection not in self._spaces:  # every store call resolves its vector: classified once
+            config = self._shard_config(collection)
+            self._spaces[collection] = classify_vectors(
+                {name: (params["size"], _DISTANCE_NAME.get(params.get("distance")), params.get("distance"),
+                        bool(params.get("multivector_config")))
+                 for name, params in (config.get("vectors") or {}).items()},
+                config.get("sparse_vectors") or {})
         return self._spaces[collection]
 
-    def _read_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
-        config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
-        servable: dict[str, tuple[int, str]] = {}
-        unsupported = {name: "a sparse vector" for name in config.get("sparse_vectors") or {}}
-        for name, params in (config.get("vectors") or {}).items():
-            distance = _DISTANCE_NAME.get(params.get("distance"))
-            if params.get("multivector_config"):
-                unsupported[name] = "a multivector"
-            elif distance is None:
-                unsupported[name] = f"distance {params.get('distance')} (amips serves Dot and Cosine)"
-            else:
-                servable[name] = (int(params["size"]), distance)
-        return servable, unsupported
-
     def quantized(self, collection: str, using: str | None = None) -> bool:
-        """Read once per vector: a shard's quantization, like its vectors, is fixed at its creation."""
         name = self.resolve_vector(collection, using)[0]
-        if (collection, name) not in self._quantized:
-            config = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
-            self._quantized[(collection, name)] = bool(
-                ((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
-                or config.get("quantization_config"))
-        return self._quantized[(collection, name)]
+        config = self._shard_config(collection)
+        return bool(((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
+                    or config.get("quantization_config"))
+
+    def _shard_config(self, collection: str) -> dict[str, Any]:
+        """The shard's edge_config.json, read once: a shard's vectors and quantization are fixed at its creation."""
+        self._shard(collection)
+        if collection not in self._configs:
+            self._configs[collection] = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
+        return self._configs[collection]
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """The point count is counted once and then kept: the shard is this process's alone (its WAL

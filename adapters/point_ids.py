@@ -45,10 +45,10 @@ def as_id_array(values: Iterable[Any]) -> np.ndarray:
             raise ValueError("point ids must be non-negative integers below 2**63 or UUIDs")
         return values.astype(np.int64)
     values = list(values)
-    if all(type(v) is int for v in values):  # the common case, checked without a call per id
-        array = np.array(values, dtype=object if not values else None)
-        if array.dtype.kind == "i" and (not array.size or array.min() >= 0):
-            return array.astype(np.int64).reshape(len(values))
+    if values and all(type(v) is int for v in values):  # the common case, without a call per id
+        array = np.array(values)  # int64 when every id fits, else uint64 or object: the general path below
+        if array.dtype == np.int64 and array.min() >= 0:
+            return array
     ids = [canonical(v) for v in values]
     if all(isinstance(i, int) and i < 2**63 for i in ids):
         return np.array(ids, dtype=np.int64).reshape(len(ids))

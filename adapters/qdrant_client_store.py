@@ -44,7 +44,8 @@ from amips_plugin.core.redact import redact
 
 from . import point_ids
 from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   UNNAMED, records_as_arrays, split_slot, vector_of, vectors_in_order)
+                   UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
+                   vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
 
 SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}
@@ -130,7 +131,7 @@ class QdrantClientStore(VectorStore):
         self.shared = remote if shared is None else shared
         self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
         self._owns_client = True
-        self._spaces: dict[str, tuple[float, tuple[dict[str, tuple[int, str]], dict[str, str]]]] = {}
+        self._spaces: dict[str, tuple[float, VectorSpaces]] = {}
 
     def _wait_for_server(self, attempts: int, backoff: float) -> None:
         """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
@@ -155,7 +156,7 @@ class QdrantClientStore(VectorStore):
         if not self.client.collection_exists(collection):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
-    def vector_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+    def vector_spaces(self, collection: str) -> VectorSpaces:
         """Kept for SPACES_TTL_SECONDS: every store call resolves the vector it uses, and on a server each
         read costs two round trips, which a batch of queries would otherwise pay several times over."""
         cached = self._spaces.get(collection)
@@ -165,21 +166,14 @@ class QdrantClientStore(VectorStore):
         self._spaces[collection] = (time.monotonic(), spaces)
         return spaces
 
-    def _read_spaces(self, collection: str) -> tuple[dict[str, tuple[int, str]], dict[str, str]]:
+    def _read_spaces(self, collection: str) -> VectorSpaces:
         self._require(collection)
         config = self.client.get_collection(collection).config.params
         vectors = config.vectors
         named = {UNNAMED: vectors} if isinstance(vectors, models.VectorParams) else dict(vectors or {})
-        servable: dict[str, tuple[int, str]] = {}
-        unsupported = {name: "a sparse vector" for name in config.sparse_vectors or {}}
-        for name, params in named.items():
-            if params.multivector_config is not None:
-                unsupported[name] = "a multivector"
-            elif params.distance not in _DISTANCE_NAME:
-                unsupported[name] = f"distance {params.distance} (amips serves Dot and Cosine)"
-            else:
-                servable[name] = (params.size, _DISTANCE_NAME[params.distance])
-        return servable, unsupported
+        return classify_vectors({name: (params.size, _DISTANCE_NAME.get(params.distance), params.distance,
+                                        params.multivector_config is not None) for name, params in named.items()},
+                                config.sparse_vectors or {})
 
     def quantized(self, collection: str, using: str | None = None) -> bool | None:
         if not self.shared:  # local mode searches exactly and does not keep the quantization config

@@ -118,11 +118,8 @@ class AmipsClient:
                                                                   else first.score_threshold))
         rows = [(ids[mask][offset:], scores[mask][offset:]) for ids, scores, mask in zip(result.ids, result.scores, keep)]
         extras = self._extras(collection, rows, first.with_payload, first.with_vector)
-        return [QueryResponse(points=[
-            models.ScoredPoint(id=point_ids.to_qdrant(i), version=0, score=float(s),
-                               payload=extras.get(point_ids.to_qdrant(i), (None, None))[0],
-                               vector=extras.get(point_ids.to_qdrant(i), (None, None))[1])
-            for i, s in zip(ids, scores)]) for ids, scores in rows]
+        return [QueryResponse(points=[_scored_point(point_ids.to_qdrant(i), float(s), extras)
+                                      for i, s in zip(ids, scores)]) for ids, scores in rows]
 
     def rewriter(self, using: str | None = None) -> QueryRewriter:
         """The query path of one vector (the default one for None); each caches its model."""
@@ -228,3 +225,8 @@ def _payload_selector(with_payload: Any) -> tuple[Any, set[str]]:
     if isinstance(with_payload, models.PayloadSelectorExclude):
         return True, set(with_payload.exclude)
     return with_payload, set()
+
+
+def _scored_point(point_id: Any, score: float, extras: dict[Any, tuple[Any, Any]]) -> models.ScoredPoint:
+    payload, vector = extras.get(point_id, (None, None))
+    return models.ScoredPoint(id=point_id, version=0, score=score, payload=payload, vector=vector)
