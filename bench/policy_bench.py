@@ -122,7 +122,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         out["policies"] = rows
 
         for target, report in tuned.items():  # through the product's query path: the stored manifest
-            tuning.publish_policy(store, collection, serving_policy.Policy.from_manifest(report.manifest),
+            stored = serving_policy.Policy.from_manifest(report.manifest)
+            tuning.publish_policy(store, collection, stored,
                                   collection_ops.read_keys(store, collection)[2],
                                   store.read_manifest(collection, serving_policy.SLOT))
 
@@ -139,7 +140,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                 lambda q, ef=ef: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
                 single)[1]) if ef else (None, None)
             entry = out["targets"][str(target)]
-            entry["auto"] = {"describe": report.chosen.policy.describe(), "recall": auto_recall,
+            entry["auto"] = {"describe": stored.describe(), "recall": auto_recall,
                              "qps": len(queries) / auto_seconds, "notes": auto_report.notes,
                              "fallback_reason": auto_report.fallback_reason, "plain_ef": ef,
                              "plain_recall": plain[ef]["recall"] if ef else None,
