@@ -666,7 +666,7 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
 @click.argument("collection")
 @using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
-              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); half is held out for calibration.")
+              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); three quarters (at most half of a small sample) are held out for calibration.")
 @click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
               help="Declared recall@1 (of the exact argmax) the policy must meet on held-out queries.")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")

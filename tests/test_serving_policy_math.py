@@ -83,6 +83,14 @@ def test_tune_keeps_the_simpler_policy_unless_a_complex_one_is_clearly_faster():
     assert choose(plain, [row("s1", "s1", 5000, bound=0.98)], 0.99) is plain  # misses the target
 
 
+def test_tune_holds_out_most_of_a_large_sample_and_half_of_a_small_one():
+    from amips_plugin.tuning import FIT_MIN, MIN_QUERIES, fit_size
+
+    assert fit_size(16_000) == 4_000  # a quarter fits; 12,000 calibrate (Wilson margin ≈ 0.0015 at 0.99)
+    assert fit_size(6_000) == FIT_MIN  # never fewer than FIT_MIN fit queries while the sample has 2·FIT_MIN
+    assert fit_size(3_000) == 1_500 and fit_size(MIN_QUERIES) == MIN_QUERIES // 2
+
+
 def test_shift_guard_turns_to_plain_search_above_break_even_and_back_below_it():
     guard = sp.ShiftGuard(limit=0.3)
     assert not guard.plain_now()  # nothing seen yet: two-pass
