@@ -7,15 +7,17 @@ Per dataset: the keys are ingested into an Edge shard (cached under --root), the
 `amips_plugin.tuning.tune` tunes a policy per target on a sample of training queries the model did not
 see (`--tune-queries`). Then, on the test queries (recall@1 of the exact argmax, test_argmax.i32.npy):
 
-* plain search at every hnsw_ef of the grid and every tuned policy are timed as batches, interleaved,
-  best of --repeats (the tuned policy through `QueryRewriter.search(mode="auto")`, i.e. the stored
-  manifest; every other certificate's best plan through `serving_policy.serve`);
-* each policy's throughput is divided by that of the cheapest plain hnsw_ef whose recall reaches the
-  policy's own recall in this run (so the ratio compares equal recall);
+* per target, right after `tune` stored its policy: plain search at every hnsw_ef of the grid, each
+  certificate's best plan (`serving_policy.serve`) and the stored policy through the query path
+  (`QueryRewriter.search(mode="auto")`, the manifest read and the shift guard included) are timed as
+  batches, interleaved in one run, best of --repeats;
+* each policy's throughput is divided by plain search's at the policy's own recall, from that same run:
+  interpolated linearly in recall between the neighbouring points of plain's frontier, and at the
+  cheapest grid point reaching it;
 * single-query p50/p99 of the tuned policy and of that plain ef (`--single` queries, one at a time,
   both through `QueryRewriter.search`: mode auto against mode off at that hnsw_ef);
-* squad-train only: new-topic queries (squad-dev's test questions, exact argmax by numpy): the policy's
-  recall and throughput beside plain search's curve.
+* squad-train only: new-topic queries (squad-dev's test questions, exact argmax by numpy) as a stream
+  (`new_topics`): the policy's recall against plain search's at the same measured cost.
 
 Outputs in --out: results.json and table.md, and <dataset>.png (recall@1 against batch throughput).
 """
@@ -36,11 +38,11 @@ from amips_plugin import collections as collection_ops
 from amips_plugin import serving_policy, tuning
 from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import UnknownCollectionError
-from amips_plugin.core.timing import best_times, latency_ms, one_at_a_time
+from amips_plugin.core.timing import best_times, latency_ms, one_at_a_time, round_times
 from amips_plugin.rewriting import QueryRewriter
 
 LIMIT = 10
-PLAIN_GRID = (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+PLAIN_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 def log(message: str) -> None:
@@ -79,76 +81,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         path = QueryRewriter(store)
         model, _, reason = path.model_for(collection, data.keys.shape[1], len(data.keys))
         log(f"{name}: model for σ̂: {'yes' if model is not None else reason}")
-        out: dict = {"dataset": name, "keys": len(data.keys), "test_queries": len(queries), "targets": {}}
-
-        tuned = {}
+        plain_recall = {ef: float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
+                                          == truth)) for ef in PLAIN_GRID}
+        out: dict = {"dataset": name, "keys": len(data.keys), "test_queries": len(queries),
+                     "tune_sample": len(sample), "plain_recall": {str(ef): r for ef, r in plain_recall.items()},
+                     "targets": {}}
         for target in args.targets:
-            started = time.perf_counter()
-            report = tuning.tune(store, collection, sample, target, LIMIT, repeats=args.repeats)
-            log(f"{name}: tuned for {target} in {time.perf_counter() - started:.0f} s\n{tuning.format_frontier(report)}")
-            tuned[target] = report
-            out["targets"][str(target)] = {"tune": report.to_dict(), "tune_seconds": time.perf_counter() - started}
-            # the stored policy is the last one tuned; re-tune per target right before it is served below
-
-        plain_tasks = {f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)))
-                       for ef in PLAIN_GRID}
-        plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
-                                              == truth))} for ef in PLAIN_GRID}
-        policies = {}
-        for target, report in tuned.items():
-            for row in report.rows:
-                if row.policy.kind == "two-pass" or row is report.chosen:
-                    policies[f"{target}: {row.name}" + (" (chosen)" if row is report.chosen else "")] = row.policy
-        policy_tasks = {label: (lambda p=policy: serving_policy.serve(store, collection, queries, LIMIT, p, model))
-                        for label, policy in policies.items()}
-        seconds = best_times({**plain_tasks, **policy_tasks}, args.repeats)
-        for ef in PLAIN_GRID:
-            plain[ef]["qps"] = len(queries) / seconds[f"plain {ef}"]
-        out["plain"] = {str(ef): row for ef, row in plain.items()}
-        rows = []
-        for label, policy in policies.items():
-            result, escalated = serving_policy.serve(store, collection, queries, LIMIT, policy, model)
-            recall = float(np.mean(result.ids[:, 0] == truth))
-            qps = len(queries) / seconds[label]
-            ef = cheapest_plain_at(plain, recall)
-            rows.append({"policy": label, "describe": policy.describe(), "recall": recall, "qps": qps,
-                         "escalated": float(escalated.mean()), "plain_ef": ef,
-                         "plain_recall": plain[ef]["recall"] if ef else None,
-                         "plain_qps": plain[ef]["qps"] if ef else None,
-                         "ratio": qps / plain[ef]["qps"] if ef else None})
-            log(f"{name}: {label}: recall {recall:.4f}, {qps:,.0f} q/s, {escalated.mean():.1%} escalated; "
-                f"plain at that recall: ef {ef} ({plain[ef]['qps'] if ef else float('nan'):,.0f} q/s) "
-                f"→ {rows[-1]['ratio'] or float('nan'):.2f}×")
-        out["policies"] = rows
-
-        for target, report in tuned.items():  # through the product's query path: the stored manifest
-            stored = serving_policy.Policy.from_manifest(report.manifest)
-            tuning.publish_policy(store, collection, stored,
-                                  collection_ops.read_keys(store, collection)[2],
-                                  store.read_manifest(collection, serving_policy.SLOT))
-
-            def auto_answer(q: np.ndarray, collection: str = collection):
-                return path.search(collection, q, LIMIT, mode="auto")
-
-            auto_result, auto_report = auto_answer(queries)
-            auto_recall = float(np.mean(auto_result.ids[:, 0] == truth))
-            auto_seconds = best_times({"auto": lambda answer=auto_answer: answer(queries)}, args.repeats)["auto"]
-            ef = cheapest_plain_at(plain, auto_recall)
-            single = queries[: args.single]
-            p50, p99 = latency_ms(one_at_a_time(auto_answer, single)[1])
-            plain_p50, plain_p99 = latency_ms(one_at_a_time(  # plain through the same query path (mode off), at that ef
-                lambda q, ef=ef: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
-                single)[1]) if ef else (None, None)
-            entry = out["targets"][str(target)]
-            entry["auto"] = {"describe": stored.describe(), "recall": auto_recall,
-                             "qps": len(queries) / auto_seconds, "notes": auto_report.notes,
-                             "fallback_reason": auto_report.fallback_reason, "plain_ef": ef,
-                             "plain_recall": plain[ef]["recall"] if ef else None,
-                             "plain_qps": plain[ef]["qps"] if ef else None,
-                             "ratio": len(queries) / auto_seconds / plain[ef]["qps"] if ef else None,
-                             "p50_ms": p50, "p99_ms": p99, "plain_p50_ms": plain_p50, "plain_p99_ms": plain_p99}
-            log(f"{name}: auto @ {target}: {entry['auto']}")
+            out["targets"][str(target)] = run_target(store, collection, path, model, sample, queries, truth,
+                                                     plain_recall, target, name, args)
             if name == "squad-train":
+                entry = out["targets"][str(target)]
                 entry["new_topics"] = new_topics(store, collection, data.keys, args)
                 log(f"{name}: new topics @ {target}: {entry['new_topics']}")
         return out
@@ -156,34 +98,104 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         store.close()
 
 
+def run_target(store, collection: str, path: QueryRewriter, model, sample: np.ndarray, queries: np.ndarray,
+               truth: np.ndarray, plain_recall: dict[int, float], target: float, name: str,
+               args: argparse.Namespace) -> dict:
+    """Tune (which publishes the policy), then time — interleaved, best of --repeats — plain search at every
+    hnsw_ef of the grid, each certificate's plan served directly (`serving_policy.serve`) and the stored
+    policy through the query path (`QueryRewriter.search(mode="auto")`); every ratio divides by plain
+    search's throughput from this same timing run."""
+    started = time.perf_counter()
+    report = tuning.tune(store, collection, sample, target, LIMIT, repeats=args.repeats)
+    log(f"{name}: tuned for {target} in {time.perf_counter() - started:.0f} s\n{tuning.format_frontier(report)}")
+    entry: dict = {"tune": report.to_dict(), "tune_seconds": time.perf_counter() - started}
+    stored = serving_policy.Policy.from_manifest(report.manifest) if report.manifest else report.chosen.policy
+    policies = {row.name + (" (chosen)" if row is report.chosen else ""): row.policy
+                for row in report.rows if row.policy.kind == "two-pass" or row is report.chosen}
+
+    def auto(q: np.ndarray):
+        return path.search(collection, q, LIMIT, mode="auto")
+
+    auto_result, auto_report = auto(queries)  # also checks that the query path serves the stored policy
+    tasks = {**{f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)))
+                for ef in PLAIN_GRID},
+             **{label: (lambda p=policy: serving_policy.serve(store, collection, queries, LIMIT, p, model))
+                for label, policy in policies.items()},
+             "auto": lambda: auto(queries)}
+    seconds = best_times(tasks, args.repeats)
+    plain = {ef: {"recall": plain_recall[ef], "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
+    entry["plain"] = {str(ef): row for ef, row in plain.items()}
+
+    def versus_plain(recall: float, qps: float) -> dict:
+        ef = cheapest_plain_at(plain, recall)
+        at_equal = interpolated_plain_qps(plain, recall)
+        return {"recall": recall, "qps": qps, "plain_ef": ef, "plain_recall": plain[ef]["recall"] if ef else None,
+                "plain_qps": plain[ef]["qps"] if ef else None, "ratio": qps / plain[ef]["qps"] if ef else None,
+                "plain_qps_interpolated": at_equal, "ratio_interpolated": qps / at_equal if at_equal else None}
+
+    entry["policies"] = []
+    for label, policy in policies.items():
+        result, escalated = serving_policy.serve(store, collection, queries, LIMIT, policy, model)
+        row = {"policy": label, "describe": policy.describe(), "escalated": float(escalated.mean()),
+               **versus_plain(float(np.mean(result.ids[:, 0] == truth)), len(queries) / seconds[label])}
+        entry["policies"].append(row)
+        log(f"{name} @ {target}: {label}: recall {row['recall']:.4f}, {row['qps']:,.0f} q/s, "
+            f"{row['escalated']:.1%} escalated → {_x(row['ratio_interpolated'])} plain at equal recall")
+    auto_row = versus_plain(float(np.mean(auto_result.ids[:, 0] == truth)), len(queries) / seconds["auto"])
+    single = queries[: args.single]
+    p50, p99 = latency_ms(one_at_a_time(auto, single)[1])
+    ef = auto_row["plain_ef"]
+    plain_p50, plain_p99 = latency_ms(one_at_a_time(  # plain through the same query path (mode off), at that ef
+        lambda q: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
+        single)[1]) if ef else (None, None)
+    entry["auto"] = {"describe": stored.describe(), **auto_row, "escalated": auto_report.escalated / len(queries),
+                     "notes": auto_report.notes, "fallback_reason": auto_report.fallback_reason,
+                     "p50_ms": p50, "p99_ms": p99, "plain_p50_ms": plain_p50, "plain_p99_ms": plain_p99}
+    log(f"{name}: auto @ {target}: {entry['auto']}")
+    return entry
+
+
 def new_topics(store, collection: str, keys: np.ndarray, args) -> dict:
     """squad-dev's test questions against squad-train's keys, as a stream: the stored policy through the
     query path (`QueryRewriter.search(mode="auto")`, so with its shift guard) answers the whole set once
-    to warm the guard, then PROBE_EVERY more times; recall and time are the mean over those calls (which
-    include the guard's probes). Plain search's curve beside it is the best of --repeats (so the
-    comparison favours plain search)."""
+    to warm the guard; then PROBE_EVERY rounds, each one more auto call (so the guard's probes are
+    included) and one plain call at every hnsw_ef of the grid, interleaved. Time and recall are means
+    over the rounds for both; plain search's recall is read off its curve at the policy's cost."""
     queries = load_dataset("squad-dev").test_queries
     truth = np.concatenate([(queries[i:i + 512] @ keys.T).argmax(axis=1) for i in range(0, len(queries), 512)])
     path = QueryRewriter(store)
     _, first_report = path.search(collection, queries, LIMIT, mode="auto")
-    recalls, escalated, notes, started = [], 0, [], time.perf_counter()
-    for _ in range(serving_policy.PROBE_EVERY):
+    recalls, escalated, notes = [], 0, []
+
+    def auto() -> None:
+        nonlocal escalated
         result, report = path.search(collection, queries, LIMIT, mode="auto")
         recalls.append(float(np.mean(result.ids[:, 0] == truth)))
         escalated += report.escalated
         notes.extend(n for n in report.notes if n not in notes)
-    qps = serving_policy.PROBE_EVERY * len(queries) / (time.perf_counter() - started)
-    tasks = {f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)))
-             for ef in PLAIN_GRID}
-    seconds = best_times(tasks, args.repeats)
+
+    tasks = {"auto": auto, **{f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT,
+                                                                          SearchParams(hnsw_ef=ef)))
+                              for ef in PLAIN_GRID}}
+    seconds = {name: float(times.mean()) for name, times in round_times(tasks, serving_policy.PROBE_EVERY).items()}
+    qps = len(queries) / seconds["auto"]
     plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
                                           == truth)), "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
-    affordable = [ef for ef in PLAIN_GRID if plain[ef]["qps"] >= qps]  # plain at no more cost than the policy
-    ef = max(affordable, key=lambda e: plain[e]["recall"]) if affordable else None
     return {"queries": len(queries), "recall": float(np.mean(recalls)), "qps": qps,
             "escalated": escalated / (serving_policy.PROBE_EVERY * len(queries)), "notes": notes,
             "first_call_notes": first_report.notes, "plain": {str(e): r for e, r in plain.items()},
-            "plain_ef_at_equal_cost": ef, "plain_recall_at_equal_cost": plain[ef]["recall"] if ef else None}
+            "plain_recall_at_equal_cost": plain_recall_at_cost(plain, qps)}
+
+
+def plain_recall_at_cost(plain: dict, qps: float) -> float | None:
+    """Plain search's recall at exactly the throughput `qps`: recall interpolated linearly in per-query cost
+    between the neighbouring points of plain's Pareto frontier. None outside the grid's cost range."""
+    points = sorted((1 / row["qps"], row["recall"]) for row in plain.values())
+    frontier = [p for i, p in enumerate(points) if all(p[1] > q[1] for q in points[:i])]
+    cost = 1 / qps
+    if not frontier[0][0] <= cost <= frontier[-1][0]:
+        return None
+    return float(np.interp(cost, [p[0] for p in frontier], [p[1] for p in frontier]))
 
 
 def run_faiss(name: str, args: argparse.Namespace) -> dict:
@@ -226,29 +238,34 @@ def run_faiss(name: str, args: argparse.Namespace) -> dict:
 
 def write_table(results: list[dict], out: Path) -> None:
     lines = ["| set | target | tuned policy (stored) | recall@1 | q/s | escalated | cheapest plain at that recall | "
-             "its recall | q/s | ratio | ratio, plain interpolated to equal recall | p50 / p99 ms policy | "
-             "p50 / p99 ms plain |", "|" + "---|" * 13]
+             "q/s | ratio | ratio at equal recall (interpolated) | p50 / p99 ms policy | p50 / p99 ms plain |",
+             "|" + "---|" * 12]
     for r in results:
         for target, entry in r["targets"].items():
-            a = entry.get("auto")
-            if not a:
-                continue
+            a = entry["auto"]
             lines.append(f"| {r['dataset']} | {target} | {a['describe']} | {a['recall']:.4f} | {a['qps']:,.0f} | "
-                         f"{_share(a)} | ef {a['plain_ef']} | {_f(a['plain_recall'])} | {_q(a['plain_qps'])} | "
-                         f"{_x(a['ratio'])} | {_x(_over(a['qps'], interpolated_plain_qps(r['plain'], a['recall'])))} | "
-                         f"{_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
+                         f"{a['escalated']:.1%} | ef {a['plain_ef']} ({_f(a['plain_recall'])}) | {_q(a['plain_qps'])} | "
+                         f"{_x(a['ratio'])} | {_x(a['ratio_interpolated'])} | {_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
                          f"{_f(a['plain_p50_ms'], 3)} / {_f(a['plain_p99_ms'], 3)} |")
-    lines += ["", "| set | policy | recall@1 | q/s | escalated | cheapest plain at that recall | q/s | ratio | "
-              "ratio, interpolated |", "|" + "---|" * 9]
+    lines += ["", "| set | target | plan served directly | recall@1 | q/s | escalated | cheapest plain at that recall | "
+              "q/s | ratio | ratio at equal recall (interpolated) |", "|" + "---|" * 10]
     for r in results:
-        for p in r["policies"]:
-            lines.append(f"| {r['dataset']} | {p['policy']} | {p['recall']:.4f} | {p['qps']:,.0f} | {p['escalated']:.1%} | "
-                         f"ef {p['plain_ef']} ({_f(p['plain_recall'])}) | {_q(p['plain_qps'])} | {_x(p['ratio'])} | "
-                         f"{_x(_over(p['qps'], interpolated_plain_qps(r['plain'], p['recall'])))} |")
-    lines += ["", "| set | plain hnsw_ef | recall@1 | q/s |", "|---|---|---|---|"]
+        for target, entry in r["targets"].items():
+            for p in entry["policies"]:
+                lines.append(f"| {r['dataset']} | {target} | {p['policy']} | {p['recall']:.4f} | {p['qps']:,.0f} | "
+                             f"{p['escalated']:.1%} | ef {p['plain_ef']} ({_f(p['plain_recall'])}) | "
+                             f"{_q(p['plain_qps'])} | {_x(p['ratio'])} | {_x(p['ratio_interpolated'])} |")
+    lines += ["", "| set | target's run | plain hnsw_ef | recall@1 | q/s |", "|---|---|---|---|---|"]
     for r in results:
-        for ef, row in r["plain"].items():
-            lines.append(f"| {r['dataset']} | {ef} | {row['recall']:.4f} | {row['qps']:,.0f} |")
+        for target, entry in r["targets"].items():
+            for ef, row in entry["plain"].items():
+                lines.append(f"| {r['dataset']} | {target} | {ef} | {row['recall']:.4f} | {row['qps']:,.0f} |")
+    topics = [(r["dataset"], t, e["new_topics"]) for r in results for t, e in r["targets"].items() if "new_topics" in e]
+    if topics:
+        lines += ["", "| new topics on | target | policy recall@1 | q/s | escalated | plain recall at that cost |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {t} | {n['recall']:.4f} | {n['qps']:,.0f} | {n['escalated']:.1%} | "
+                  f"{_f(n['plain_recall_at_equal_cost'])} |" for name, t, n in topics]
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -268,10 +285,6 @@ def _x(v) -> str:
     return "-" if v is None else f"{v:.2f}×"
 
 
-def _share(a: dict) -> str:
-    return next((n.split("; ")[-1] for n in a.get("notes") or []), "-")
-
-
 def plot(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -279,13 +292,13 @@ def plot(result: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    plain = result["plain"]
-    ax.plot([plain[e]["qps"] for e in plain], [plain[e]["recall"] for e in plain], "o-", label="plain hnsw_ef")
-    for p in result["policies"]:
-        ax.scatter(p["qps"], p["recall"], marker="s", label=p["policy"])
-    for entry in result["targets"].values():
-        if entry.get("auto"):
-            ax.scatter(entry["auto"]["qps"], entry["auto"]["recall"], marker="*", s=150, color="black")
+    for target, entry in result["targets"].items():
+        plain = entry["plain"]
+        ax.plot([plain[e]["qps"] for e in plain], [plain[e]["recall"] for e in plain], "o-",
+                label=f"plain hnsw_ef (timed with the {target} policies)")
+        for p in entry["policies"]:
+            ax.scatter(p["qps"], p["recall"], marker="s", label=f"{target}: {p['policy']}")
+        ax.scatter(entry["auto"]["qps"], entry["auto"]["recall"], marker="*", s=150, color="black")
     ax.set_xscale("log")
     ax.set_xlabel("batch throughput, queries/s (Edge, test queries)")
     ax.set_ylabel("recall@1")
@@ -303,7 +316,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.95, 0.99])
     parser.add_argument("--root", type=Path, default=Path("bench/results/policy/edge"))
     parser.add_argument("--tune-queries", type=Path, default=Path("bench/results/policy/tune_queries.f16.npy"))
-    parser.add_argument("--tune-sample", type=int, default=6000)
+    parser.add_argument("--tune-sample", type=int, default=None, help="the first N of --tune-queries (default: all)")
     parser.add_argument("--test-queries", type=int, default=8000, help="the first N test queries")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")

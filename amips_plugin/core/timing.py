@@ -4,7 +4,8 @@ A call's time is `time.perf_counter()` after it minus before it. Latency is take
 its percentiles p50 and p99 are those of the per-call times (numpy's linear interpolation), in
 milliseconds. Throughput comparisons take, per task, the best of `repeats` interleaved rounds: every
 task runs once per round, so a change in the machine's load reaches all tasks alike, and the minimum
-drops the rounds that other work slowed down.
+drops the rounds that other work slowed down. A task with state across calls (a query stream watched
+by the shift guard) is compared by its mean over rounds instead (`round_times`).
 """
 from __future__ import annotations
 
@@ -40,10 +41,15 @@ def latency_ms(seconds: np.ndarray) -> tuple[float, float]:
     return 1000 * float(p50), 1000 * float(p99)
 
 
+def round_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, np.ndarray]:
+    """Seconds per task in each of `repeats` interleaved rounds (every task once per round, in order)."""
+    seconds = {name: np.empty(repeats) for name in tasks}
+    for round_ in range(repeats):
+        for name, task in tasks.items():
+            seconds[name][round_] = timed(task)[1]
+    return seconds
+
+
 def best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Seconds per task, best of `repeats` interleaved rounds."""
-    best = {name: float("inf") for name in tasks}
-    for _ in range(repeats):
-        for name, task in tasks.items():
-            best[name] = min(best[name], timed(task)[1])
-    return best
+    return {name: float(times.min()) for name, times in round_times(tasks, repeats).items()}
