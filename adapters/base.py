@@ -18,7 +18,7 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -254,6 +254,12 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         """Replace the manifest in `slot` atomically (None removes it)."""
+
+    def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:
+        """A value, cheap to get, that changes whenever the manifest in `slot` does — so a caller may keep
+        what it derived from the manifest while the token stays the same — or None where this store cannot
+        tell without reading the manifest (then nothing is kept)."""
+        return None
 
     def last_version(self, collection: str, slot: str = "model") -> int:
         """The version of the slot's last removed manifest (0: none kept), so that versions keep rising

@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 from urllib.parse import quote
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import portalocker
@@ -71,6 +71,7 @@ class EdgeStore(VectorStore):
         self._configs: dict[str, dict[str, Any]] = {}  # collection -> its shard's edge_config.json
         self._spaces: dict[str, VectorSpaces] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
+        self._manifest_writes = 0  # by this store object: part of every manifest token
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -286,8 +287,22 @@ class EdgeStore(VectorStore):
                                     f"clear it with `{fix_command(slot, collection)}`") from None
         return parse_manifest_json(text, slot, collection)
 
+    def manifest_token(self, collection: str, slot: str = "model") -> Hashable:
+        """The manifest file's inode, size, modification and change times (a write replaces the file by
+        rename, so its inode changes), and the count of this object's own manifest writes (two writes
+        within one tick of the file system's clock could otherwise reuse an inode unseen)."""
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot))
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None, self._manifest_writes
+        except OSError as exc:
+            raise StoreError(f"cannot read the manifest of {collection!r}: {exc.strerror or exc}") from None
+        return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns), self._manifest_writes
+
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         path = self._manifest_path(collection, self.manifest_slot(collection, slot))
+        self._manifest_writes += 1
         with _file_errors(f"write the manifest of {collection!r}"):
             if manifest is None:
                 path.unlink(missing_ok=True)
