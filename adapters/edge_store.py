@@ -72,6 +72,7 @@ class EdgeStore(VectorStore):
         self._spaces: dict[str, VectorSpaces] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
         self._manifest_writes = 0  # by this store object: part of every manifest token
+        self._manifest_paths: dict[tuple[str, str], Path] = {}
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -268,10 +269,15 @@ class EdgeStore(VectorStore):
         return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
     def _manifest_path(self, collection: str, slot: str) -> Path:
-        """`manifest.json` (or pq.json, router.json); for a named vector `manifest@<name, %-quoted>.json`."""
-        base, vector = split_slot(slot)
-        stem = _MANIFEST_FILES[base].removesuffix(".json")
-        return self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
+        """`manifest.json` (or pq.json, router.json); for a named vector `manifest@<name, %-quoted>.json`.
+        Remembered per (collection, slot) once the collection is known: the query path asks every call."""
+        path = self._manifest_paths.get((collection, slot))
+        if path is None:
+            base, vector = split_slot(slot)
+            stem = _MANIFEST_FILES[base].removesuffix(".json")
+            path = self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
+            self._manifest_paths[(collection, slot)] = path
+        return path
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         """The slot's manifest file, read with a size bound and validated (manifest_schema)."""

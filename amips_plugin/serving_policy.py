@@ -306,19 +306,21 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
     if guard is None or policy.kind == "plain" or policy.fallback_ef is None:
         return _serve(store, collection, queries, limit, policy, model, params)
     plain_params = dataclasses.replace(params, hnsw_ef=policy.fallback_ef)
-    result, escalated = SearchResult.empty(len(queries), limit), np.zeros(len(queries), dtype=bool)
-    head = min(GUARD_CHUNK, len(queries))
-    for rows in (np.arange(head), np.arange(head, len(queries))):
-        if not len(rows):
-            continue
-        if guard.plain_now(may_probe=rows[0] == 0):
-            part = store.search(collection, queries[rows], limit, plain_params)
-            guard.answered_plain += len(rows)
-        else:
-            part, escalated[rows] = _serve(store, collection, queries[rows], limit, policy, model, params)
-            guard.observe(escalated[rows])
-        result = result.assign(rows, part)
-    return result, escalated
+
+    def piece(part: np.ndarray, head: bool) -> tuple[SearchResult, np.ndarray]:
+        if guard.plain_now(may_probe=head):
+            guard.answered_plain += len(part)
+            return store.search(collection, part, limit, plain_params), np.zeros(len(part), dtype=bool)
+        answer, escalated = _serve(store, collection, part, limit, policy, model, params)
+        guard.observe(escalated)
+        return answer, escalated
+
+    if len(queries) <= GUARD_CHUNK:
+        return piece(queries, head=True)
+    (first, first_escalated), (rest, rest_escalated) = piece(queries[:GUARD_CHUNK], True), piece(
+        queries[GUARD_CHUNK:], False)
+    result = SearchResult.empty(len(queries), limit).assign(slice(0, GUARD_CHUNK), first)
+    return result.assign(slice(GUARD_CHUNK, None), rest), np.concatenate([first_escalated, rest_escalated])
 
 
 def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
