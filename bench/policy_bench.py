@@ -106,7 +106,7 @@ def run_target(store, collection: str, path: QueryRewriter, model, sample: np.nd
     policy through the query path (`QueryRewriter.search(mode="auto")`); every ratio divides by plain
     search's throughput from this same timing run."""
     started = time.perf_counter()
-    report = tuning.tune(store, collection, sample, target, LIMIT, repeats=args.repeats)
+    report = tuning.tune(store, collection, sample, target, LIMIT, repeats=args.tune_repeats)
     log(f"{name}: tuned for {target} in {time.perf_counter() - started:.0f} s\n{tuning.format_frontier(report)}")
     entry: dict = {"tune": report.to_dict(), "tune_seconds": time.perf_counter() - started}
     stored = serving_policy.Policy.from_manifest(report.manifest) if report.manifest else report.chosen.policy
@@ -318,7 +318,8 @@ def main() -> None:
     parser.add_argument("--tune-queries", type=Path, default=Path("bench/results/policy/tune_queries.f16.npy"))
     parser.add_argument("--tune-sample", type=int, default=None, help="the first N of --tune-queries (default: all)")
     parser.add_argument("--test-queries", type=int, default=8000, help="the first N test queries")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds on the test queries (best of)")
+    parser.add_argument("--tune-repeats", type=int, default=2, help="tune's own timing rounds")
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
     parser.add_argument("--faiss", action="store_true", help="also run the policies over FAISS HNSW (IPE counted)")
