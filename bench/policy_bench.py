@@ -16,10 +16,12 @@ see (`--tune-queries`). Then, on the test queries (recall@1 of the exact argmax,
   cheapest grid point reaching it;
 * single-query p50/p99 of the tuned policy and of that plain ef (`--single` queries, one at a time,
   both through `QueryRewriter.search`: mode auto against mode off at that hnsw_ef);
-* squad-train only: new-topic queries (squad-dev's test questions, exact argmax by numpy) as a stream
-  (`new_topics`): the policy's recall against plain search's at the same measured cost.
+* on every squad set but squad-dev itself: new-topic queries (squad-dev's test questions, exact argmax by
+  numpy over the set's keys) as a stream (`new_topics`): the policy's recall against plain search's at the
+  same measured cost.
 
-Outputs in --out: results.json and table.md, and <dataset>.png (recall@1 against batch throughput).
+Outputs in --out: results.json and table.md, and <dataset>.png (recall@1 against batch throughput); a
+dataset not run keeps its entry from an earlier results.json there. FAISS: `bench.faiss_policy_bench`.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ import json
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from bench.datasets import load_dataset
@@ -89,7 +90,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         for target in args.targets:
             out["targets"][str(target)] = run_target(store, collection, path, model, sample, queries, truth,
                                                      plain_recall, target, name, args)
-            if name == "squad-train":
+            if name.startswith("squad-") and name != "squad-dev":
                 entry = out["targets"][str(target)]
                 entry["new_topics"] = new_topics(store, collection, data.keys, args)
                 log(f"{name}: new topics @ {target}: {entry['new_topics']}")
@@ -156,7 +157,7 @@ def run_target(store, collection: str, path: QueryRewriter, model, sample: np.nd
 
 
 def new_topics(store, collection: str, keys: np.ndarray, args) -> dict:
-    """squad-dev's test questions against squad-train's keys, as a stream: the stored policy through the
+    """squad-dev's test questions against the collection's keys (new topics for any other squad set), as a stream: the stored policy through the
     query path (`QueryRewriter.search(mode="auto")`, so with its shift guard) answers the whole set once
     to warm the guard; then PROBE_EVERY rounds, each one more auto call (so the guard's probes are
     included) and one plain call at every hnsw_ef of the grid, interleaved. Time and recall are means
@@ -196,44 +197,6 @@ def plain_recall_at_cost(plain: dict, qps: float) -> float | None:
     if not frontier[0][0] <= cost <= frontier[-1][0]:
         return None
     return float(np.interp(cost, [p[0] for p in frontier], [p[1] for p in frontier]))
-
-
-def run_faiss(name: str, args: argparse.Namespace) -> dict:
-    """The same tune + serve code over FAISS HNSW (M 32), cost in inner products per query (IPE)."""
-    from bench.faiss_policy_store import FaissHNSWStore
-
-    data = load_dataset(name)
-    started = time.perf_counter()
-    store = FaissHNSWStore(name, data.keys)
-    log(f"{name}: FAISS HNSW built in {time.perf_counter() - started:.0f} s")
-    sample = load_vectors(args.tune_queries)[: args.tune_sample]
-    queries, truth = data.test_queries[: args.test_queries], data.test_argmax[: args.test_queries]
-
-    def cost_and_recall(answer) -> tuple[float, float]:
-        store.inner_products = 0.0
-        result = answer()
-        return store.inner_products / len(queries), float(np.mean(result.ids[:, 0] == truth))
-
-    plain = {}
-    for ef in PLAIN_GRID:
-        ipe, recall = cost_and_recall(lambda ef=ef: store.search(name, queries, LIMIT, SearchParams(hnsw_ef=ef)))
-        plain[ef] = {"ipe": ipe, "recall": recall}
-    out = {"dataset": name, "plain": {str(ef): row for ef, row in plain.items()}, "targets": {}}
-    for target in args.targets:
-        report = tuning.tune(store, name, sample, target, LIMIT, repeats=args.repeats)
-        rows = []
-        for row in report.rows:
-            if row.policy.kind != "two-pass" and row is not report.chosen:
-                continue
-            ipe, recall = cost_and_recall(lambda p=row.policy: serving_policy.serve(store, name, queries, LIMIT, p)[0])
-            meeting = [ef for ef in PLAIN_GRID if plain[ef]["recall"] >= recall]
-            ef = min(meeting, key=lambda e: plain[e]["ipe"]) if meeting else None
-            rows.append({"policy": row.name + (" (chosen)" if row is report.chosen else ""), "recall": recall,
-                         "ipe": ipe, "plain_ef": ef, "plain_ipe": plain[ef]["ipe"] if ef else None,
-                         "ratio": plain[ef]["ipe"] / ipe if ef else None})
-            log(f"{name} FAISS @ {target}: {rows[-1]}")
-        out["targets"][str(target)] = rows
-    return out
 
 
 def write_table(results: list[dict], out: Path) -> None:
@@ -322,7 +285,6 @@ def main() -> None:
     parser.add_argument("--tune-repeats", type=int, default=2, help="tune's own timing rounds")
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
-    parser.add_argument("--faiss", action="store_true", help="also run the policies over FAISS HNSW (IPE counted)")
     parser.add_argument("--table-only", action="store_true", help="re-render table.md and the plots from results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -332,17 +294,14 @@ def main() -> None:
         for result in results:
             plot(result, args.out)
         return
-    results, faiss_results = [], []
+    earlier = args.out / "results.json"
+    results = [r for r in json.loads(earlier.read_text()) if r["dataset"] not in args.datasets] \
+        if earlier.exists() else []
     for name in args.datasets:
         results.append(run_dataset(name, args))
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        earlier.write_text(json.dumps(results, indent=1))
         write_table(results, args.out)
         plot(results[-1], args.out)
-    if args.faiss:
-        faiss.omp_set_num_threads(1)
-        for name in args.datasets:
-            faiss_results.append(run_faiss(name, args))
-            (args.out / "faiss.json").write_text(json.dumps(faiss_results, indent=1))
     log(f"wrote {args.out}/results.json, table.md")
 
 
