@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from amips_plugin.adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
-from amips_plugin.adapters.faiss_store import Hits, HNSWIndex
+from amips_plugin.adapters.faiss_store import Hits, HNSWIndex, IVFIndex
 from amips_plugin.core.errors import ArtifactError
 
 Search = Callable[[np.ndarray, int, int], Hits]  # (queries, k, knob) -> Hits
@@ -53,9 +53,12 @@ class FaissStore(VectorStore):
 
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
                using: str | None = None) -> SearchResult:
+        """The index's top `limit`; a short row (an IVF probe of lists holding fewer keys) is padded as the
+        store interface pads, with −inf scores (FAISS pads with −FLT_MAX, which reads as a real score)."""
         hits = self._search(queries, limit, params.hnsw_ef or self.default_knob)
         self.inner_products += hits.ipe * len(queries)
-        return SearchResult(hits.ids.astype(np.int64), hits.scores.astype(np.float32))
+        scores = np.where(hits.ids >= 0, hits.scores, -np.inf).astype(np.float32)
+        return SearchResult(hits.ids.astype(np.int64), scores)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
                           candidates: int, limit: int, params: SearchParams, using: str | None = None) -> SearchResult:
@@ -110,3 +113,12 @@ class FaissHNSWStore(FaissStore):
     def __init__(self, name: str, keys: np.ndarray, links: int = 32) -> None:
         self.index = HNSWIndex(np.ascontiguousarray(keys, dtype=np.float32), links=links)
         super().__init__(name, keys, self.index.search)
+
+
+class FaissIVFStore(FaissStore):
+    """A FAISS IndexIVFFlat of `nlist` k-means lists (default ≈ 4·√N); the knob is nprobe. A search costs
+    the coarse quantizer's nlist inner products plus one per key of the probed lists."""
+
+    def __init__(self, name: str, keys: np.ndarray, nlist: int | None = None, default_nprobe: int = 8) -> None:
+        self.index = IVFIndex(np.ascontiguousarray(keys, dtype=np.float32), nlist or round(4 * np.sqrt(len(keys))))
+        super().__init__(name, keys, self.index.search, default_nprobe)

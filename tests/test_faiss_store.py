@@ -72,3 +72,21 @@ def test_the_benchmarks_faiss_store_runs_the_products_query_path():
     union = store.search_prefetched("c", queries, [queries], 5, 5, SearchParams(hnsw_ef=64))
     np.testing.assert_array_equal(union.ids, plain.ids)  # prefetching x alone is plain search
     assert store.inner_products - before == before + 5 * len(queries)  # the same graph search + 5 rescored each
+
+
+def test_the_benchmarks_ivf_store_counts_the_quantizer_and_the_probed_lists():
+    """bench's FAISS IVF store: a search costs nlist inner products (the coarse step) plus the keys of the
+    nprobe lists nearest the query; its knob is SearchParams.hnsw_ef, and short rows pad with −inf."""
+    from bench.faiss_policy_store import FaissIVFStore
+
+    keys, queries = gaussian_mixture(1600, 50, 16, clusters=8, seed=2)
+    store = FaissIVFStore("c", keys)
+    nlist = store.index.nlist
+    assert nlist == 160  # ≈ 4·√N
+    _, nearest = store.index.quantizer.search(queries, 3)
+    store.search("c", queries, 5, SearchParams(hnsw_ef=3))
+    assert store.inner_products == pytest.approx(len(queries) * nlist + store.index.list_sizes[nearest].sum())
+    everything = store.search("c", queries, 5, SearchParams(hnsw_ef=nlist))
+    np.testing.assert_array_equal(everything.ids[:, 0], np.argmax(queries @ keys.T, axis=1))
+    short = store.search("c", queries, 40, SearchParams(hnsw_ef=1))  # one list of ≈ 10 keys: rows come back short
+    assert (short.ids < 0).any() and np.all(np.isneginf(short.scores[short.ids < 0]))
