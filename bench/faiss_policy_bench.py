@@ -50,7 +50,7 @@ from bench.faiss_policy_store import FaissHNSWStore, FaissIVFStore, FaissStore
 
 LIMIT = 10
 GRIDS = {"hnsw": tuning.EF_GRID,  # efSearch
-         "ivf": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)}  # nprobe
+         "ivf": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}  # nprobe
 KNOB = {"hnsw": "efSearch", "ivf": "nprobe"}
 NEW_TOPICS = "squad-dev"
 

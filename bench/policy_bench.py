@@ -18,7 +18,7 @@ see (`--tune-queries`). Then, on the test queries (recall@1 of the exact argmax,
   both through `QueryRewriter.search`: mode auto against mode off at that hnsw_ef);
 * on every squad set but squad-dev itself: new-topic queries (squad-dev's test questions, exact argmax by
   numpy over the set's keys) as a stream (`new_topics`): the policy's recall against plain search's at the
-  same measured cost.
+  same measured cost, and its cost against plain search's at the policy's fallback hnsw_ef.
 
 Outputs in --out: results.json and table.md, and <dataset>.png (recall@1 against batch throughput); a
 dataset not run keeps its entry from an earlier results.json there. FAISS: `bench.faiss_policy_bench`.
@@ -92,7 +92,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                                                      plain_recall, target, name, args)
             if name.startswith("squad-") and name != "squad-dev":
                 entry = out["targets"][str(target)]
-                entry["new_topics"] = new_topics(store, collection, data.keys, args)
+                entry["new_topics"] = new_topics(store, collection, data.keys, entry["auto"]["fallback_ef"], args)
                 log(f"{name}: new topics @ {target}: {entry['new_topics']}")
         return out
     finally:
@@ -149,19 +149,22 @@ def run_target(store, collection: str, path: QueryRewriter, model, sample: np.nd
     plain_p50, plain_p99 = latency_ms(one_at_a_time(  # plain through the same query path (mode off), at that ef
         lambda q: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
         single)[1]) if ef else (None, None)
-    entry["auto"] = {"describe": stored.describe(), **auto_row, "escalated": auto_report.escalated / len(queries),
+    entry["auto"] = {"describe": stored.describe(), **auto_row,
+                     "fallback_ef": stored.fallback_ef if stored.kind == "two-pass" else stored.ef, "escalated": auto_report.escalated / len(queries),
                      "notes": auto_report.notes, "fallback_reason": auto_report.fallback_reason,
                      "p50_ms": p50, "p99_ms": p99, "plain_p50_ms": plain_p50, "plain_p99_ms": plain_p99}
     log(f"{name}: auto @ {target}: {entry['auto']}")
     return entry
 
 
-def new_topics(store, collection: str, keys: np.ndarray, args) -> dict:
-    """squad-dev's test questions against the collection's keys (new topics for any other squad set), as a stream: the stored policy through the
-    query path (`QueryRewriter.search(mode="auto")`, so with its shift guard) answers the whole set once
-    to warm the guard; then PROBE_EVERY rounds, each one more auto call (so the guard's probes are
-    included) and one plain call at every hnsw_ef of the grid, interleaved. Time and recall are means
-    over the rounds for both; plain search's recall is read off its curve at the policy's cost."""
+def new_topics(store, collection: str, keys: np.ndarray, fallback_ef: int | None, args) -> dict:
+    """squad-dev's test questions against the collection's keys (new topics for any other squad set), as a
+    stream: the stored policy through the query path (`QueryRewriter.search(mode="auto")`, so with its shift
+    guard) answers the whole set once to warm the guard; then --topic-cycles × PROBE_EVERY rounds, each one
+    more auto call (so the guard's probes are included in their share) and one plain call at every hnsw_ef of
+    the grid, interleaved. Time and recall are means over the rounds for both. Plain search's recall is read
+    off its curve at the policy's cost, and the policy is also set beside plain search at its fallback_ef
+    (where a tripped guard sends the queries: the same recall, so the two costs compare directly)."""
     queries = load_dataset("squad-dev").test_queries
     truth = np.concatenate([(queries[i:i + 512] @ keys.T).argmax(axis=1) for i in range(0, len(queries), 512)])
     path = QueryRewriter(store)
@@ -178,14 +181,18 @@ def new_topics(store, collection: str, keys: np.ndarray, args) -> dict:
     tasks = {"auto": auto, **{f"plain {ef}": (lambda ef=ef: store.search(collection, queries, LIMIT,
                                                                           SearchParams(hnsw_ef=ef)))
                               for ef in PLAIN_GRID}}
-    seconds = {name: float(times.mean()) for name, times in round_times(tasks, serving_policy.PROBE_EVERY).items()}
+    rounds = args.topic_cycles * serving_policy.PROBE_EVERY
+    seconds = {name: float(times.mean()) for name, times in round_times(tasks, rounds).items()}
     qps = len(queries) / seconds["auto"]
     plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
                                           == truth)), "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
-    return {"queries": len(queries), "recall": float(np.mean(recalls)), "qps": qps,
-            "escalated": escalated / (serving_policy.PROBE_EVERY * len(queries)), "notes": notes,
+    at_fallback = plain.get(fallback_ef) if fallback_ef is not None else None
+    return {"queries": len(queries), "rounds": rounds, "recall": float(np.mean(recalls)), "qps": qps,
+            "escalated": escalated / (rounds * len(queries)), "notes": notes,
             "first_call_notes": first_report.notes, "plain": {str(e): r for e, r in plain.items()},
-            "plain_recall_at_equal_cost": plain_recall_at_cost(plain, qps)}
+            "plain_recall_at_equal_cost": plain_recall_at_cost(plain, qps),
+            "fallback_ef": fallback_ef, "plain_at_fallback": at_fallback,
+            "cost_vs_plain_at_fallback": at_fallback["qps"] / qps if at_fallback else None}
 
 
 def plain_recall_at_cost(plain: dict, qps: float) -> float | None:
@@ -225,15 +232,17 @@ def write_table(results: list[dict], out: Path) -> None:
                 lines.append(f"| {r['dataset']} | {target} | {ef} | {row['recall']:.4f} | {row['qps']:,.0f} |")
     topics = [(r["dataset"], t, e["new_topics"]) for r in results for t, e in r["targets"].items() if "new_topics" in e]
     if topics:
-        lines += ["", "| new topics on | target | policy recall@1 | q/s | escalated | plain recall at that cost |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| new topics on | target | policy recall@1 | q/s | escalated | plain recall at that cost | "
+                  "plain at the fallback ef: recall / q/s | policy's cost / plain's there |", "|" + "---|" * 8]
         lines += [f"| {name} | {t} | {n['recall']:.4f} | {n['qps']:,.0f} | {n['escalated']:.1%} | "
-                  f"{_f(n['plain_recall_at_equal_cost'])} |" for name, t, n in topics]
+                  f"{_f(n['plain_recall_at_equal_cost'])} | {_fallback(n)} | "
+                  f"{_x(n.get('cost_vs_plain_at_fallback'))} |" for name, t, n in topics]
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def _over(qps: float, plain_qps: float | None) -> float | None:
-    return None if plain_qps is None else qps / plain_qps
+def _fallback(topics: dict) -> str:
+    plain = topics.get("plain_at_fallback")
+    return "-" if not plain else f"ef {topics['fallback_ef']}: {plain['recall']:.4f} / {plain['qps']:,.0f}"
 
 
 def _f(v, digits: int = 4) -> str:
@@ -283,6 +292,8 @@ def main() -> None:
     parser.add_argument("--test-queries", type=int, default=8000, help="the first N test queries")
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds on the test queries (best of)")
     parser.add_argument("--tune-repeats", type=int, default=2, help="tune's own timing rounds")
+    parser.add_argument("--topic-cycles", type=int, default=2,
+                        help="new-topic timing rounds, in units of the guard's probe period (PROBE_EVERY rounds)")
     parser.add_argument("--single", type=int, default=500, help="queries timed one at a time for p50/p99")
     parser.add_argument("--out", type=Path, default=Path("bench/results/policy"))
     parser.add_argument("--table-only", action="store_true", help="re-render table.md and the plots from results.json")
