@@ -71,6 +71,13 @@ class SearchParams:
     exact: bool = False
     oversampling: float | None = None
     filter: Any = None
+    ignore_quantization: bool = False  # score with the original vectors even where int8 copies exist
+
+    def rescoring(self) -> "SearchParams":
+        """The knobs of a prefetch query's outer stage: score its candidates exactly, with the original
+        vectors. Left to the engine's defaults, Qdrant Edge answers that stage as an HNSW search filtered
+        to the candidates' ids, which can miss candidates and return short rows (issue 22.1)."""
+        return SearchParams(exact=True, filter=self.filter, ignore_quantization=True)
 
 
 @dataclass(frozen=True)

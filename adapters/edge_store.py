@@ -221,8 +221,11 @@ class EdgeStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     @staticmethod
     def _params(params: SearchParams) -> edge.SearchParams:
-        quantization = None if params.oversampling is None else edge.QuantizationSearchParams(
-            ignore=False, rescore=True, oversampling=params.oversampling)
+        quantization = None
+        if params.ignore_quantization:
+            quantization = edge.QuantizationSearchParams(ignore=True)
+        elif params.oversampling is not None:
+            quantization = edge.QuantizationSearchParams(ignore=False, rescore=True, oversampling=params.oversampling)
         return edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[edge.QueryRequest], limit: int) -> SearchResult:
@@ -240,13 +243,14 @@ class EdgeStore(VectorStore):
                           candidates: int, limit: int, params: SearchParams, using: str | None = None) -> SearchResult:
         name = self.resolve_vector(collection, using)[0] or None
         search_params, flt = self._params(params), edge_filter(params.filter)
+        rescore_params = self._params(params.rescoring())
         requests = [
             edge.QueryRequest(
                 limit=limit,
                 prefetches=[edge.Prefetch(limit=candidates, query=edge.Query.Nearest(p[row].tolist(), using=name),
                                           params=search_params, filter=flt)
                             for p in prefetch],
-                query=edge.Query.Nearest(queries[row].tolist(), using=name), params=search_params, filter=flt,
+                query=edge.Query.Nearest(queries[row].tolist(), using=name), params=rescore_params, filter=flt,
                 with_payload=False, with_vector=False)
             for row in range(len(queries))
         ]

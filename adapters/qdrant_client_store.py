@@ -252,8 +252,11 @@ class QdrantClientStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     @staticmethod
     def _params(params: SearchParams) -> models.SearchParams:
-        quantization = None if params.oversampling is None else models.QuantizationSearchParams(
-            ignore=False, rescore=True, oversampling=params.oversampling)
+        quantization = None
+        if params.ignore_quantization:
+            quantization = models.QuantizationSearchParams(ignore=True)
+        elif params.oversampling is not None:
+            quantization = models.QuantizationSearchParams(ignore=False, rescore=True, oversampling=params.oversampling)
         return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[models.QueryRequest], limit: int) -> SearchResult:
@@ -275,7 +278,7 @@ class QdrantClientStore(VectorStore):
                 prefetch=[models.Prefetch(query=p[row].tolist(), using=name, limit=candidates,
                                           params=self._params(params), filter=params.filter)
                           for p in prefetch],
-                query=queries[row].tolist(), using=name, limit=limit, params=self._params(params),
+                query=queries[row].tolist(), using=name, limit=limit, params=self._params(params.rescoring()),
                 filter=params.filter)
             for row in range(len(queries))
         ]
