@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from amips_plugin.core.errors import InputError, StoreBusyError
+from amips_plugin.core.errors import InputError, StoreBusyError, StoreError
 from amips_plugin.core.limits import MAX_BLOB_BYTES
 
 from . import point_ids
@@ -32,6 +34,9 @@ MANIFEST_SLOTS = ("model", "pq", "router", "policy")
 SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate to this quantile
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
+STAMP_ID = re.compile(r"^[0-9a-f]{32}$")
+WRITE_RESERVE_BYTES = 16 << 20  # kept free by every write: room for the engine's write-ahead log and metadata
+WRITE_AMPLIFICATION = 4  # disk bytes per vector byte written: the log, the segment, the index, the optimizer's copy
 
 
 UNNAMED = ""  # Qdrant's name for a collection's single unnamed vector
@@ -58,6 +63,53 @@ def split_slot(slot: str) -> tuple[str, str]:
     if base not in MANIFEST_SLOTS:
         raise KeyError(f"unknown manifest slot {slot!r}")
     return base, vector
+
+
+@dataclass(frozen=True)
+class WriteStamp:
+    """Which points a collection holds, in two numbers cheap enough to check on every query.
+
+    `collection`: a random id made when the collection is created (or when amips first binds an artifact
+    to a collection made elsewhere), so a re-created collection, or a manifest copied from another
+    collection, never matches. `generation`: bumped before every amips write to the points, so a build
+    that read the keys before a write, or an artifact published before one, never matches either.
+    Every artifact kept alongside a collection records the stamp of the points it was built on
+    (`bound_to`); it is fresh only while the collection's stamp is still that one (amips_plugin/freshness.py)."""
+
+    collection: str
+    generation: int
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"collection": self.collection, "generation": self.generation}
+
+    @classmethod
+    def parse(cls, value: Any) -> "WriteStamp | None":
+        """A stored stamp, or None for anything that is not one (stored state is untrusted)."""
+        if not isinstance(value, dict):
+            return None
+        collection, generation = value.get("collection"), value.get("generation")
+        if (not isinstance(collection, str) or not STAMP_ID.fullmatch(collection) or type(generation) is not int
+                or not 0 <= generation < 2**62):
+            return None
+        return cls(collection, generation)
+
+    @classmethod
+    def new(cls) -> "WriteStamp":
+        return cls(secrets.token_hex(16), 0)
+
+    def bumped(self) -> "WriteStamp":
+        return WriteStamp(self.collection, self.generation + 1)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file kept alongside a collection that may be a leftover: a blob (`blob`: its id) or the
+    temporary file of an interrupted write (`blob` None); `age`: seconds since it was last written."""
+
+    name: str
+    bytes: int
+    age: float
+    blob: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +314,36 @@ class VectorStore(abc.ABC):
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         """Replace the manifest in `slot` atomically (None removes it)."""
 
+    def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
+        """The collection's `WriteStamp`; None when it has none yet (made by another client, or before
+        stamps) unless `create`, which gives it one. Writers create it; the query path only reads it."""
+        return None
+
+    def bump_generation(self, collection: str) -> None:
+        """Advance the collection's write generation; every store writing points calls it first, so an
+        interrupted write still leaves every artifact built before it stale."""
+
+    def free_bytes(self) -> int | None:
+        """Free space on the disk holding this store's files; None for a store that keeps none here (a server,
+        ":memory:")."""
+        return None
+
+    def check_room(self, what: str, nbytes: int) -> None:
+        """StoreError unless the disk holds room for writing `nbytes` of vectors (`what` says what): a full
+        disk fails an engine part-way through a write (Qdrant Edge: a bus error), so writes check first."""
+        free, needed = self.free_bytes(), WRITE_AMPLIFICATION * nbytes + WRITE_RESERVE_BYTES
+        if free is not None and free < needed:
+            raise StoreError(f"not enough disk space to write {what}: about {needed / 2**20:,.0f} MiB needed in "
+                             f"{self.location}, {free / 2**20:,.0f} MiB free — free some space and run it again")
+
+    def read_pending_write(self, collection: str) -> dict[str, Any] | None:
+        """The record of a write to the points that started and has not finished (`pending_writes`), or None.
+        Stored state: whatever is there, unvalidated (the caller parses it)."""
+        return None
+
+    def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
+        """Keep (None: remove) the record of a write to the points before it starts; a store may not keep it."""
+
     def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:
         """A value, cheap to get, that changes whenever the manifest in `slot` does — so a caller may keep
         what it derived from the manifest while the token stays the same — or None where this store cannot
@@ -288,6 +370,21 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         """Remove one blob (None: every blob of the collection); a missing blob is not an error."""
+
+    def stored_files(self, collection: str) -> list[StoredFile]:
+        """Every blob and every interrupted write's temporary file alongside the collection, among which
+        `model_registry.leftovers` finds those no reader will open; [] where the store cannot list its
+        files by age (only Edge can: its blobs are files)."""
+        return []
+
+    def named_blobs(self, collection: str) -> set[int] | None:
+        """The blob ids that the manifests alongside the collection name (every slot, every vector); None
+        when one cannot be read, as it might name any blob, or where the store cannot tell."""
+        return None
+
+    def remove_stored_file(self, collection: str, stored: StoredFile) -> None:
+        """Remove a file `stored_files` listed; one already gone is not an error."""
+        raise NotImplementedError(f"{self.location} lists no stored files")
 
     @contextlib.contextmanager
     def manifest_lock(self, collection: str) -> Iterator[None]:

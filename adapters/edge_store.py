@@ -18,25 +18,33 @@ own lock already keeps a second process out; the flock does not depend on that).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import re
+import shutil
+import stat
+import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import portalocker
 import qdrant_edge as edge
 
-from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
-from amips_plugin.core.files import atomic_write, read_bounded
+from amips_plugin.core.errors import (AmipsError, ArtifactError, InputError, StoreBusyError, StoreError,
+                                      UnknownCollectionError)
+from amips_plugin.core.files import atomic_write, interrupted_write_target, read_bounded
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES, MAX_VERSION
 from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json
 
 from . import point_ids
 from .edge_filters import edge_filter
-from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
+from .edge_integrity import damaged_vector_files
+from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
+                   collect_results,
                    UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import check_collection_name
@@ -50,8 +58,26 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
 _DISTANCE_NAME = {"Dot": "dot", "Cosine": "cosine"}
 _MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json", "router": "router.json", "policy": "policy.json"}
+_MANIFEST_STEMS = {name.removesuffix(".json"): slot for slot, name in _MANIFEST_FILES.items()}
+_MANIFEST_FILE = re.compile(r"^(?P<stem>manifest|pq|router|policy)(?:@(?P<vector>[^/]*))?\.json$")
+_BLOB_FILE = re.compile(r"^blob-(?P<id>0|[1-9][0-9]*)\.amips$")
+_ARTIFACT_FILE = re.compile(r"^(blob-[0-9]+\.amips|(manifest|pq|router|policy)(@[^/]*)?\.(json|removed))$")
 _LOCK_FILE = ".manifest.lock"
+_STAMP_FILE = "amips-stamp.json"
+OPEN_RESERVE_BYTES = 16 << 20
+_PENDING_FILE = "amips-pending-write.json"
+log = logging.getLogger("amips")
 _LOCK_POLL_SECONDS = 0.01
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str) -> Iterator[None]:
+    """An engine failure (it raises plain Exception: disk full, I/O errors) as one StoreError line."""
+    try:
+        yield
+    except Exception as exc:
+        detail = " ".join(str(exc).replace("Service runtime error: ", "").split())[:300] or type(exc).__name__
+        raise StoreError(f"cannot {what}: {detail}") from None
 
 
 @contextlib.contextmanager
@@ -61,6 +87,61 @@ def _file_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise StoreError(f"cannot {what}: {exc.strerror or exc}") from None
+
+
+def _own_folder(folder: Path) -> Path:
+    """`folder` when it is absent or a real folder; StoreError naming it when it is a symbolic link (which
+    would take every read, write and delete of amips's files out of the collection's folder) or a file."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        return folder
+    except OSError as exc:
+        raise StoreError(f"cannot inspect {folder}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(mode):
+        raise StoreError(f"{folder} is a symbolic link; amips keeps a collection's model files only in a real "
+                         "folder there (remove the link)")
+    if not stat.S_ISDIR(mode):
+        raise StoreError(f"{folder} is not a folder; amips keeps a collection's model files there (move it away)")
+    return folder
+
+
+def _may_be_leftover(name: str) -> bool:
+    """Named like a blob, or like the temporary file of an interrupted write of any of amips's files."""
+    target = interrupted_write_target(name)
+    return bool(_BLOB_FILE.fullmatch(name) or (target and _ARTIFACT_FILE.fullmatch(target)))
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file, created if absent and never written, opened without following a symbolic link (one
+    planted there would make every writer create or lock its target, anywhere); StoreError naming it when
+    it is a link or not a regular file. Opened for writing: flock over NFS needs it for an exclusive lock."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; amips will not follow it (remove it)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file (remove it)")
+    return fd
+
+
+def _lock(fd: int, collection: str, timeout: float) -> None:
+    """flock `fd` exclusively, trying every _LOCK_POLL_SECONDS; StoreBusyError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+            return
+        except portalocker.AlreadyLocked:
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} "
+                                     f"for over {timeout:g}s") from None
+            time.sleep(_LOCK_POLL_SECONDS)
+        except portalocker.LockException as exc:
+            raise StoreError(f"cannot take the manifest lock of {collection!r}: {exc}") from None
 
 
 class EdgeStore(VectorStore):
@@ -73,6 +154,7 @@ class EdgeStore(VectorStore):
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
         self._manifest_writes = 0  # by this store object: part of every manifest token
         self._manifest_paths: dict[tuple[str, str], Path] = {}
+        self._stamps: dict[str, WriteStamp] = {}  # the shard is this process's alone: only we change them
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -97,10 +179,22 @@ class EdgeStore(VectorStore):
         shard_dir = self._folder(collection) / "shard"
         if not (shard_dir / "edge_config.json").is_file():
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
+        free = self.free_bytes()
+        if free is not None and free < OPEN_RESERVE_BYTES:  # replaying the log into a full disk is a bus error
+            raise StoreError(f"cannot open collection {collection!r}: {free / 2**20:,.1f} MiB free on the disk of "
+                             f"{self.root}; Qdrant Edge may need up to {OPEN_RESERVE_BYTES >> 20} MiB to open a "
+                             "collection (its write-ahead log replays into 32 MiB segments) — free some space")
+        damaged = damaged_vector_files(shard_dir)
+        if damaged:  # the engine would pad it with zeros and answer from what survived
+            raise StoreError(f"collection {collection!r} is damaged: {damaged[0]}"
+                             f"{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}; restore {shard_dir} "
+                             "from a backup or ingest the points again")
         try:
             shard = edge.EdgeShard.load(str(shard_dir))
-        except Exception as exc:  # the engine raises plain Exception, e.g. the WAL lock
-            raise StoreError(f"cannot open collection {collection!r} ({exc}); is another process using {self.root}?") from None
+        except Exception as exc:  # the engine raises plain Exception: the WAL lock, a corrupt segment, permissions
+            locked = "WouldBlock" in str(exc)  # the WAL's lock, held by another process ("Can't init WAL: Kind(WouldBlock)")
+            hint = f"; is another process using {self.root}?" if locked else ""
+            raise StoreError(f"cannot open collection {collection!r} ({exc}){hint}") from None
         self._shards[collection] = shard
         return shard
 
@@ -161,6 +255,67 @@ class EdgeStore(VectorStore):
                 str(shard_dir), self._config(dim, distance, scalar_quantization, using or UNNAMED))
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
+        self._write_stamp(collection, WriteStamp.new())
+        self._clear_leftovers(collection)
+
+    def _clear_leftovers(self, collection: str) -> None:
+        """Remove what an earlier collection of this name left in `amips/` (its shard deleted by hand):
+        models and indexes of other points. Their stamps could never match the new one; removing them keeps
+        `status` from listing them."""
+        folder = self._folder(collection) / "amips"
+        if folder.is_symlink() or not folder.is_dir():
+            return
+        removed = [p for p in folder.iterdir() if p.name != _LOCK_FILE and p.is_file() and not p.is_symlink()]
+        with _file_errors(f"clear the leftover artifacts of {collection!r}"):
+            for path in removed:
+                path.unlink(missing_ok=True)
+        if removed:
+            log.warning("amips: removed %d file(s) an earlier collection %r left in %s (built for other points)",
+                        len(removed), collection, folder)
+
+    def _stamp_path(self, collection: str) -> Path:
+        """In the shard's folder: the stamp goes wherever the points go (a shard deleted by hand takes it along)."""
+        return self._folder(collection) / "shard" / _STAMP_FILE
+
+    def _write_stamp(self, collection: str, stamp: WriteStamp) -> None:
+        with _file_errors(f"write the write stamp of {collection!r}"):
+            atomic_write(self._stamp_path(collection), json.dumps(stamp.as_manifest()).encode("ascii"))
+        self._stamps[collection] = stamp
+
+    def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
+        """Read once per process (the shard's WAL lock keeps other processes out, so only this object's
+        writes change it); a missing or unreadable stamp file is no stamp, replaced by a new one when `create`."""
+        stamp = self._stamps.get(collection)
+        if stamp is None:
+            self._shard(collection)  # the collection must exist
+            try:
+                stamp = WriteStamp.parse(json.loads(read_bounded(self._stamp_path(collection), 256)))
+            except (OSError, ValueError):
+                stamp = None
+            if stamp is None and create:
+                stamp = WriteStamp.new()
+                self._write_stamp(collection, stamp)
+            if stamp is not None:
+                self._stamps[collection] = stamp
+        return stamp
+
+    def read_pending_write(self, collection: str) -> dict[str, Any] | None:
+        self._shard(collection)
+        try:
+            return json.loads(read_bounded(self._folder(collection) / "shard" / _PENDING_FILE, 4096))
+        except (OSError, ValueError):
+            return None
+
+    def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
+        path = self._folder(collection) / "shard" / _PENDING_FILE
+        with _file_errors(f"record the pending write of {collection!r}"):
+            if record is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, json.dumps(record).encode("ascii"))
+
+    def bump_generation(self, collection: str) -> None:
+        self._write_stamp(collection, (self.write_stamp(collection, create=True) or WriteStamp.new()).bumped())
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
                payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:
@@ -168,14 +323,17 @@ class EdgeStore(VectorStore):
         name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
         rows = vectors.tolist()
+        self.check_room(f"{len(ids):,} points to {collection!r}", int(vectors.nbytes))
+        self.bump_generation(collection)
         try:
-            for start in range(0, len(ids), UPSERT_BATCH):
-                stop = start + UPSERT_BATCH
-                points = [edge.Point(i, {name: v} if name else v, p)
-                          for i, v, p in zip(qdrant_ids[start:stop], rows[start:stop],
-                                             payloads[start:stop] if payloads else [None] * len(ids))]
-                shard.update(edge.UpdateOperation.upsert_points(points))
-            shard.flush()
+            with _engine_errors(f"write points to {collection!r}"):
+                for start in range(0, len(ids), UPSERT_BATCH):
+                    stop = start + UPSERT_BATCH
+                    points = [edge.Point(i, {name: v} if name else v, p)
+                              for i, v, p in zip(qdrant_ids[start:stop], rows[start:stop],
+                                                 payloads[start:stop] if payloads else [None] * len(ids))]
+                    shard.update(edge.UpdateOperation.upsert_points(points))
+                shard.flush()
         finally:
             self._forget_counts(collection)  # counted again when next asked
 
@@ -200,8 +358,18 @@ class EdgeStore(VectorStore):
 
     def finish_bulk_load(self, collection: str) -> None:
         shard = self._shard(collection)
-        shard.optimize()
-        shard.flush()
+        with _engine_errors(f"index {collection!r}"):
+            shard.optimize()
+            shard.flush()
+
+    def free_bytes(self) -> int | None:
+        folder = self.root
+        while not folder.exists() and folder != folder.parent:  # the store's folder is made by the first create
+            folder = folder.parent
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            return None
 
     def scroll(self, collection: str, batch_size: int,
                using: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -258,8 +426,9 @@ class EdgeStore(VectorStore):
 
     # what rides along --------------------------------------------------------------------------
     def _model_dir(self, collection: str) -> Path:
+        """`<collection>/amips`; StoreError when it is a symbolic link or a file (`_own_folder`)."""
         self._shard(collection)  # the collection must exist
-        return self._folder(collection) / "amips"
+        return _own_folder(self._folder(collection) / "amips")
 
     def retrieve(self, collection: str, ids: np.ndarray, using: str | None = None) -> np.ndarray:
         name = self.resolve_vector(collection, using)[0]
@@ -281,17 +450,23 @@ class EdgeStore(VectorStore):
             stem = _MANIFEST_FILES[base].removesuffix(".json")
             path = self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
             self._manifest_paths[(collection, slot)] = path
+        else:
+            _own_folder(path.parent)  # every call: a link planted after the first is refused too
         return path
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         """The slot's manifest file, read with a size bound and validated (manifest_schema)."""
         slot = self.manifest_slot(collection, slot)
-        path = self._manifest_path(collection, slot)
+        return self._read_manifest_file(self._manifest_path(collection, slot), slot, collection)
+
+    @staticmethod
+    def _read_manifest_file(path: Path, slot: str, collection: str) -> dict[str, Any] | None:
+        """A manifest file (None when absent); ManifestError when it is unusable, a symbolic link included."""
         with _file_errors(f"read the manifest of {collection!r}"):
             if not os.path.lexists(path):
                 return None
             try:
-                text = read_bounded(path, MAX_MANIFEST_BYTES)
+                text = read_bounded(path, MAX_MANIFEST_BYTES, follow_symlinks=False)
             except ValueError as exc:
                 raise ManifestError(f"the {slot} manifest of {collection!r} is unusable ({exc}); "
                                     f"clear it with `{fix_command(slot, collection)}`") from None
@@ -317,12 +492,12 @@ class EdgeStore(VectorStore):
             if manifest is None:
                 path.unlink(missing_ok=True)
                 return
-            atomic_write(path, json.dumps(manifest, sort_keys=True).encode("utf-8"))
+            atomic_write(path, json.dumps(manifest, sort_keys=True, allow_nan=False).encode("utf-8"))
 
     def last_version(self, collection: str, slot: str = "model") -> int:
         path = self._manifest_path(collection, self.manifest_slot(collection, slot)).with_suffix(".removed")
         try:
-            text = read_bounded(path, 32).decode("ascii").strip()
+            text = read_bounded(path, 32, follow_symlinks=False).decode("ascii").strip()
         except (OSError, ValueError, UnicodeDecodeError):
             return 0
         return int(text) if text.isdigit() and int(text) < MAX_VERSION else 0
@@ -339,7 +514,7 @@ class EdgeStore(VectorStore):
     def read_blob(self, collection: str, blob_id: int, max_bytes: int = MAX_BLOB_BYTES) -> bytes:
         path = self._model_dir(collection) / f"blob-{int(blob_id)}.amips"
         try:
-            return read_bounded(path, min(max_bytes, MAX_BLOB_BYTES))
+            return read_bounded(path, min(max_bytes, MAX_BLOB_BYTES), follow_symlinks=False)
         except FileNotFoundError:
             raise ArtifactError(f"model blob {blob_id} of {collection!r} is missing from the store") from None
         except ValueError as exc:
@@ -353,29 +528,68 @@ class EdgeStore(VectorStore):
             for path in self._model_dir(collection).glob(pattern):
                 path.unlink(missing_ok=True)
 
+    def stored_files(self, collection: str) -> list[StoredFile]:
+        """The regular files in `amips/` named like a blob or an interrupted write's temporary file."""
+        folder, now, found = self._model_dir(collection), time.time(), []
+        with _file_errors(f"list the model files of {collection!r}"):
+            if not folder.is_dir():
+                return []
+            for entry in os.scandir(folder):
+                if not _may_be_leftover(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # renamed into place or removed meanwhile
+                    continue
+                blob = _BLOB_FILE.fullmatch(entry.name)
+                found.append(StoredFile(entry.name, info.st_size, now - info.st_mtime, int(blob["id"]) if blob else None))
+        return found
+
+    def named_blobs(self, collection: str) -> set[int] | None:
+        """From every manifest file in `amips/`: each vector's slots, and any a reader would not look for."""
+        named: set[int] = set()
+        for path, slot in self._manifest_files(collection):
+            try:
+                manifest = self._read_manifest_file(path, slot, collection)
+            except AmipsError:
+                return None
+            if manifest and type(manifest.get("blob")) is int:
+                named.add(manifest["blob"])
+        return named
+
+    def _manifest_files(self, collection: str) -> list[tuple[Path, str]]:
+        """(path, slot) of every file in `amips/` named like a manifest."""
+        folder = self._model_dir(collection)
+        with _file_errors(f"list the manifests of {collection!r}"):
+            names = os.listdir(folder) if folder.is_dir() else []
+        matches = [m for m in map(_MANIFEST_FILE.fullmatch, names) if m]
+        return [(folder / m.string, _MANIFEST_STEMS[m["stem"]] + (f"@{unquote(m['vector'])}" if m["vector"] else ""))
+                for m in matches]
+
+    def remove_stored_file(self, collection: str, stored: StoredFile) -> None:
+        if not _may_be_leftover(stored.name):
+            raise InputError(f"{stored.name[:80]!r} is not a file amips removes from {collection!r}")
+        path = self._model_dir(collection) / stored.name
+        with _file_errors(f"remove {path}"):
+            path.unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def manifest_lock(self, collection: str) -> Iterator[None]:
         """An exclusive lock on `<collection>/amips/.manifest.lock` (portalocker: `flock` on POSIX),
-        retried until the timeout.
+        retried until the timeout; the file is never opened through a symbolic link (`_open_lock_file`).
 
         flock locks belong to an open file description and every call opens the file anew, so this
         excludes other processes and other threads of this one alike; the kernel drops it when its holder dies.
         """
-        folder, timeout = self._model_dir(collection), self.manifest_lock_timeout
-        lock = portalocker.Lock(folder / _LOCK_FILE, mode="a", timeout=timeout, check_interval=_LOCK_POLL_SECONDS)
+        folder = self._model_dir(collection)
         with _file_errors(f"take the manifest lock of {collection!r}"):
             folder.mkdir(parents=True, exist_ok=True)
-            try:
-                lock.acquire()
-            except portalocker.AlreadyLocked:
-                raise StoreBusyError(f"another writer kept the manifest lock of {collection!r} "
-                                     f"for over {timeout:g}s") from None
-            except portalocker.LockException as exc:
-                raise StoreError(f"cannot take the manifest lock of {collection!r}: {exc}") from None
+            fd = _open_lock_file(folder / _LOCK_FILE)
         try:
+            _lock(fd, collection, self.manifest_lock_timeout)
             yield
         finally:
-            lock.release()
+            os.close(fd)  # drops the lock
 
     def close(self) -> None:
         for shard in self._shards.values():

@@ -28,8 +28,11 @@ import contextlib
 import functools
 import logging
 import secrets
+import shutil
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -37,19 +40,21 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.local.qdrant_local import QdrantLocal
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from amips_plugin.core.errors import ArtifactError, StoreBusyError, StoreError, UnknownCollectionError
+from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_VERSION
 from amips_plugin.manifest_schema import validate_manifest
-from amips_plugin.core.redact import redact
+from amips_plugin.core.redact import redact, userinfo
 
 from . import point_ids
-from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, collect_results,
-                   UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
+from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, WriteStamp,
+                   collect_results, UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
 
 SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}
 METADATA_KEYS = {"model": "amips", "pq": "amips_pq", "router": "amips_router", "policy": "amips_policy"}
+STAMP_KEY = "amips_stamp"  # the collection's WriteStamp
+PENDING_WRITE_KEY = "amips_pending_write"  # an append that started and has not finished
 CHUNK_BYTES = 1 << 20
 _CHUNK_ID_BITS = 20  # point id = blob id (40 bits) << 20 | chunk index
 UPSERT_BATCH = 1024
@@ -76,10 +81,11 @@ def _chunk_bytes(payload: Any, blob_id: int, index: int, total: int, collection:
 
 
 class _GuardedClient:
-    """The client's methods, run under `lock` (local mode) and with server failures as StoreError."""
+    """The client's methods, run under `lock` (local mode) and with server failures as StoreError (`secrets`
+    masked in its message: the API key, the URL's user-info)."""
 
-    def __init__(self, client: QdrantClient, lock: threading.RLock | None) -> None:
-        self._client, self._lock = client, lock
+    def __init__(self, client: QdrantClient, lock: threading.RLock | None, secrets: tuple[str | None, ...] = ()) -> None:
+        self._client, self._lock, self._secrets = client, lock, secrets
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -92,9 +98,25 @@ class _GuardedClient:
                 try:
                     return attr(*args, **kwargs)
                 except (ResponseHandlingException, UnexpectedResponse) as exc:
-                    raise StoreError(f"the Qdrant server failed: {' '.join(str(exc).split())}") from None
+                    raise StoreError(redact(f"the Qdrant server failed: {' '.join(str(exc).split())}",
+                                            self._secrets)) from None
+                except (OSError, sqlite3.Error) as exc:  # local mode's own files: a full disk, permissions
+                    if self._lock is None:
+                        raise
+                    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    raise StoreError(f"the local store failed: {detail}") from None
 
         return call
+
+
+def _remote_client(url: str, api_key: str | None, timeout: int) -> QdrantClient:
+    """A client for the server at `url`. InputError when the URL does not parse: the parser's own message
+    quotes pieces of it, a password with '/', '?', '#' or '@' in it among them, so it is not passed on."""
+    try:
+        return QdrantClient(url=url, api_key=api_key, timeout=timeout)
+    except ValueError:  # urllib3's LocationParseError
+        raise InputError(f"cannot open store {redact(url, [userinfo(url)])!r}: not a valid URL (a user name or "
+                         "password must percent-encode '/', '?', '#', '@' and spaces)") from None
 
 
 class QdrantClientStore(VectorStore):
@@ -107,10 +129,11 @@ class QdrantClientStore(VectorStore):
         if location == ":memory:":
             client = QdrantClient(":memory:")
         elif remote:
-            client = QdrantClient(url=location, api_key=api_key, timeout=timeout)
+            client = _remote_client(location, api_key, timeout)
         else:
             client = QdrantClient(path=location)
         self._attach(client, location, remote, shared)
+        self._folder = None if remote or location == ":memory:" else Path(location)
         if remote:
             self._wait_for_server(attempts, backoff)
 
@@ -123,13 +146,14 @@ class QdrantClientStore(VectorStore):
         location = getattr(getattr(client, "_client", None), "location", None) or ("server" if remote else "local")
         store._attach(client, str(location), remote, shared)
         store._owns_client = False
+        store._folder = None
         return store
 
     def _attach(self, client: QdrantClient, location: str, remote: bool, shared: bool | None) -> None:
-        self.location = redact(location)  # what messages show: never the URL's credentials
-        self._api_key = getattr(self, "_api_key", None)
+        self._secrets = (getattr(self, "_api_key", None), userinfo(location))
+        self.location = redact(location, self._secrets)  # what messages show: never the URL's credentials
         self.shared = remote if shared is None else shared
-        self.client: Any = _GuardedClient(client, None if remote else threading.RLock())
+        self.client: Any = _GuardedClient(client, None if remote else threading.RLock(), self._secrets)
         self._owns_client = True
         self._spaces: dict[str, tuple[float, VectorSpaces]] = {}
 
@@ -144,7 +168,7 @@ class QdrantClientStore(VectorStore):
                 if attempt + 1 < attempts:
                     time.sleep(backoff * 2 ** attempt)
         self.client.close()
-        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}", [self._api_key]))
+        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}", self._secrets))
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -203,12 +227,14 @@ class QdrantClientStore(VectorStore):
         params = models.VectorParams(size=dim, distance=_DISTANCE[distance])
         self.client.create_collection(collection, vectors_config={using: params} if using else params,
                                       shard_number=shards, replication_factor=replication_factor,
-                                      quantization_config=quantization)
+                                      quantization_config=quantization,
+                                      metadata={STAMP_KEY: WriteStamp.new().as_manifest()})
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
                payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:
         name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
+        self.bump_generation(collection)
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
             rows = vectors[start:stop].tolist()
@@ -317,6 +343,39 @@ class QdrantClientStore(VectorStore):
     def remember_version(self, collection: str, slot: str, version: int) -> None:
         key = self._metadata_key(self.manifest_slot(collection, slot)) + "#removed"
         self.client.update_collection(collection, metadata={key: int(version)})
+
+    def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
+        """The stamp in the collection's metadata ("amips_stamp"), read on every call (other clients of
+        a server may write it); a collection without one gets one when `create`."""
+        self._require(collection)
+        stamp = WriteStamp.parse((self.client.get_collection(collection).config.metadata or {}).get(STAMP_KEY))
+        if stamp is None and create:
+            stamp = WriteStamp.new()
+            self.client.update_collection(collection, metadata={STAMP_KEY: stamp.as_manifest()})
+        return stamp
+
+    def bump_generation(self, collection: str) -> None:
+        """Read, add one, write back: two writers racing may add one between them, which still leaves
+        every artifact built before either stale (the generation differs from the one it recorded)."""
+        bumped = (self.write_stamp(collection, create=True) or WriteStamp.new()).bumped()
+        self.client.update_collection(collection, metadata={STAMP_KEY: bumped.as_manifest()})
+
+    def free_bytes(self) -> int | None:
+        """Local mode on disk: the free space of its folder's disk (SQLite and its journal write there)."""
+        if self._folder is None:
+            return None
+        try:
+            return shutil.disk_usage(self._folder).free
+        except OSError:
+            return None
+
+    def read_pending_write(self, collection: str) -> dict[str, Any] | None:
+        self._require(collection)
+        return (self.client.get_collection(collection).config.metadata or {}).get(PENDING_WRITE_KEY)
+
+    def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
+        self._require(collection)
+        self.client.update_collection(collection, metadata={PENDING_WRITE_KEY: record})
 
     @staticmethod
     def _metadata_key(slot: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from amips_plugin.core.limits import MAX_BLOB_BYTES
 
-from .base import CollectionInfo, SearchParams, SearchResult, VectorStore, vector_slot
+from .base import CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp, vector_slot
 
 
 class VectorView(VectorStore):
@@ -85,6 +85,18 @@ class VectorView(VectorStore):
     def remember_version(self, collection: str, slot: str, version: int) -> None:
         self.store.remember_version(collection, vector_slot(slot, self.using), version)
 
+    def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
+        return self.store.write_stamp(collection, create)
+
+    def bump_generation(self, collection: str) -> None:
+        self.store.bump_generation(collection)
+
+    def read_pending_write(self, collection: str) -> dict[str, Any] | None:
+        return self.store.read_pending_write(collection)
+
+    def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
+        self.store.write_pending_write(collection, record)
+
     def write_blob(self, collection: str, blob_id: int, data: bytes) -> None:
         self.store.write_blob(collection, blob_id, data)
 
@@ -93,6 +105,15 @@ class VectorView(VectorStore):
 
     def delete_blob(self, collection: str, blob_id: int | None) -> None:
         self.store.delete_blob(collection, blob_id)
+
+    def stored_files(self, collection: str) -> list[StoredFile]:
+        return self.store.stored_files(collection)
+
+    def named_blobs(self, collection: str) -> set[int] | None:
+        return self.store.named_blobs(collection)
+
+    def remove_stored_file(self, collection: str, stored: StoredFile) -> None:
+        self.store.remove_stored_file(collection, stored)
 
     @contextlib.contextmanager
     def manifest_lock(self, collection: str) -> Iterator[None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,26 @@ import numpy as np
 from .core.errors import InputError
 
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: str | Path, what: str) -> Path:
+    """`path` when it is a regular file (after symbolic links); otherwise InputError saying what it is: missing,
+    a link to nothing, a directory, a FIFO, a device, ... (never opened: a FIFO would block the read)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"{what}: {path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise InputError(f"{what}: no such file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise InputError(f"{what}: {path} is {kind}, not a regular file")
+    return path
 
 
 def check_vectors(array: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
@@ -59,10 +80,8 @@ def check_npy_size(path: Path, what: str) -> None:
 
 def load_vectors(path: str | Path, what: str | None = None, dim: int | None = None) -> np.ndarray:
     """Read a `.npy` file of vectors; every failure is an InputError naming the file."""
-    path = Path(path)
     what = what or str(path)
-    if not path.is_file():
-        raise InputError(f"{what}: no such file: {path}")
+    path = regular_file(path, what)
     check_npy_size(path, what)
     try:
         array = np.load(path, allow_pickle=False, mmap_mode=None)
@@ -77,9 +96,7 @@ def load_vectors(path: str | Path, what: str | None = None, dim: int | None = No
 
 def load_ids(path: str | Path) -> list[Any]:
     """Point ids from a `.npy` array (integers or strings, never pickled) or a text file, one id a line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ids: no such file: {path}")
+    path = regular_file(path, "ids")
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -95,20 +112,29 @@ def load_ids(path: str | Path) -> list[Any]:
 
 
 def load_payloads(path: str | Path) -> list[dict[str, Any] | None]:
-    """Payloads from a JSONL file: one JSON object (or null) per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"payload: no such file: {path}")
-    payloads: list[dict[str, Any] | None] = []
+    """Payloads from a JSONL file: one JSON object (or null) per line; blank lines are skipped. Every error
+    names the file's line (1-based), whatever line of the JSON parser's own count it came from."""
+    path = regular_file(path, "payload")
     try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                value = json.loads(line)
-                if value is not None and not isinstance(value, dict):
-                    raise InputError(f"payload: line {number} is not a JSON object or null")
-                payloads.append(value)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"payload: cannot read {path} ({exc})") from None
-    return payloads
+        with path.open("rb") as lines:
+            return [_payload(raw, number) for number, raw in enumerate(lines, start=1) if raw.strip()]
+    except OSError as exc:
+        raise InputError(f"payload: cannot read {path} ({exc.strerror or exc})") from None
+
+
+def _payload(raw: bytes, number: int) -> dict[str, Any] | None:
+    """The payload on line `number`: a JSON object or null, with no NaN or infinity (Qdrant stores neither)."""
+    def refuse(constant: str) -> None:
+        raise InputError(f"payload: line {number} holds {constant}, which a payload cannot (JSON has no such number)")
+
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=refuse)
+    except UnicodeDecodeError:
+        raise InputError(f"payload: line {number} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # its line and column count within this one line
+        raise InputError(f"payload: line {number} is not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"payload: line {number} nests too deeply to parse") from None
+    if value is not None and not isinstance(value, dict):
+        raise InputError(f"payload: line {number} is not a JSON object or null")
+    return value

@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,13 +26,13 @@ from amips_plugin.compression import pq_store
 from amips_plugin.compression.quantization import STORAGE_DTYPES
 
 from . import __version__
-from .arrays import check_npy_size, load_ids, load_payloads, load_vectors
+from .arrays import check_npy_size, load_ids, load_payloads, load_vectors, regular_file
 from . import collections as collection_ops
 from . import model_registry, router_store
 from .side_indexes import BY_SLOT, SIDE_INDEXES
 from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
-from .core.redact import redact
+from .core.redact import redact, userinfo
 from .core.files import atomic_write, read_bounded
 from .core.timing import latency_ms, one_at_a_time, timed
 from .fingerprint import keys_fingerprint
@@ -73,10 +74,33 @@ def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _redacted(message: str) -> str:
-    """The message with URL credentials and the API key (--api-key / QDRANT_API_KEY) masked."""
+    """The message with URL credentials — the --store URL's whole user-info too — and the API key (--api-key /
+    QDRANT_API_KEY) masked."""
     ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    return redact(message, [(obj or {}).get("api_key")])
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    return redact(message, [obj.get("api_key"), userinfo(obj.get("store_spec") or "")])
+
+
+def _json(value: Any, **options: Any) -> str:
+    """Strict JSON text (RFC 8259 has no NaN or Infinity): a number left undefined — E_rel when every query
+    is its own best key, say — is null. Stored manifests hold finite numbers only (manifest_schema)."""
+    return json.dumps(_defined(value), allow_nan=False, **options)
+
+
+def _defined(value: Any) -> Any:
+    """`value` with every non-finite float, however deep in dicts, lists and tuples, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _defined(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(item) for item in value]
+    return value
+
+
+def _number(value: Any) -> float:
+    """A stored metric for display: NaN (printed nan) where it is absent or null (undefined)."""
+    return float("nan") if value is None else float(value)
 
 
 def _model_file(path: Path) -> bytes:
@@ -278,7 +302,7 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
         "baseline_scaled_query_e_rel": relative_key_error(queries, alpha * queries, keys[targets.index]),
     }
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(_json(report))
         return
     for name, value in report.items():
         click.echo(f"{name:>28}  {value:.4f}" if isinstance(value, float) else f"{name:>28}  {value}")
@@ -290,19 +314,17 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
 @_friendly_errors
 def inspect_command(model_path: str, as_json: bool) -> None:
     """Verify a model file's checksum and print its header (architecture, training, metrics)."""
-    path = Path(model_path)
-    if not path.is_file():
-        raise InputError(f"no such model file: {path}")
+    path = regular_file(model_path, "MODEL.amips")
     header = read_header(_model_file(path))
     if as_json:
-        click.echo(json.dumps(header, indent=2, sort_keys=True))
+        click.echo(_json(header, indent=2, sort_keys=True))
         return
     meta = header.get("metadata", {})
-    click.echo(f"model     {json.dumps(header['model'])}")
+    click.echo(f"model     {_json(header['model'])}")
     click.echo(f"dtype     {header['dtype']}   bytes {path.stat().st_size:,}   tensors {len(header['tensors'])}")
     for key in ("params", "params_fraction", "num_keys", "steps_run", "validation", "fingerprint", "created"):
         if key in meta:
-            click.echo(f"{key:<9} {json.dumps(meta[key])}")
+            click.echo(f"{key:<9} {_json(meta[key])}")
 
 
 @main.command("quantize")
@@ -349,7 +371,8 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
     """Create COLLECTION from KEYS.npy, or append to it without touching the points it holds.
 
     An append whose ids already exist is refused before anything is written (unless --upsert);
-    it marks the model and side indexes stale.
+    it marks the model and side indexes stale. An interrupted ingest (killed, disk full) is finished by
+    running it again with the same files: the same points are written under the same ids, never twice.
     """
     keys = load_vectors(keys_path, "KEYS")
     ingested = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
@@ -358,8 +381,10 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
                                      progress=not quiet)
     ids = ingested.ids
     span = f"ids {ids[0]}..{ids[-1]}" if not point_ids.is_text(ids) and np.all(np.diff(ids) == 1) else f"{len(ids):,} ids"
+    resumed = ("" if ingested.resumed is None else
+               f"; an interrupted run of this ingest had written {ingested.resumed:,} of them, now finished")
     click.echo(f"{collection}: {'created with' if ingested.created else 'appended'} {len(keys):,} points "
-               f"({span}); {ingested.count:,} in all")
+               f"({span}); {ingested.count:,} in all{resumed}")
 
 
 @main.command("train")
@@ -393,23 +418,49 @@ def train_command(ctx: click.Context, collection: str, queries_path: str, config
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: one object for a COLLECTION with one vector (or --using), else a list.")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the keys' fingerprint (faster; trusts the stale flag).")
+@click.option("--clean", is_flag=True,
+              help="Remove the leftovers listed: files of writes interrupted (kill -9, power loss) over a minute "
+                   "ago and model blobs no manifest names. Never a file a reader or a live writer uses. Edge only.")
 @click.pass_context
 @_friendly_errors
-def status_command(ctx: click.Context, collection: str | None, as_json: bool, no_verify: bool) -> None:
+def status_command(ctx: click.Context, collection: str | None, as_json: bool, no_verify: bool, clean: bool) -> None:
     """Per collection and vector: points, the model (version, stale or fresh, size, metrics) and the side
-    indexes (pq, router); vectors amips cannot serve are listed with the reason."""
+    indexes (pq, router); vectors amips cannot serve are listed with the reason. Per collection, the
+    leftovers of interrupted writes, if any (JSON: "leftovers"), which --clean removes."""
     store = _base_store(ctx)
     names = [collection] if collection else store.collections()
     reports = [report for name in names
                for report in collection_ops.status_reports(store, name, not no_verify, ctx.obj.get("using"),
                                                            quiet_errors=collection is None)]
+    unreadable = {r["collection"] for r in reports if "error" in r}
+    leftovers = {name: _leftovers(store, name, clean) for name in names if name not in unreadable}
+    for r in reports:
+        r["leftovers"] = leftovers.get(r["collection"])
     if as_json:
-        click.echo(json.dumps(reports[0] if collection and len(reports) == 1 else reports))
+        click.echo(_json(reports[0] if collection and len(reports) == 1 else reports))
         return
     if not reports:
         click.echo(f"no collections in {store.location}")
     for r in reports:
         click.echo(_status_line(r))
+    for name, found in leftovers.items():
+        if found["files"]:
+            click.echo(_leftovers_line(name, found))
+
+
+def _leftovers(store: VectorStore, collection: str, clean: bool) -> dict[str, Any]:
+    """The collection's leftover files (model_registry.leftovers) as {"files", "bytes", "removed"};
+    with `clean`, removed first."""
+    found = (model_registry.clean_leftovers if clean else model_registry.leftovers)(store, collection)
+    return {"files": len(found), "bytes": sum(f.bytes for f in found), "removed": clean}
+
+
+def _leftovers_line(collection: str, found: dict[str, Any]) -> str:
+    what = f"{found['files']} leftover file(s), {found['bytes']:,} bytes"
+    if found["removed"]:
+        return f"{collection}: removed {what}"
+    return (f"{collection}: {what} (interrupted writes, model blobs no manifest names); "
+            f"remove them with `amips status {collection} --clean`")
 
 
 def _status_line(r: dict[str, Any]) -> str:
@@ -428,7 +479,7 @@ def _status_line(r: dict[str, Any]) -> str:
         metrics = model.get("metrics") or {}
         line += (f"model v{model['version']} ({model['kind']}, {model['bytes']:,} bytes), "
                  f"{'STALE — run amips train' if model['stale'] else 'fresh'}, "
-                 f"validation match {metrics.get('match_rate', float('nan')):.3f}")
+                 f"validation match {_number(metrics.get('match_rate')):.3f}")
     for slot, side in r["side_indexes"].items():
         if "error" in side:
             line += f"; {slot} UNUSABLE ({side['error']})"
@@ -510,7 +561,7 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
         summary[f"recall@{limit}"] = round(float(np.mean((ids == truth[:, :1]).any(axis=1))), 4)
     if output:
         np.save(output, ids)
-    click.echo(json.dumps(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+    click.echo(_json(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
     for row in range(min(show, len(queries))):
         hits = [f"{i}:{s:.4f}" for i, s in zip(ids[row].tolist(), scores[row].tolist()) if i not in (-1, "")]
         click.echo(f"query {row}: " + "  ".join(hits))
@@ -518,7 +569,7 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
 
 def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
     """True best ids, one per query (or each query's true top-k, best first), as ids comparable with `ids`."""
-    check_npy_size(Path(path), "--truth")
+    check_npy_size(regular_file(path, "--truth"), "--truth")
     try:
         truth = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -600,9 +651,7 @@ def export_command(ctx: click.Context, collection: str, output: str) -> None:
 @_friendly_errors
 def import_command(ctx: click.Context, collection: str, model_path: str) -> None:
     """Store MODEL.amips as COLLECTION's model; stale at once if it was trained on other keys."""
-    if not Path(model_path).is_file():
-        raise InputError(f"no such model file: {model_path}")
-    manifest = collection_ops.import_model(_store(ctx), collection, _model_file(Path(model_path)))
+    manifest = collection_ops.import_model(_store(ctx), collection, _model_file(regular_file(model_path, "MODEL.amips")))
     stale = manifest["stale"]
     click.echo(f"{collection}: imported as model version {manifest['version']}"
                + (" — STALE: it was trained on other keys; run amips train" if stale else ""))
@@ -669,7 +718,7 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
               help="A sample of the collection's queries (.npy, M×d, M ≥ 200); three quarters (at most half of a small sample) are held out for calibration.")
 @click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
               help="Declared recall@1 (of the exact argmax) the policy must meet on held-out queries.")
-@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved timing rounds per policy (best kept).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -687,4 +736,4 @@ def tune_command(ctx: click.Context, collection: str, queries_path: str, target_
     report = tuning.tune(_store(ctx), collection, load_vectors(queries_path, "QUERIES"), target_recall, limit, repeats)
     if plot_path:
         tuning.plot_frontier(report, plot_path)
-    click.echo(json.dumps(report.to_dict()) if as_json else tuning.format_frontier(report))
+    click.echo(_json(report.to_dict()) if as_json else tuning.format_frontier(report))

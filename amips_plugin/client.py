@@ -26,6 +26,7 @@ They may run on a background thread.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Sequence
 
@@ -38,7 +39,8 @@ from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 from amips_plugin.adapters.vector_view import for_vector
 
 from . import collections as collection_ops
-from .core.errors import InputError
+from .core.errors import InputError, InvalidRequestError
+from .core.limits import MAX_LIMIT
 from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
 from .training import TrainConfig
@@ -105,7 +107,7 @@ class AmipsClient:
     def _rewritten(self, collection: str, requests: list[models.QueryRequest], mode: str | None,
                    candidates: int | None) -> list[QueryResponse]:
         first = requests[0]
-        offset, limit = first.offset or 0, first.limit or 10
+        offset, limit = _paging(first)
         engine = first.params or models.SearchParams()
         quantization = engine.quantization
         params = SearchParams(hnsw_ef=engine.hnsw_ef, exact=bool(engine.exact), filter=first.filter,
@@ -210,6 +212,22 @@ def _rewritable(request: models.QueryRequest) -> bool:
     dense = isinstance(query, _REWRITABLE) and len(query) > 0 and all(
         isinstance(v, (int, float, np.floating, np.integer)) for v in query)
     return dense and request.prefetch is None and request.lookup_from is None and request.shard_key is None
+
+
+def _paging(request: models.QueryRequest) -> tuple[int, int]:
+    """(offset, limit) of a rewritable request, None meaning 0 and 10 as in qdrant-client, which refuses limit < 1
+    and offset < 0 (so does this, and offset + limit > MAX_LIMIT); a NaN score_threshold, which would drop
+    every hit, is refused too. InvalidRequestError naming the parameter."""
+    limit = 10 if request.limit is None else request.limit
+    offset = 0 if request.offset is None else request.offset
+    if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(f"limit must be an integer in [1, {MAX_LIMIT:,}], got {str(limit)[:40]}")
+    if type(offset) is not int or not 0 <= offset <= MAX_LIMIT - limit:
+        raise InvalidRequestError(f"offset must be an integer in [0, {MAX_LIMIT - limit:,}] (offset + limit ≤ "
+                                  f"{MAX_LIMIT:,}), got {str(offset)[:40]}")
+    if request.score_threshold is not None and math.isnan(request.score_threshold):
+        raise InvalidRequestError("score_threshold is NaN; pass a number, or None for no threshold")
+    return offset, limit
 
 
 def _options_key(request: models.QueryRequest) -> tuple[Any, ...]:

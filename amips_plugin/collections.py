@@ -1,6 +1,8 @@
 """Collection-level operations shared by the CLI and the Python API: ingest, train, status."""
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -12,16 +14,20 @@ from amips_plugin.adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from amips_plugin.adapters.vector_view import for_vector
 from amips_plugin.compression.artifact import decode_model, encode_model
 
-from . import model_registry, serving_policy
+from . import model_registry, pending_writes, serving_policy
 from .arrays import check_vectors
-from .core.errors import AmipsError, InputError, UnknownCollectionError
+from .core.errors import AmipsError, ArtifactError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
+from .freshness import stale_reason
+from .manifest_schema import fix_command
 from .training import FitResult, TrainConfig, fit
 
 
 
+log = logging.getLogger("amips")
 INGEST_BATCH = 8192  # points per store call while ingesting (one progress step each)
 EXISTING_SHOWN = 5  # existing ids named when an append would overwrite them
+INT64_END = 2**63  # ids ingest numbers itself (the next free integers) are int64
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class Ingested:
     created: bool  # a new collection was made
     ids: np.ndarray  # the ids written, in input order
     count: int  # points in the collection afterwards
+    resumed: int | None = None  # an interrupted append of the same input finished: how many it had written
 
 
 def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: str = "dot",
@@ -44,12 +51,15 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
     holds are refused with an InputError naming some of them, before anything is written, unless
     `upsert` is set. Appending marks the collection's model and side indexes stale before the first
     point is written, so an append that fails half-way leaves them stale rather than fresh-looking.
+    An append interrupted (killed, or a store error: the error says how many points were written) is
+    finished by running it again on the same input, which writes the same points under the same ids
+    (`pending_writes`), never a second copy.
     """
     if distance not in DISTANCES:
         raise InputError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
     vectors = check_vectors(vectors, "keys")
-    if payloads is not None and len(payloads) != len(vectors):
-        raise InputError(f"{len(payloads)} payloads for {len(vectors)} keys")
+    if payloads is not None:
+        _check_payloads(payloads, len(vectors))
     try:
         info = store.info(collection)
     except UnknownCollectionError:
@@ -59,25 +69,80 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
             raise InputError(f"keys have dimension {vectors.shape[1]}, collection {collection!r} has {info.dim}")
         if info.distance != distance:
             raise InputError(f"collection {collection!r} uses distance {info.distance!r}, not {distance!r}")
-    new_ids = _ids_for(store, collection if info else None, len(vectors), ids)
-    if info is not None and not upsert:
+    given = None if ids is None else _ids_for(store, None, len(vectors), ids)
+    digest = pending_writes.input_digest(vectors, given, payloads)
+    pending = pending_writes.PendingWrite.parse(store.read_pending_write(collection)) if info is not None else None
+    resumed = pending is not None and pending.sha256 == digest
+    if pending is not None and resumed:  # the same input again: the same ids, overwritten with the same points
+        new_ids = pending.ids(given)
+        already = len(store.existing(collection, new_ids))
+    else:
+        if pending is not None:
+            log.warning("amips: %s to %r was interrupted and is not this one; its points stay as written",
+                        pending.describe(), collection)
+        new_ids = given if given is not None else _ids_for(store, collection if info else None, len(vectors), None)
+        already = 0
+    if info is not None and not upsert and not resumed:
         taken = store.existing(collection, new_ids)
         if len(taken):
             shown = ", ".join(str(i) for i in taken[:EXISTING_SHOWN].tolist())
             raise InputError(f"{len(taken)} of these ids already exist in {collection!r} (e.g. {shown}); nothing "
                              "was written — pass other ids, or --upsert to overwrite those points")
+    # before anything is written; an append's optimizer may rewrite the points already there too
+    store.check_room(f"{len(vectors):,} points to {collection!r}",
+                     int(vectors.nbytes) + (4 * info.count * info.dim if info is not None else 0))
     if info is None:
         store.create(collection, vectors.shape[1], distance, shards, replication_factor, scalar_quantization)
     else:
         model_registry.mark_stale(store, collection)
+    record = pending_writes.PendingWrite(digest, len(vectors), None if given is not None else int(new_ids[0]))
+    store.write_pending_write(collection, record.as_record())
+    written = 0
     with tqdm(total=len(vectors), unit="pt", desc=f"ingest {collection}", disable=not progress) as bar:
         for start in range(0, len(vectors), INGEST_BATCH):
             stop = start + INGEST_BATCH
-            store.upsert(collection, new_ids[start:stop], vectors[start:stop],
-                         None if payloads is None else payloads[start:stop])
-            bar.update(min(stop, len(vectors)) - start)
+            try:
+                store.upsert(collection, new_ids[start:stop], vectors[start:stop],
+                             None if payloads is None else payloads[start:stop])
+            except AmipsError as exc:
+                raise type(exc)(f"{written:,} of {len(vectors):,} points written ({_span(new_ids[:written])}) when "
+                                f"the write failed: {exc} — run the same ingest again to finish it") from None
+            written = min(stop, len(vectors))
+            bar.update(written - start)
     store.finish_bulk_load(collection)
-    return Ingested(info is None, new_ids, store.info(collection).count)
+    store.write_pending_write(collection, None)
+    return Ingested(info is None, new_ids, store.info(collection).count, already if resumed else None)
+
+
+def _span(ids: np.ndarray) -> str:
+    """How a message names written ids: "ids a..b" for a run of integers, else how many."""
+    if not len(ids):
+        return "none"
+    if not point_ids.is_text(ids) and np.all(np.diff(ids) == 1):
+        return f"ids {ids[0]}..{ids[-1]}"
+    return f"{len(ids):,} ids"
+
+
+def _check_payloads(payloads: Sequence[dict[str, Any] | None], n: int) -> None:
+    """InputError, before anything is created or written, unless there is one payload per key, each a dict
+    (or None) of JSON values (numpy scalars included) without NaN or infinity: Qdrant stores no other, and
+    Edge refuses them mid-write, after the collection was made."""
+    if len(payloads) != n:
+        raise InputError(f"{len(payloads)} payloads for {n} keys")
+    for index, payload in enumerate(payloads):
+        if payload is not None and not isinstance(payload, dict):
+            raise InputError(f"payloads[{index}] is a {type(payload).__name__}, not a dict or None")
+        try:
+            json.dumps(payload, allow_nan=False, default=_json_scalar)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InputError(f"payloads[{index}] is not storable as JSON ({exc})") from None
+
+
+def _json_scalar(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for the JSON check); TypeError for anything else."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a {type(value).__name__} is not a JSON value")
 
 
 def _ids_for(store: VectorStore, existing: str | None, n: int, ids: np.ndarray | Sequence[Any] | None) -> np.ndarray:
@@ -92,14 +157,22 @@ def _ids_for(store: VectorStore, existing: str | None, n: int, ids: np.ndarray |
         if len(np.unique(chosen)) != n:
             raise InputError("ids: the same id is given more than once")
         return chosen
-    start = 0
-    if existing is not None:
-        for batch in store.all_ids(existing, model_registry.SCROLL_BATCH):
-            numeric = batch if not point_ids.is_text(batch) else np.array(
-                [int(i) for i in batch.tolist() if i.isdigit()], dtype=np.int64)
-            if len(numeric):
-                start = max(start, int(numeric.max()) + 1)
+    start = 0 if existing is None else _largest_integer_id(store, existing) + 1
+    if start + n > INT64_END:
+        raise InputError(f"ids: {existing!r} already holds integer id {start - 1}, so the next {n:,} ids would pass "
+                         f"2**63-1, the largest id ingest numbers itself; pass --ids (or ids=) for the new points")
     return np.arange(start, start + n, dtype=np.int64)
+
+
+def _largest_integer_id(store: VectorStore, collection: str) -> int:
+    """The collection's largest integer point id (up to 2**64-1, held as text beyond int64), or -1 if none."""
+    largest = -1
+    for batch in store.all_ids(collection, model_registry.SCROLL_BATCH):
+        if point_ids.is_text(batch):
+            largest = max([largest, *(int(i) for i in batch.tolist() if i.isdigit())])
+        elif len(batch):
+            largest = max(largest, int(batch.max()))
+    return largest
 
 
 def read_keys(store: VectorStore, collection: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -142,20 +215,23 @@ def build_and_publish(store: VectorStore, collection: str, slot: str,
     """The one publish workflow of everything kept alongside a collection (the model, `pq`, `router`):
 
     1. read the manifest the build replaces: the compare-and-swap's expected value (a manifest that does
-       not validate is replaced), read *before* the keys, so a writer overlapping this one is caught;
+       not validate is replaced), and the collection's write stamp, both *before* the keys, so a writer
+       overlapping this one is caught (a write bumps the stamp's generation before it writes);
     2. read the keys and their fingerprint (batched scroll);
     3. build from them (`build(keys, ids, fingerprint)`);
-    4. growth check: when the point count changed while building (appends, other clients), the result
-       no longer describes every key and is published stale;
+    4. growth check: when the point count changed while building (appends, other clients), or the stamp
+       did (checked again under the manifest lock), the result no longer describes every key and is
+       published stale;
     5. publish: blob, read back, then the manifest under the collection's manifest lock.
     Returns the new manifest and what `build` returned.
     """
     expected = model_registry.read_for_replace(store, collection, slot)
+    stamp = store.write_stamp(collection, create=True)
     keys, ids, fingerprint = read_keys(store, collection)
     built = build(keys, ids, fingerprint)
     grown = store.info(collection).count != len(keys)
     manifest = model_registry.publish_blob(store, collection, built.blob, {**built.fields, "fingerprint": fingerprint},
-                                           slot=slot, stale=grown, expected=expected)
+                                           slot=slot, stale=grown, expected=expected, bound_to=stamp)
     return manifest, built
 
 
@@ -185,14 +261,15 @@ def import_model(store: VectorStore, collection: str, blob: bytes) -> dict[str, 
         raise InputError(f"the model expects dimension {loaded.model.config.dim}, {collection!r} has {info.dim}")
     metadata = loaded.header.get("metadata", {})
     trained_on = metadata.get("fingerprint") or {}
+    stamp = store.write_stamp(collection, create=True)  # before the keys are read for the comparison
     stale = trained_on != model_registry.current_fingerprint(store, collection)
-    return model_registry.publish(store, collection, blob, trained_on, metadata.get("validation"), stale=stale)
+    return model_registry.publish(store, collection, blob, trained_on, metadata.get("validation"), stale=stale,
+                                  bound_to=stamp)
 
 
 def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str, Any]:
-    """A collection's points, model and side indexes. Each is stale when marked so by an amips write,
-    when it was built on another number of keys than the collection holds (writes by other clients),
-    and, with `verify`, when the keys' recomputed fingerprint differs from the one it was built on.
+    """A collection's points, model and side indexes, each stale or not by the one rule of
+    amips_plugin/freshness.py (with `verify`, the keys' fingerprint is recomputed and compared too).
 
     A slot whose manifest does not validate is reported as {"error": reason} (the reason names the
     command that clears it), never raised: one broken manifest does not hide the rest."""
@@ -213,15 +290,15 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
         manifests[slot] = manifest
     fingerprint = (model_registry.current_fingerprint(store, collection)
                    if verify and any(manifests.values()) else None)
+    stamp = store.write_stamp(collection)
 
     def stale(manifest: dict[str, Any]) -> bool:
-        built_on = (manifest.get("fingerprint") or {}).get("count")
-        return model_registry.is_stale(manifest, fingerprint) or built_on != info.count
+        return stale_reason(manifest, stamp, info.count, fingerprint) is not None
 
     manifest = manifests.pop("model")
     policy = manifests.pop("policy")
     if policy:
-        report["policy"] = serving_policy.policy_status(policy, fingerprint, manifest)
+        report["policy"] = serving_policy.policy_status(policy, stale(policy), manifest)
     if manifest:
         report["model"] = {
             "version": manifest.get("version"), "stale": stale(manifest),
@@ -229,11 +306,27 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
             "kind": (manifest.get("model") or {}).get("kind"), "metrics": manifest.get("metrics"),
             "created": manifest.get("created"),
         }
+        _note_blob_problem(report["model"], store, collection, "model", manifest, verify)
     for slot, side in manifests.items():  # the compressed key store ("pq") and the routed lists ("router")
         if side:
             report["side_indexes"][slot] = {"version": side.get("version"), "bytes": side.get("bytes"),
                                             "stale": stale(side)}
+            _note_blob_problem(report["side_indexes"][slot], store, collection, slot, side, verify)
     return report
+
+
+def _note_blob_problem(entry: dict[str, Any], store: VectorStore, collection: str, slot: str,
+                       manifest: dict[str, Any], verify: bool) -> None:
+    """Set entry["error"] when the blob `manifest` names cannot be loaded: missing or over its size, and with
+    `verify` truncated or not matching its checksum. Even without `verify` the blob is read (bounded by the
+    manifest's size), as a store can tell no more cheaply: status never calls fresh what no search can load."""
+    try:
+        if verify:
+            model_registry.read_verified_blob(store, collection, manifest)
+        else:
+            store.read_blob(collection, int(manifest["blob"]), int(manifest["bytes"]))
+    except ArtifactError as exc:
+        entry["error"] = f"{exc}; clear it with `{fix_command(slot, collection)}` and build it again"
 
 
 def status_reports(store: VectorStore, collection: str, verify: bool = True, using: str | None = None,

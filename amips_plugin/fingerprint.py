@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from amips_plugin.adapters.point_ids import id_bytes
+from amips_plugin.core.errors import ArtifactError
 
 
 class KeyFingerprint:
@@ -34,3 +35,13 @@ def keys_fingerprint(keys: np.ndarray, ids: np.ndarray | None = None) -> dict[st
     fingerprint = KeyFingerprint()
     fingerprint.update(np.arange(len(keys)) if ids is None else ids, keys)
     return fingerprint.result()
+
+
+def check_ids_cover(ids: np.ndarray, fingerprint: dict[str, Any] | None, what: str) -> None:
+    """ArtifactError unless `ids` name as many points as the keys `fingerprint` describes, each once, as an
+    index built from those keys does (a planted one could name millions for a small collection)."""
+    count = (fingerprint or {}).get("count")
+    if len(ids) != count:
+        raise ArtifactError(f"the {what} holds {len(ids):,} point ids, its manifest says it was built on {count} keys")
+    if len(np.unique(ids)) != len(ids):
+        raise ArtifactError(f"the {what} names the same point id more than once")

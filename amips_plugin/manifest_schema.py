@@ -6,7 +6,9 @@ metadata). Each read goes through `validate_manifest` or `validate_header`; what
 validate is a ManifestError / ArtifactError with one line, which callers treat as "no usable model
 / index" (the query path answers plain, `status` reports the reason per slot). Validation is
 strict about types (no "1" for 1, no true for 1) and bounded (amips_plugin.limits), so a hostile
-manifest cannot declare sizes that the code would then allocate.
+manifest cannot declare sizes that the code would then allocate; every number is finite (a manifest
+file's NaN / Infinity literals are refused as not JSON), and amips checks each manifest it writes the
+same way (`check_outgoing`).
 
 The validated models are not handed around: callers keep the plain dict, which is known to hold
 at least these fields with these types. Unknown extra fields are allowed (a newer amips may add
@@ -15,16 +17,30 @@ some); an unknown slot is checked against the fields every manifest has.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .core import limits
 from .core.errors import ArtifactError
 
 Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
-Number = StrictFloat | StrictInt
+
+
+def _finite(value: float | int) -> float | int:
+    """`value` unchanged when it is a finite float (an integer too large for one is not)."""
+    try:
+        if math.isfinite(value):
+            return value
+    except OverflowError:
+        pass
+    raise ValueError("must be a finite number")
+
+
+Number = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]  # never NaN, ±Infinity or beyond float range
+Share = Annotated[Number, Field(ge=0, le=1)]
 
 
 class ManifestError(ArtifactError):
@@ -55,6 +71,14 @@ class FingerprintSchema(_Schema):
     sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+class BoundToSchema(_Schema):
+    """The collection's write stamp (adapters.base.WriteStamp) when the artifact was built from its points."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    collection: StrictStr = Field(pattern=r"^[0-9a-f]{32}$")
+    generation: StrictInt = Field(ge=0, lt=2**62)
+
+
 class ModelConfigSchema(_Schema):
     """models.base.ModelConfig, bounded (its own checks only require ≥ 1)."""
 
@@ -65,8 +89,8 @@ class ModelConfigSchema(_Schema):
     depth: StrictInt = Field(default=2, ge=1, le=limits.MAX_DEPTH)
     reinject_every: StrictInt = Field(default=4, ge=1, le=limits.MAX_DEPTH)
     heads: StrictInt = Field(default=1, ge=1, le=limits.MAX_HEADS)
-    slope: Number = Field(default=0.1, allow_inf_nan=False)
-    sharpness: Number = Field(default=20.0, allow_inf_nan=False)
+    slope: Number = 0.1
+    sharpness: Number = 20.0
     points: StrictInt = Field(default=0, ge=0, le=limits.MAX_POINTS)
 
 
@@ -81,6 +105,7 @@ class ManifestSchema(_Schema):
     stale: StrictBool = False
     slot: Optional[StrictStr] = Field(default=None, max_length=64)
     fingerprint: Optional[FingerprintSchema] = None
+    bound_to: Optional[BoundToSchema] = None
 
 
 class ModelManifestSchema(ManifestSchema):
@@ -94,8 +119,8 @@ class PQManifestSchema(ManifestSchema):
 
     subspaces: StrictInt = Field(ge=1, le=limits.MAX_DIMENSION)
     bits_per_key: Optional[StrictInt] = Field(default=None, ge=1, le=8 * limits.MAX_DIMENSION)
-    relative_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
-    score_threshold: Optional[Number] = Field(default=None, allow_inf_nan=False)
+    relative_threshold: Optional[Number] = None
+    score_threshold: Optional[Number] = None
     keys_fp32_bytes: Optional[StrictInt] = Field(default=None, ge=0)
 
 
@@ -110,18 +135,20 @@ class ClassifierSchema(_Schema):
     """serving_policy.Classifier: a logistic regression over at most a few first-pass features."""
 
     mean: list[Number] = Field(max_length=8)
-    scale: list[Number] = Field(max_length=8)
+    scale: list[Annotated[Number, Field(gt=0)]] = Field(max_length=8)  # a divisor
     weights: list[Number] = Field(max_length=9)
 
 
 class PolicyManifestSchema(_Schema):
-    """The tuned serving policy (serving_policy.Policy): a manifest with no blob."""
+    """The tuned serving policy (serving_policy.Policy): a manifest with no blob. Its numbers are finite and
+    in range here; how they fit together (ef < second_ef, guard_low ≤ guard_high, ...) Policy.from_manifest checks."""
 
     version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
     id: Optional[StrictInt] = Field(default=None, ge=0, lt=limits.MAX_BLOB_ID)
     created: Optional[StrictStr] = Field(default=None, max_length=64)
     stale: StrictBool = False
     fingerprint: Optional[FingerprintSchema] = None
+    bound_to: Optional[BoundToSchema] = None
     kind: Literal["plain", "two-pass"]
     ef: StrictInt = Field(ge=1, le=limits.MAX_HNSW_EF)
     second_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
@@ -130,12 +157,12 @@ class PolicyManifestSchema(_Schema):
     classifier: Optional[ClassifierSchema] = None
     guard_low: Optional[list[Number]] = Field(default=None, max_length=8)
     guard_high: Optional[list[Number]] = Field(default=None, max_length=8)
-    target: Optional[Number] = None
+    target: Optional[Annotated[Number, Field(gt=0, lt=1)]] = None
     key_count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)
     model_sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     fallback_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
-    break_even: Optional[Number] = None
-    measured: Optional[dict[str, Any]] = None
+    break_even: Optional[Share] = None
+    measured: Optional[dict[StrictStr, Optional[Number]]] = None
 
 
 MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {
@@ -170,8 +197,8 @@ class ModelHeaderSchema(ArtifactHeaderSchema):
 
 
 class RouterHeaderSchema(ArtifactHeaderSchema):
-    logit_scale: Number = Field(allow_inf_nan=False)
-    min_confidence: Number = Field(allow_inf_nan=False)
+    logit_scale: Number = Field(gt=0)
+    min_confidence: Share  # a softmax probability's gate
     sublists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
     coarse_candidates: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
 
@@ -197,35 +224,53 @@ def validate_manifest(raw: Any, slot: str, collection: str) -> dict[str, Any] | 
     """
     if raw is None or raw == {}:
         return None
-    base = slot.partition("@")[0]  # a named vector's slot ("model@text") has its base slot's schema
-    schema = MANIFEST_SCHEMAS.get(base, ManifestSchema)
-    problem = None
-    if not isinstance(raw, dict):
-        problem = f"expected an object, found {type(raw).__name__}"
-    else:
-        try:
-            parsed = schema.model_validate(raw)
-        except ValidationError as exc:
-            problem = one_line(exc)
-        except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
-            problem = f"{type(exc).__name__}"
-        else:
-            named = getattr(parsed, "slot", None)
-            if named is not None and named != base:
-                problem = f"it names slot {named!r}"
+    problem = _problem(raw, slot)
     if problem:
         raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({problem}); "
                             f"clear it with `{fix_command(slot, collection)}`")
     return raw
 
 
+def check_outgoing(manifest: dict[str, Any], slot: str, collection: str) -> None:
+    """ManifestError before writing a manifest that readers would refuse (a NaN in it, say): amips never
+    stores one, so a reader never meets a bad value that amips itself wrote. Checked as it reads back: as JSON."""
+    try:
+        problem = _problem(json.loads(json.dumps(manifest, allow_nan=False)), slot)
+    except (ValueError, TypeError) as exc:  # NaN or Infinity anywhere, or no JSON value at all
+        problem = str(exc)[:120]
+    if problem:
+        raise ManifestError(f"refusing to store a {slot} manifest of {collection!r} that would not read back "
+                            f"({problem}); nothing was written")
+
+
+def _problem(raw: Any, slot: str) -> str | None:
+    """What keeps `raw` from validating against `slot`'s schema, in one line (None: nothing)."""
+    base = slot.partition("@")[0]  # a named vector's slot ("model@text") has its base slot's schema
+    schema = MANIFEST_SCHEMAS.get(base, ManifestSchema)
+    if not isinstance(raw, dict):
+        return f"expected an object, found {type(raw).__name__}"
+    try:
+        parsed = schema.model_validate(raw)
+    except ValidationError as exc:
+        return one_line(exc)
+    except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
+        return f"{type(exc).__name__}"
+    named = getattr(parsed, "slot", None)
+    return f"it names slot {named!r}" if named is not None and named != base else None
+
+
+def _refuse_constant(name: str) -> Any:
+    """json.loads's hook for the non-standard literals NaN, Infinity and -Infinity, which JSON has no place for."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> dict[str, Any] | None:
-    """A manifest read from a file: bounded, parsed, then validated like any other."""
+    """A manifest read from a file: bounded, parsed as strict JSON (no NaN / Infinity), then validated like any other."""
     if len(text) > limits.MAX_MANIFEST_BYTES:
         raise ManifestError(f"the {slot} manifest of {collection!r} is {len(text):,} bytes, over the "
                             f"{limits.MAX_MANIFEST_BYTES:,}-byte limit; clear it with `{fix_command(slot, collection)}`")
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         reason = str(exc).splitlines()[0][:120] if isinstance(exc, ValueError) else "nested too deeply"
         raise ManifestError(f"the {slot} manifest of {collection!r} is not valid JSON ({reason}); "

@@ -10,13 +10,14 @@ Publishing a new model is a compare-and-swap on the collection's manifest:
    writer published or dropped a model meanwhile), this writer removes its own blob and raises
    ConcurrentPublishError; otherwise it writes the new manifest — the commit point;
 4. after the commit, the blob it replaced is removed (best effort: a failure there is logged, the
-   new model is already live).
+   new model is already live); still under the lock, so are the collection's `leftovers`.
 
 A reader reads the manifest first and then the blob it names, so it sees the old model or the new
 one, never a mix; if the blob disappears between the two reads (replaced meanwhile), it reads the
 new manifest again. A writer interrupted before its commit removes its own blob when it can; a
-killed one leaves at most an unreferenced blob, which no reader ever opens (only a manifest names
-blobs, and it is written last).
+killed one leaves at most an unreferenced blob and a temporary file, which no reader ever opens (only
+a manifest names blobs, and it is written last); the next commit, or `amips status --clean`, removes
+them once they are older than LEFTOVER_GRACE manifest-lock timeouts.
 
 The manifest: {"version", "blob", "sha256", "bytes", "model" (architecture), "dtype",
 "fingerprint" (keys trained on), "metrics" (validation at training time), "created", "stale",
@@ -33,22 +34,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from amips_plugin.adapters.base import MANIFEST_SLOTS, VectorStore
+from amips_plugin.adapters.base import MANIFEST_SLOTS, StoredFile, VectorStore, WriteStamp
 from amips_plugin.compression.artifact import LoadedModel, decode_model
 
 from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
 from .core.limits import MAX_BLOB_BYTES
-from .manifest_schema import ManifestError
+from .manifest_schema import ManifestError, check_outgoing
 from .fingerprint import KeyFingerprint
 
 SCROLL_BATCH = 4096
 BLOB_ID_BITS = 40
 LOAD_ATTEMPTS = 3
+LEFTOVER_GRACE = 2  # manifest-lock timeouts: a live writer takes the lock to commit its blob within one of
+                    # writing it (or gives up and removes it); the second is margin for its read-back
 READ_NOW: Any = object()  # publish's default `expected`: the manifest as it is when publishing starts
 log = logging.getLogger("amips")
 
@@ -66,12 +70,13 @@ class StoredModel:
 
 
 def identity(manifest: dict[str, Any] | BrokenManifest | None) -> tuple[Any, Any] | None:
-    """What a compare-and-swap compares: (version, blob id). Blob ids are random, so a model dropped and
-    republished under the same version number still differs; the stale flag is not part of it. Every
-    broken manifest compares equal to every other (a writer replaces whatever is broken there)."""
+    """What a compare-and-swap compares: (version, blob id, or the random id of a manifest without a blob).
+    Ids are random, so a manifest dropped and republished under the same version number still differs;
+    the stale flag is not part of it. Every broken manifest compares equal to every other (a writer
+    replaces whatever is broken there)."""
     if isinstance(manifest, BrokenManifest):
         return ("broken", None)
-    return None if not manifest else (manifest.get("version"), manifest.get("blob"))
+    return None if not manifest else (manifest.get("version"), manifest.get("blob", manifest.get("id")))
 
 
 def read_for_replace(store: VectorStore, collection: str, slot: str = "model") -> dict[str, Any] | BrokenManifest | None:
@@ -124,72 +129,132 @@ def _discard(store: VectorStore, collection: str, blob_id: int) -> None:
 
 def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
                  slot: str = "model", stale: bool = False,
-                 expected: dict[str, Any] | BrokenManifest | None = READ_NOW) -> dict[str, Any]:
+                 expected: dict[str, Any] | BrokenManifest | None = READ_NOW,
+                 bound_to: WriteStamp | None = READ_NOW) -> dict[str, Any]:
     """The publish protocol for any blob kept alongside a collection; returns the new manifest.
 
     `expected`: the manifest this blob replaces (None: there was none); ConcurrentPublishError when
-    the slot holds something else at commit time. `stale` is committed with the manifest itself, so
-    no reader sees a stale blob marked fresh; the commit is also marked stale when a write to the
-    collection marked `expected` stale meanwhile (the keys changed under the caller).
+    the slot holds something else at commit time. `bound_to`: the collection's write stamp when the
+    caller read the points the blob was built from (default: as it is now), recorded in the manifest
+    (amips_plugin/freshness.py). `stale` is committed with the manifest itself, so no reader sees a
+    stale blob marked fresh; the commit is also marked stale when the collection was written since
+    `bound_to` (checked under the manifest lock) or a write marked `expected` stale meanwhile.
     """
     if expected is READ_NOW:
         expected = read_for_replace(store, collection, slot)
+    if bound_to is READ_NOW:
+        bound_to = store.write_stamp(collection, create=True)
     blob_id = secrets.randbits(BLOB_ID_BITS)
     sha256 = hashlib.sha256(blob).hexdigest()
-    committed = False
     try:
         store.write_blob(collection, blob_id, blob)
         if hashlib.sha256(store.read_blob(collection, blob_id)).hexdigest() != sha256:
             raise StoreError(f"blob {blob_id} of {collection!r} did not read back intact; nothing was published")
-        with store.manifest_lock(collection):
-            current = read_for_replace(store, collection, slot)
-            if identity(current) != identity(expected):
-                raise ConcurrentPublishError(
-                    f"another writer changed the {slot} of {collection!r} while this one worked "
-                    f"({_describe(current)}); this {slot} was discarded — run the command again")
-            previous = current if isinstance(current, dict) else None
-            keys_changed = bool(previous and previous.get("stale")
-                                and not (expected if isinstance(expected, dict) else {}).get("stale"))
-            version = (previous["version"] if previous else store.last_version(collection, slot)) + 1
-            manifest = {**fields, "version": version, "blob": blob_id,
-                        "sha256": sha256, "bytes": len(blob), "slot": slot,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": stale or keys_changed}
-            try:
-                store.write_manifest(collection, manifest, slot)
-            except BaseException:
-                committed = _landed(store, collection, slot, blob_id)  # a lost reply may hide a landed write
-                if not committed:
-                    raise
-            committed = True
-    finally:
-        if not committed:
+        manifest, replaced = commit_manifest(store, collection, slot,
+                                             {**fields, "blob": blob_id, "sha256": sha256, "bytes": len(blob)},
+                                             expected, bound_to, stale)
+    except BaseException:
+        if not _landed(store, collection, slot, lambda now: (now or {}).get("blob") == blob_id):
             _discard(store, collection, blob_id)
-    _discard_replaced(store, collection, slot, current)
+        raise
+    _discard_replaced(store, collection, slot, replaced)
     return manifest
 
 
-def _landed(store: VectorStore, collection: str, slot: str, blob_id: int) -> bool:
-    """After a failed manifest write: did it land anyway? Unknown (unreadable) counts as landed, so
-    the blob is kept rather than deleted from under a manifest that may name it."""
+def commit_manifest(store: VectorStore, collection: str, slot: str, fields: dict[str, Any],
+                    expected: dict[str, Any] | BrokenManifest | None, bound_to: WriteStamp | None,
+                    stale: bool = False) -> tuple[dict[str, Any], dict[str, Any] | BrokenManifest | None]:
+    """The commit point of every publish (a model or side index after its blob is stored, or the serving
+    policy, which has none): under the manifest lock, check that the slot still holds `expected`
+    (ConcurrentPublishError otherwise), then write `fields` as the slot's manifest with the next version,
+    `bound_to`, and `stale` — also set when the collection was written since `bound_to` or a write marked
+    `expected` stale meanwhile. Returns the new manifest and the one it replaced."""
+    with store.manifest_lock(collection):
+        current = read_for_replace(store, collection, slot)
+        if identity(current) != identity(expected):
+            raise ConcurrentPublishError(
+                f"another writer changed the {slot} of {collection!r} while this one worked "
+                f"({_describe(current)}); this {slot} was discarded — run the command again")
+        previous = current if isinstance(current, dict) else None
+        keys_changed = (store.write_stamp(collection) != bound_to
+                        or bool(previous and previous.get("stale")
+                                and not (expected if isinstance(expected, dict) else {}).get("stale")))
+        version = (previous["version"] if previous else store.last_version(collection, slot)) + 1
+        manifest = {**fields, "version": version, "bound_to": bound_to.as_manifest() if bound_to else None,
+                    "slot": slot, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "stale": stale or keys_changed}
+        check_outgoing(manifest, slot, collection)
+        try:
+            store.write_manifest(collection, manifest, slot)
+        except BaseException:
+            if not _landed(store, collection, slot, lambda now: identity(now) == identity(manifest)):
+                raise  # a lost reply may hide a landed write: then this is committed
+        _remove_leftovers_quietly(store, collection)
+    return manifest, current
+
+
+def leftovers(store: VectorStore, collection: str) -> list[StoredFile]:
+    """The files alongside the collection that no reader will ever open: temporary files of interrupted
+    writes, and blobs no manifest of any slot names (none while a manifest cannot be read: it might name
+    any). Only those last written over LEFTOVER_GRACE manifest-lock timeouts ago, so a live writer's
+    blob, written before it takes the lock to commit, is never one. [] where the store cannot list its
+    files (qdrant-client's sidecar: Edge only)."""
+    grace = LEFTOVER_GRACE * store.manifest_lock_timeout
+    found = [f for f in store.stored_files(collection) if f.age > grace]
+    if not any(f.blob is not None for f in found):
+        return found
+    named = store.named_blobs(collection)
+    return [f for f in found if f.blob is None or (named is not None and f.blob not in named)]
+
+
+def clean_leftovers(store: VectorStore, collection: str) -> list[StoredFile]:
+    """Remove the collection's `leftovers` under the manifest lock (so no manifest changes meanwhile);
+    returns what was removed."""
+    with store.manifest_lock(collection):
+        return _remove_leftovers(store, collection)
+
+
+def _remove_leftovers(store: VectorStore, collection: str) -> list[StoredFile]:
+    found = leftovers(store, collection)
+    for stored in found:
+        store.remove_stored_file(collection, stored)
+    return found
+
+
+def _remove_leftovers_quietly(store: VectorStore, collection: str) -> None:
+    """After a commit, under the lock: best effort (a leftover is never read, only wasted space)."""
+    try:
+        _remove_leftovers(store, collection)
+    except Exception as exc:  # the store may be what failed; the commit stands
+        log.warning("amips: could not remove the leftover files of %r: %s", collection, exc)
+
+
+def _landed(store: VectorStore, collection: str, slot: str, is_ours: Callable[[dict[str, Any] | None], bool]) -> bool:
+    """After a failed write: does the slot hold this writer's manifest anyway? Unknown (unreadable) counts as
+    landed, so a blob is kept rather than deleted from under a manifest that may name it."""
     try:
         current = store.read_manifest(collection, slot)
     except Exception:
         return True
-    return (current or {}).get("blob") == blob_id
+    return is_ours(current)
 
 
 def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
             metrics: dict[str, Any] | None = None, stale: bool = False,
-            expected: dict[str, Any] | BrokenManifest | None = READ_NOW) -> dict[str, Any]:
+            expected: dict[str, Any] | BrokenManifest | None = READ_NOW,
+            bound_to: WriteStamp | None = READ_NOW) -> dict[str, Any]:
     """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
     fields = {**model_fields(blob, metrics), "fingerprint": fingerprint}
-    return publish_blob(store, collection, blob, fields, stale=stale, expected=expected)
+    return publish_blob(store, collection, blob, fields, stale=stale, expected=expected, bound_to=bound_to)
 
 
 def model_fields(blob: bytes, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A model manifest's own fields, from the artifact, which must load (never publish one that does not)."""
+    """A model manifest's own fields, from the artifact, which must load (never publish one that does not);
+    an undefined metric (NaN: E_rel when every validation query is its own best key) is stored as null."""
     header = decode_model(blob).header
-    return {"model": header["model"], "dtype": header["dtype"], "metrics": metrics or {}}
+    defined = {name: value if not isinstance(value, float) or math.isfinite(value) else None
+               for name, value in (metrics or {}).items()}
+    return {"model": header["model"], "dtype": header["dtype"], "metrics": defined}
 
 
 def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:
@@ -272,10 +337,3 @@ def current_fingerprint(store: VectorStore, collection: str) -> dict[str, Any]:
     for ids, vectors in store.scroll(collection, SCROLL_BATCH):
         fingerprint.update(ids, vectors)
     return fingerprint.result()
-
-
-def is_stale(manifest: dict[str, Any], fingerprint: dict[str, Any] | None = None) -> bool:
-    """Stale when marked so by a write, or when the keys no longer match those trained on."""
-    if manifest.get("stale"):
-        return True
-    return fingerprint is not None and fingerprint != manifest.get("fingerprint")

@@ -38,17 +38,18 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar, cast
 
 import numpy as np
-import torch
 
 from amips_plugin.adapters import point_ids
-from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
+from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, WriteStamp
 
 from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .core.errors import AmipsError, InputError, StoreError
+from .inference import forward_in_chunks
+from .freshness import stale_reason
 from .query_bounds import check_query_norms, check_search_inputs
 from .side_indexes import SIDE_INDEXES
-from .models import MIPSModel
+from .models import MIPSModel, ModelConfig, oversize_reason
 
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid", "auto")
@@ -74,19 +75,20 @@ def default_candidates(limit: int) -> int:
     return max(limit, 10)
 
 
-def _unusable(manifest: dict, dim: int, count: int | None) -> str | None:
-    """Why a (schema-valid) model manifest cannot serve, decided before its blob is read; None if it can.
-
-    `count`, the collection's point count, catches writes made by other clients (which cannot mark
-    the model stale) whenever they changed how many keys there are."""
-    if model_registry.is_stale(manifest):
-        return "the model is stale (keys changed since training); run `amips train`"
-    trained_on = (manifest.get("fingerprint") or {}).get("count")
-    if count is not None and trained_on != count:
-        return f"the model is stale (trained on {trained_on} keys, the collection has {count}); run `amips train`"
+def _unusable(manifest: dict, dim: int, count: int | None, stamp: WriteStamp | None) -> str | None:
+    """Why a (schema-valid) model manifest cannot serve, decided before its blob is read; None if it can:
+    stale by the one rule of amips_plugin/freshness.py, built for another dimension, or larger than its
+    keys warrant (models.sizing: its memory and time per query would grow with it)."""
+    why = stale_reason(manifest, stamp, count)
+    if why:
+        return f"the model is stale ({why}); run `amips train`"
     if manifest["model"]["dim"] != dim:
         return f"the model expects dimension {manifest['model']['dim']}, the collection has {dim}"
-    return None
+    keys = (manifest.get("fingerprint") or {}).get("count") if count is None else count
+    try:
+        return oversize_reason(ModelConfig.from_dict(manifest["model"]), keys) if type(keys) is int else None
+    except ValueError as exc:  # schema-valid numbers that build no model (e.g. smoothmax with 0 points)
+        return f"the model's architecture is invalid ({exc}); run `amips train`"
 
 
 class QueryRewriter:
@@ -148,18 +150,23 @@ class QueryRewriter:
 
         Staleness and dimension are read from the validated manifest, so a stale or mismatched
         model's blob is never read or decoded."""
-        return self._kept(collection, "model", (self._token(collection), dim, count),
-                          lambda: self._read_model(collection, dim, count))
+        stamp = self._stamp(collection)
+        return self._kept(collection, "model", (self._token(collection), dim, count, stamp),
+                          lambda: self._read_model(collection, dim, count, stamp))
 
-    def _read_model(self, collection: str, dim: int,
-                    count: int | None) -> tuple[MIPSModel | None, dict | None, str | None]:
+    def _stamp(self, collection: str) -> WriteStamp | None:
+        """The collection's write stamp; StoreError (a store failure) propagates like any other."""
+        return self.store.write_stamp(collection)
+
+    def _read_model(self, collection: str, dim: int, count: int | None,
+                    stamp: WriteStamp | None) -> tuple[MIPSModel | None, dict | None, str | None]:
         try:
             manifest = self.store.read_manifest(collection)
         except AmipsError as exc:
             return None, None, f"the model cannot be loaded: {exc}"
         if not manifest:
             return None, None, "no model trained for this collection"
-        reason = _unusable(manifest, dim, count)
+        reason = _unusable(manifest, dim, count, stamp)
         if reason:
             return None, manifest, reason
         stored, problem = self._cached_load(collection, "model", manifest,
@@ -167,7 +174,7 @@ class QueryRewriter:
         if stored is None:
             return None, None, f"the model cannot be loaded: {problem}" if problem else "no model trained for this collection"
         if stored.manifest["sha256"] != manifest["sha256"]:  # replaced between the two reads: check the new one
-            reason = _unusable(stored.manifest, dim, count)
+            reason = _unusable(stored.manifest, dim, count, stamp)
             if reason:
                 return None, stored.manifest, reason
             self._cache[(collection, "model")] = (stored.manifest["sha256"], stored, None)
@@ -207,10 +214,8 @@ class QueryRewriter:
                 self._warn_once(f"amips: plain search for {collection!r}: {reason}")
                 report.fallback_reason = reason
             else:
-                with torch.no_grad():
-                    keys_t, confident_t = model.predict_with_confidence(torch.from_numpy(queries))
-                predicted = keys_t.numpy()
-                confident = confident_t.numpy() if mode == "replace" else np.ones(len(queries), dtype=bool)
+                predicted, gated = forward_in_chunks(model, queries, model.predict_with_confidence)
+                confident = gated if mode == "replace" else np.ones(len(queries), dtype=bool)
                 finite = np.isfinite(predicted).all(axis=1)
                 if not finite.all():  # never send a NaN rewrite to the store
                     confident = confident & finite
@@ -236,7 +241,8 @@ class QueryRewriter:
               count: int) -> tuple[SearchResult, SearchReport]:
         """The stored serving policy, or plain search (with the reason) when it is missing or stale."""
         report = SearchReport(mode="auto", plain=len(queries))
-        tokens = (self._token(collection, serving_policy.SLOT), self._token(collection), dim, count)
+        tokens = (self._token(collection, serving_policy.SLOT), self._token(collection), dim, count,
+                  self._stamp(collection))
         policy, model, reason = self._kept(collection, serving_policy.SLOT, tokens, lambda: serving_policy.stored_policy(
             self.store, collection, dim, count, self.model_for))
         if policy is None:
@@ -318,13 +324,11 @@ class QueryRewriter:
         except AmipsError as exc:
             reason = f"the {name} cannot be loaded: {exc}"
         else:
-            built_on = (manifest.get("fingerprint") or {}).get("count") if manifest else None
+            why = stale_reason(manifest, self._stamp(collection), count) if manifest else None
             if not manifest:
                 reason = f"no {name} (run `amips {command}`)"
-            elif manifest.get("stale"):
-                reason = f"the {name} is stale; run `amips {command}`"
-            elif built_on != count:
-                reason = f"the {name} is stale (built on {built_on} keys, the collection has {count}); run `amips {command}`"
+            elif why:
+                reason = f"the {name} is stale ({why}); run `amips {command}`"
             else:
                 loaded, problem = self._cached_load(collection, kind.slot, manifest,
                                                     lambda: kind.load(self.store, collection))

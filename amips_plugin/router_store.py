@@ -26,6 +26,7 @@ from amips_plugin.compression.quantization import encode_exact
 from . import model_registry
 from .collections import Built, build_and_publish
 from .core.errors import ArtifactError, InputError
+from .fingerprint import check_ids_cover
 from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition, fit_router
 
 KIND = "amips-router"
@@ -95,6 +96,12 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 
 
+def max_sublists(keys: int, lists: int) -> int:
+    """The most fine lists per coarse list: the keys a coarse list holds on average (DEFAULT_SUBLISTS at least),
+    so the fine lists' points and biases grow with the key count, never past it by more than a constant."""
+    return max(DEFAULT_SUBLISTS, math.ceil(keys / lists))
+
+
 def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int | None = None,
           sublists: int = DEFAULT_SUBLISTS, coarse_candidates: int = DEFAULT_COARSE_CANDIDATES,
           training: RouterTraining = RouterTraining(), progress: bool = False) -> dict[str, Any]:
@@ -107,6 +114,10 @@ def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int |
         count = lists or max(1, round(math.sqrt(len(keys))))
         if not 1 <= count <= len(keys):
             raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {count}")
+        most = max_sublists(len(keys), count)
+        if not 1 <= sublists <= most:
+            raise InputError(f"--sublists must lie in [1, {most:,}] for {len(keys):,} keys in {count:,} coarse lists "
+                             f"(more fine lists than a coarse list holds keys stay empty), got {sublists:,}")
         partition = TwoLevelPartition.build(keys, count, sublists)
         router = PointRouter(partition)
         fit_router(router, keys, queries, partition.assignment, training, progress)
@@ -122,4 +133,6 @@ def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, An
     manifest = store.read_manifest(collection, SLOT)
     if not manifest:
         return None
-    return decode_routed_lists(model_registry.read_verified_blob(store, collection, manifest)), manifest
+    routed = decode_routed_lists(model_registry.read_verified_blob(store, collection, manifest))
+    check_ids_cover(routed.ids, manifest.get("fingerprint"), DESCRIPTION)
+    return routed, manifest

@@ -43,12 +43,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from amips_plugin.adapters import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
+from .freshness import stale_reason
+from .inference import forward_in_chunks
 from .models import MIPSModel
 
 SLOT = "policy"
@@ -59,7 +60,6 @@ Z_ONE_SIDED_95 = 1.645
 GUARD_QUANTILES = (0.001, 0.999)  # features outside this calibration range always escalate
 _NORM_FLOOR = 1e-12
 _RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
-SIGMA_CHUNK = 128  # queries per σ̂ forward pass
 GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
 GUARD_CHUNK = 256  # a batch's head: served and observed before the guard decides on the rest
 PROBE_EVERY = 8  # while the guard serves plain search, one batch head in this many is still served two-pass
@@ -77,13 +77,8 @@ def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> f
 
 
 def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
-    """σ̂(x) for a batch, no gradient, in chunks of SIGMA_CHUNK rows: a SmoothMax forward pass makes a
-    (rows × points) logit matrix, which for the whole batch leaves the cache (measured on squad-sentences'
-    6,325-point model: 33 µs a query in chunks of 128 against 86–144 µs in one pass of 8,000)."""
-    x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    with torch.no_grad():
-        return torch.cat([model.head_scores(x[start:start + SIGMA_CHUNK])[:, 0]
-                          for start in range(0, len(x), SIGMA_CHUNK)] or [torch.empty(0)]).numpy()
+    """σ̂(x) for a batch, no gradient, in bounded row chunks (`inference.forward_in_chunks`)."""
+    return forward_in_chunks(model, queries, lambda x: (model.head_scores(x)[:, 0],))[0]
 
 
 def features(queries: np.ndarray, scores: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
@@ -207,6 +202,10 @@ class Policy:
             flagged = suspicion(self.certificate or "s1", z, self.classifier) > self.threshold
         return flagged | unusual
 
+    def problem(self) -> str | None:
+        """Why `amips tune` could not have written this policy, in a few words (None: it could)."""
+        return _shape_problem(self) or _value_problem(self)
+
     def to_manifest(self) -> dict[str, Any]:
         data = asdict(self)
         data["classifier"] = asdict(self.classifier) if self.classifier else None
@@ -233,23 +232,81 @@ class Policy:
                          fallback_ef=None if data.get("fallback_ef") is None else int(data["fallback_ef"]),
                          break_even=None if data.get("break_even") is None else float(data["break_even"]),
                          measured=dict(data.get("measured") or {}))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ArtifactError(f"the stored serving policy is malformed ({exc!r})") from None
-        well_formed = kind in KINDS and ef >= 1 and (kind == "plain" or (
-            policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.second_ef >= 1
-            and policy.threshold is not None and (policy.certificate != "classifier" or classifier is not None)
-            and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)
-            and (policy.fallback_ef is None) == (policy.break_even is None)
-            and (policy.fallback_ef is None or policy.fallback_ef >= 1)
-            and (policy.break_even is None or math.isfinite(policy.break_even))))
-        if well_formed and kind == "two-pass":
-            assert policy.certificate is not None  # checked to be one of CERTIFICATES just above
-            columns = len(used_columns(policy.certificate, policy.uses_model))
-            well_formed = (classifier is None or len(classifier.mean) in (3, 4)) and all(
-                bound is None or len(bound) == columns for bound in (policy.guard_low, policy.guard_high))
-        if not well_formed:
-            raise ArtifactError("the stored serving policy is malformed (inconsistent fields)")
+        problem = policy.problem()
+        if problem:
+            raise ArtifactError(f"the stored serving policy is malformed ({problem})")
         return policy
+
+
+def _shape_problem(policy: Policy) -> str | None:
+    """Fields missing, or of the wrong length, for the policy's kind and certificate (None: none are)."""
+    classifier = policy.classifier
+    well_formed = policy.kind in KINDS and policy.ef >= 1 and (policy.kind == "plain" or (
+        policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.threshold is not None
+        and (policy.certificate != "classifier" or classifier is not None)
+        and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)
+        and (policy.fallback_ef is None) == (policy.break_even is None)
+        and (policy.guard_low is None) == (policy.guard_high is None)))
+    if well_formed and policy.kind == "two-pass":
+        assert policy.certificate is not None  # checked to be one of CERTIFICATES just above
+        columns = len(used_columns(policy.certificate, policy.uses_model))
+        well_formed = (classifier is None or len(classifier.mean) in (3, 4)) and all(
+            bound is None or len(bound) == columns for bound in (policy.guard_low, policy.guard_high))
+    return None if well_formed else "inconsistent fields"
+
+
+def _value_problem(policy: Policy) -> str | None:
+    """Numbers `amips tune` never writes (None: none): not finite, out of range or out of order. Each would
+    cost recall without a word — a NaN or too high threshold escalates nothing, a break-even below 0 or a
+    fallback_ef under ef hands queries to plain search cheaper than the target needs."""
+    classifier = policy.classifier
+    numbers = (policy.threshold, policy.target, policy.break_even, *(policy.guard_low or ()),
+               *(policy.guard_high or ()), *((*classifier.mean, *classifier.scale, *classifier.weights)
+                                             if classifier else ()))
+    if not all(math.isfinite(x) for x in numbers if x is not None):
+        return "a number is not finite"
+    if policy.target is not None and not 0 < policy.target < 1:
+        return f"target {policy.target:g} is not in (0, 1)"
+    if policy.kind == "plain":
+        return None
+    assert policy.second_ef is not None  # _shape_problem
+    low, high = policy.guard_low or (), policy.guard_high or ()
+    rules = ((policy.second_ef > policy.ef, f"second_ef {policy.second_ef} is not above ef {policy.ef}"),
+             (policy.fallback_ef is None or policy.fallback_ef >= policy.ef,
+              f"fallback_ef {policy.fallback_ef} is below ef {policy.ef}"),
+             (policy.break_even is None or 0 <= policy.break_even <= 1, f"break_even {policy.break_even} is not in [0, 1]"),
+             (classifier is None or min(classifier.scale) > 0, "a classifier scale is not positive"),
+             (all(a <= b for a, b in zip(low, high)), "guard_low exceeds guard_high"))
+    return next((reason for ok, reason in rules if not ok), None) or _threshold_problem(policy)
+
+
+def _threshold_problem(policy: Policy) -> str | None:
+    """Why the threshold cuts outside the suspicions c(x) that the calibrated feature range allows (None: it
+    does not, or the policy stores no range). Above them it flags no query in range, below them every one;
+    tune's calibration cuts between suspicions of in-range queries (the slack allows for rounding)."""
+    if policy.guard_low is None or policy.guard_high is None:
+        return None
+    assert policy.certificate is not None and policy.threshold is not None  # _shape_problem
+    low, high = suspicion_span(policy.certificate, policy.guard_low, policy.guard_high, policy.classifier)
+    slack = 1e-6 * (1.0 + abs(low) + abs(high))
+    if low - slack <= policy.threshold <= high + slack:
+        return None
+    return f"threshold {policy.threshold:g} is outside [{low:g}, {high:g}], the suspicions of its calibrated range"
+
+
+def suspicion_span(certificate: str, low: tuple[float, ...], high: tuple[float, ...],
+                   classifier: Classifier | None = None) -> tuple[float, float]:
+    """The least and greatest c(x) over the box low ≤ z ≤ high of the certificate's used feature columns."""
+    if certificate == "s1":
+        return -high[0], -low[0]
+    if certificate == "margin":
+        return low[0], high[0]
+    assert classifier is not None
+    w = np.asarray(classifier.weights)
+    ends = w[1:] * (np.array([low, high]) - np.asarray(classifier.mean)) / np.asarray(classifier.scale)
+    return float(w[0] + ends.min(axis=0).sum()), float(w[0] + ends.max(axis=0).sum())
 
 
 def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: int) -> SearchResult:
@@ -399,11 +456,13 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
         if not manifest:
             return None, None, "no serving policy for this collection (run `amips tune`)"
         policy = Policy.from_manifest(manifest)
+        why = stale_reason(manifest, store.write_stamp(collection), count)
     except AmipsError as exc:
         return None, None, f"the serving policy cannot be read: {exc}"
-    if manifest.get("stale") or policy.key_count != count:
-        return None, None, (f"the serving policy is stale (tuned on {policy.key_count} keys, the collection has "
-                            f"{count} or was written since); run `amips tune`")
+    if why is None and policy.key_count != count:
+        why = f"it was tuned on {policy.key_count} keys, the collection has {count}"
+    if why:
+        return None, None, f"the serving policy is stale ({why}); run `amips tune`"
     if not policy.uses_model:
         return policy, None, None
     model, model_manifest, reason = model_for(collection, dim, count)
@@ -414,17 +473,16 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
     return policy, model, None
 
 
-def policy_status(manifest: dict[str, Any] | None, fingerprint: dict[str, Any] | None,
+def policy_status(manifest: dict[str, Any] | None, keys_changed: bool,
                   model_manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """What `amips status` shows of a stored policy: what it does, its target, measured figures, stale or not
-    (keys changed — by the flag or, with `fingerprint`, by re-hashing — or its certificate's model changed)."""
+    (`keys_changed`: stale by amips_plugin/freshness.py, or its certificate's model changed)."""
     if not manifest:
         return None
     try:
         policy = Policy.from_manifest(manifest)
     except ArtifactError as exc:
         return {"version": manifest.get("version"), "stale": True, "describe": f"unreadable: {exc}"}
-    stale = bool(manifest.get("stale")) or (fingerprint is not None and fingerprint != manifest.get("fingerprint")) or (
-        policy.uses_model and (model_manifest or {}).get("sha256") != policy.model_sha256)
+    stale = keys_changed or (policy.uses_model and (model_manifest or {}).get("sha256") != policy.model_sha256)
     return {"version": manifest.get("version"), "stale": stale, "describe": policy.describe(),
             "target": policy.target, "measured": policy.measured}

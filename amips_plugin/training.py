@@ -25,15 +25,15 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .core.errors import InputError
 from .data import TargetedQueries, augment, is_unit_norm, split_by_base_query
-from .inference import DEFAULT_BATCH, predict_keys, resolve_device
+from .inference import DEFAULT_BATCH, SCORE_BUDGET, predict_keys, resolve_device, rows_per_chunk
 from .losses import KEY_WEIGHT, SCORE_WEIGHT, LossParts, amortized_mips_loss
 from .metrics import Quality, evaluate_predictions
-from .models import MIPSModel, ModelConfig, SmoothMaxSupportNet, build_model, width_for_budget
+from .models import MIPSModel, ModelConfig, SmoothMaxSupportNet, build_model, oversize_reason, width_for_budget
 
 MAX_VALIDATION_QUERIES = 2000
 CALIBRATION_STEPS = 10
-SCORE_BUDGET = 1 << 24  # scores (float32: 64 MiB) per row chunk of a B×n tensor
 SMOOTHMAX_MIN_RANK = 16
 SMOOTHMAX_MIN_POINTS = 32
 
@@ -107,16 +107,19 @@ def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float)
 
 
 def model_config_for(config: TrainConfig, num_keys: int, dim: int) -> ModelConfig:
-    """The architecture: explicit width, or the largest width within ρ·N·d parameters."""
+    """The architecture: explicit width, or the largest width within ρ·N·d parameters; InputError when it
+    is larger than a collection of `num_keys` keys warrants (models.sizing), which could not serve."""
     budget = int(config.params_fraction * num_keys * dim)
     points = 0
     if config.model == "smoothmax":
         points = config.points or default_smoothmax_points(budget, num_keys, dim)
     base = ModelConfig(kind=config.model, dim=dim, width=config.width or 1, depth=config.depth,
                        reinject_every=config.reinject_every, points=points)
-    if config.width is not None:
-        return base
-    return replace(base, width=width_for_budget(base, budget))
+    chosen = base if config.width is not None else replace(base, width=width_for_budget(base, budget))
+    problem = oversize_reason(chosen, num_keys)
+    if problem:
+        raise InputError(problem)
+    return chosen
 
 
 def default_smoothmax_points(budget: int, num_keys: int, dim: int) -> int:
@@ -130,13 +133,6 @@ def default_smoothmax_points(budget: int, num_keys: int, dim: int) -> int:
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def rows_per_chunk(model: MIPSModel, rows: int, budget: int = SCORE_BUDGET) -> int:
-    """How many query rows fit in one pass: at most `budget` scores against the model's n points (its
-    hidden width for the other models), and never more than `rows`."""
-    columns = max(1, model.config.points, model.config.width)
-    return max(1, min(rows, budget // columns))
 
 
 def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -> Quality:

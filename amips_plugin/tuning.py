@@ -23,12 +23,13 @@ recall@1, and publish it in the collection's "policy" manifest slot (amips_plugi
    hold what it held when tuning began. The policy records the keys' fingerprint and, when its
    certificate reads σ̂, the model's SHA-256; it is stale when either changes. A two-pass policy also
    records the plain hnsw_ef meeting the target and its break-even escalated share (t_plain − t₁)/t₂,
-   for the query path's shift guard (serving_policy.ShiftGuard).
+   clipped to [0, 1], for the query path's shift guard (serving_policy.ShiftGuard); a first pass at a
+   larger hnsw_ef than that plain one is never a candidate. A policy the query path would refuse
+   (Policy.problem: a NaN, ef₂ ≤ ef₁, ...) is never stored.
 """
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -36,13 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from amips_plugin.adapters.base import SearchParams, VectorStore
+from amips_plugin.adapters.base import SearchParams, VectorStore, WriteStamp
 
 from . import model_registry
 from .arrays import check_vectors
 from .collections import read_keys
-from .core.errors import ConcurrentPublishError, InputError
+from .core.errors import ArtifactError, InputError
 from .core.timing import best_times
+from .query_bounds import check_search_inputs
 from .rewriting import QueryRewriter
 from .serving_policy import (
     CERTIFICATES,
@@ -119,13 +121,13 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     """Measure, choose and (with `publish`) store the cheapest policy meeting recall@1 ≥ `target`."""
     if not 0 < target < 1:
         raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
-    if limit < 1:
-        raise InputError(f"limit must be ≥ 1, got {limit}")
+    check_search_inputs(limit, None, params)  # limit ≤ MAX_LIMIT, as for any search
     info = store.info(collection)
     queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
     if len(queries) < MIN_QUERIES:
         raise InputError(f"tune needs at least {MIN_QUERIES} sample queries, got {len(queries)}")
     expected = model_registry.read_for_replace(store, collection, SLOT)  # a broken policy is replaced
+    stamp = store.write_stamp(collection, create=True)  # before the keys: a write while tuning makes it stale
     keys, ids, fingerprint = read_keys(store, collection)
     truth = ids[exact_top1(keys, queries).index]
     del keys
@@ -160,8 +162,9 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         raise InputError(f"no hnsw_ef up to {grid[-1]} reaches recall@1 {target} on the held-out queries with "
                          f"margin (best: {best.recall:.4f} at hnsw_ef {best.policy.ef}); lower the target")
     plain = meeting[0]
-    candidates = [plain] + _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit, held, target,
-                                                 per_query, model is not None)
+    candidates = [plain] + [row for row in _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit,
+                                                                 held, target, per_query, model is not None)
+                            if row.policy.ef <= plain.policy.ef]  # a first pass beyond plain's ef cannot pay
     for row in candidates[1:]:
         policy = row.policy
         assert policy.second_ef is not None  # a two-pass candidate
@@ -169,8 +172,8 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         row.policy = replace(policy, key_count=info.count,
                              model_sha256=(manifest or {}).get("sha256") if policy.uses_model else None,
                              fallback_ef=plain.policy.ef,
-                             break_even=max(0.0, (per_query[f"ef{plain.policy.ef}"] - first_cost)
-                                            / per_query[f"ef{policy.second_ef}"]))
+                             break_even=min(1.0, max(0.0, (per_query[f"ef{plain.policy.ef}"] - first_cost)
+                                                     / per_query[f"ef{policy.second_ef}"])))
     measured = best_times({row.name: partial(serve, store, collection, held_queries, limit, row.policy, model, params)
                            for row in candidates}, repeats)
     for row in candidates:
@@ -185,7 +188,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
                          measured={"recall": chosen.recall, "lower_bound": chosen.lower_bound,
                                    "escalated": chosen.escalated, "qps": chosen.qps, "plain_ef": plain.policy.ef,
                                    "plain_qps": plain.qps, "held_out": len(held), "limit": limit})
-        report.manifest = publish_policy(store, collection, policy, fingerprint, expected)
+        report.manifest = publish_policy(store, collection, policy, fingerprint, expected, stamp)
     return report
 
 
@@ -246,26 +249,19 @@ def _two_pass_candidates(certificates: tuple[str, ...], grid: list[int], first: 
 
 
 def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerprint: dict[str, Any],
-                   expected: dict[str, Any] | model_registry.BrokenManifest | None) -> dict[str, Any]:
-    """Compare-and-swap the policy manifest: ConcurrentPublishError when the slot changed since `expected`
-    (a manifest that does not validate is replaced, not an error)."""
-    with store.manifest_lock(collection):
-        current = model_registry.read_for_replace(store, collection, SLOT)
-        if _identity(current) != _identity(expected):
-            raise ConcurrentPublishError(f"another writer changed the serving policy of {collection!r} while this "
-                                         "one was tuning; this policy was discarded — run the command again")
-        manifest = {**policy.to_manifest(), "fingerprint": fingerprint,
-                    "version": int(current["version"]) + 1 if isinstance(current, dict) else 1,
-                    "id": secrets.randbits(40),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stale": False}
-        store.write_manifest(collection, manifest, SLOT)
-    return manifest
-
-
-def _identity(manifest: dict[str, Any] | model_registry.BrokenManifest | None) -> Any:
-    if isinstance(manifest, model_registry.BrokenManifest):
-        return manifest
-    return None if not manifest else (manifest.get("version"), manifest.get("id"))
+                   expected: dict[str, Any] | model_registry.BrokenManifest | None,
+                   bound_to: WriteStamp | None = model_registry.READ_NOW) -> dict[str, Any]:
+    """Commit the policy manifest (model_registry.commit_manifest: the compare-and-swap every publish uses;
+    a manifest that does not validate is replaced, not an error). `bound_to`: the collection's write stamp
+    when tuning read the keys (default: as it is now). ArtifactError, nothing written, for a policy that the query
+    path would refuse (Policy.problem)."""
+    problem = policy.problem()
+    if problem:
+        raise ArtifactError(f"refusing to store a serving policy of {collection!r} that would not read back ({problem})")
+    if bound_to is model_registry.READ_NOW:
+        bound_to = store.write_stamp(collection, create=True)
+    fields = {**policy.to_manifest(), "fingerprint": fingerprint, "id": secrets.randbits(40)}
+    return model_registry.commit_manifest(store, collection, SLOT, fields, expected, bound_to)[0]
 
 
 def format_frontier(report: TuneReport) -> str:

@@ -23,7 +23,7 @@ from bench.datasets import load_dataset
 
 from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
 from amips_plugin import collections as collection_ops  # noqa: E402
-from amips_plugin import model_registry  # noqa: E402
+from amips_plugin.freshness import stale_reason  # noqa: E402
 from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed  # noqa: E402
 from amips_plugin.rewriting import MODES, QueryRewriter  # noqa: E402
@@ -42,7 +42,7 @@ def prepare(store, name: str, data) -> None:
         collection_ops.ingest(store, name, data.keys)
         print(f"# ingested {len(data.keys)} keys in {time.perf_counter() - started:.1f}s", flush=True)
     manifest = store.read_manifest(name)
-    if manifest is None or model_registry.is_stale(manifest):
+    if manifest is None or stale_reason(manifest, store.write_stamp(name), store.info(name).count):
         trained = collection_ops.train(store, name, data.train_queries, TrainConfig(), progress=False)
         v = trained.result.validation
         print(f"# trained {trained.manifest['model']['kind']} in {trained.result.seconds:.0f}s: "

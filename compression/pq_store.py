@@ -16,6 +16,7 @@ from amips_plugin.adapters.base import VectorStore
 from amips_plugin import model_registry
 from amips_plugin.collections import Built, build_and_publish
 from amips_plugin.core.errors import ArtifactError
+from amips_plugin.fingerprint import check_ids_cover
 
 from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq, score_threshold
 from .artifact import pack, unpack
@@ -25,6 +26,7 @@ KIND = "amips-pq"
 SLOT = "pq"
 DESCRIPTION = "compressed key store"  # how searches and `status` name it
 BUILD_COMMAND = "pq-build"
+SCORE_BUDGET = 1 << 22  # asymmetric scores per chunk: ~20 bytes each with the top-k's scratch (80 MiB)
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,11 @@ class KeyStore:
         return self.codes.codebooks.shape[0] * self.codes.codebooks.shape[2]
 
     def candidates(self, probes: np.ndarray, limit: int) -> list[np.ndarray]:
-        """Point ids of the top-`limit` keys by asymmetric score, per probe row."""
-        return list(self.ids[self.codes.search(probes, limit)])
+        """Point ids of the top-`limit` keys by asymmetric score, per probe row; scored in row chunks of at
+        most SCORE_BUDGET scores, so the (rows × N) score matrix is bounded for any batch size."""
+        step = max(1, SCORE_BUDGET // len(self.ids))
+        return [row for start in range(0, len(probes), step)
+                for row in self.ids[self.codes.search(probes[start:start + step], limit)]]
 
 
 def encode_key_store(key_store: KeyStore, metadata: dict[str, Any]) -> bytes:
@@ -85,4 +90,6 @@ def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]]
     manifest = store.read_manifest(collection, SLOT)
     if not manifest:
         return None
-    return decode_key_store(model_registry.read_verified_blob(store, collection, manifest)), manifest
+    key_store = decode_key_store(model_registry.read_verified_blob(store, collection, manifest))
+    check_ids_cover(key_store.ids, manifest.get("fingerprint"), DESCRIPTION)
+    return key_store, manifest

@@ -166,7 +166,7 @@ def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collecti
     assert pq["recall@1"] >= 0.95  # 64-bit codes find the best key among 20 candidates, rescored exactly
     # appended keys are not coded: fall back to the engine
     _append_and_expect_engine_fallback(store_spec, c, files, "pq",
-                                       "the compressed key store is stale; run `amips pq-build`")
+                                       "the compressed key store is stale (the keys changed since it was built); run `amips pq-build`")
 
 
 def _append_and_expect_engine_fallback(store_spec, c, files, source, note):
@@ -212,4 +212,4 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
     assert (np.load(one_list) == -1).any(axis=1).mean() > 0.5  # one list of ~12 keys: most rows come up short
     # appended keys belong to no list: fall back to the engine
     _append_and_expect_engine_fallback(store_spec, c, files, "route",
-                                       "the routed list index is stale; run `amips route-build`")
+                                       "the routed list index is stale (the keys changed since it was built); run `amips route-build`")

@@ -328,14 +328,18 @@ def test_a_model_manifest_naming_the_pq_blob_cannot_get_it_deleted(hostile):
 
 def test_a_side_index_naming_deleted_points_falls_back_to_engine_candidates(hostile):
     spec, store, test = hostile
+    # by another client (which cannot bump amips's write stamp): four points deleted, four others in their
+    # place, so the point count still matches the one the indexes were built on
+    moved = store.retrieve("c", np.arange(4, 8)).tolist()
     if spec.startswith("edge:"):
         import qdrant_edge as edge
 
         store._shard("c").update(edge.UpdateOperation.delete_points([0, 1, 2, 3]))
+        store._shard("c").update(edge.UpdateOperation.upsert_points(
+            [edge.Point(10_000 + i, v) for i, v in enumerate(moved)]))
     else:
         store.client.delete("c", points_selector=models.PointIdsList(points=[0, 1, 2, 3]), wait=True)
-    # four others in their place, so the point count still matches the one the indexes were built on
-    store.upsert("c", np.arange(10_000, 10_004), store.retrieve("c", np.arange(4, 8)))
+        store.client.upsert("c", points=models.Batch(ids=list(range(10_000, 10_004)), vectors=moved), wait=True)
     plain = _plain(store, test)
     for source in ("pq", "route"):
         rewriter = QueryRewriter(store)
@@ -377,7 +381,7 @@ def test_a_sidecar_from_before_the_marker_is_adopted(tmp_path):
     store = open_store(str(tmp_path / "local"))
     collection_ops.ingest(store, "foo", np.ones((3, 8), dtype=np.float32))
     store.client.create_collection("foo__amips", vectors_config={})  # as earlier amips created it
-    manifest = model_registry.publish_blob(store, "foo", b"payload", {"fingerprint": None}, slot="pq")
+    manifest = model_registry.publish_blob(store, "foo", b"payload", {"fingerprint": None, "subspaces": 1}, slot="pq")
     assert store.read_blob("foo", manifest["blob"]) == b"payload"
     assert store.client.get_collection("foo__amips").config.metadata == {"amips_sidecar_of": "foo"}
     store.close()
@@ -460,3 +464,87 @@ def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_
                                                      candidate_source="pq")
         assert expected in report.notes[0]
         np.testing.assert_array_equal(result.ids, plain.ids)
+
+
+# -- large but consistent state (issue 22.13) -------------------------------------------------------------------
+
+def test_a_model_larger_than_its_keys_warrant_means_plain_search_and_its_blob_is_never_read(hostile, monkeypatch):
+    """A checksum-valid SmoothMax model of 300,000 points × rank 16 (4.8M parameters, over 4·N·d + 2²² = 4.2M for 300
+    keys of dimension 16), published for the collection it was "trained" on: refused before its blob is read."""
+    from amips_plugin.compression.artifact import encode_model
+    from amips_plugin.models import ModelConfig, build_model
+
+    spec, store, test = hostile
+    plain = _plain(store, test)
+    huge = build_model(ModelConfig(kind="smoothmax", dim=16, width=16, points=300_000))
+    model_registry.publish(store, "c", encode_model(huge, dtype="int8"), model_registry.current_fingerprint(store, "c"))
+    reads = []
+    original = store.read_blob
+    monkeypatch.setattr(store, "read_blob", lambda *a: reads.append(a) or original(*a))
+    result, report = QueryRewriter(store).search("c", test, 5, params=EXACT)
+    assert "4,800,275 parameters, over the 4,213,504 allowed for 300 keys" in report.fallback_reason
+    np.testing.assert_array_equal(result.ids, plain.ids)
+    assert reads == []
+
+
+def _tiled_key_store(store, times: int) -> bytes:
+    """The collection's real compressed key store repeated `times` times: valid codes, every id in the collection."""
+    real, manifest = pq_store.load(store, "c")
+    codes = pq_store.ProductCodes(real.codes.codebooks, np.tile(real.codes.codes, (times, 1)))
+    return pq_store.encode_key_store(pq_store.KeyStore(codes, np.tile(real.ids, times)),
+                                     {"fingerprint": manifest["fingerprint"]})
+
+
+def _tiled_routed_lists(store, times: int) -> bytes:
+    real, manifest = router_store.load(store, "c")
+    assignment = np.repeat(np.arange(len(real.bounds) - 1), np.diff(real.bounds))
+    tiled = router_store.RoutedLists.from_assignment(real.ranker, np.tile(real.ids, times),
+                                                     np.tile(assignment, times), real.coarse_candidates)
+    return router_store.encode_routed_lists(tiled, {"fingerprint": manifest["fingerprint"]})
+
+
+def _build_fields(store, slot: str) -> dict:
+    """The slot's current manifest without what publishing sets: the fields a build of it publishes."""
+    published = ("version", "blob", "sha256", "bytes", "slot", "created", "stale", "bound_to")
+    return {k: v for k, v in store.read_manifest("c", slot).items() if k not in published}
+
+
+@pytest.mark.parametrize("source, slot, tiled", [("pq", "pq", _tiled_key_store), ("route", "router", _tiled_routed_lists)])
+def test_side_indexes_naming_more_ids_than_their_keys_mean_engine_candidates(hostile, source, slot, tiled):
+    """The real index tiled 10× (3,000 ids, all in the collection), or with one id twice: published like a real
+    one under the manifest's fingerprint (300 keys), it is refused at load; searches note why."""
+    spec, store, test = hostile
+    plain = _plain(store, test)
+    fields = _build_fields(store, slot)
+    model_registry.publish_blob(store, "c", tiled(store, 10), fields, slot=slot)
+    result, report = QueryRewriter(store).search("c", test, 5, "off", candidates=2, params=EXACT,
+                                                 candidate_source=source)
+    assert "holds 3,000 point ids, its manifest says it was built on 300 keys" in report.notes[0]
+    np.testing.assert_array_equal(result.ids, plain.ids)
+
+
+def test_a_key_store_naming_a_point_twice_means_engine_candidates(hostile):
+    spec, store, test = hostile
+    real, _ = pq_store.load(store, "c")
+    fields = _build_fields(store, "pq")
+    twice = pq_store.KeyStore(real.codes, np.concatenate([real.ids[:-1], real.ids[:1]]))
+    model_registry.publish_blob(store, "c", pq_store.encode_key_store(twice, fields), fields, slot="pq")
+    _, report = QueryRewriter(store).search("c", test, 5, "off", candidates=2, params=EXACT, candidate_source="pq")
+    assert "names the same point id more than once" in report.notes[0]
+
+
+def test_the_query_path_runs_the_model_in_bounded_row_chunks(hostile, monkeypatch):
+    """300 queries reach the model in passes of at most inference.SERVING_ROWS rows, not in one pass."""
+    from amips_plugin.inference import SERVING_ROWS
+
+    spec, store, test = hostile
+    rewriter = QueryRewriter(store)
+    queries = np.tile(test, (3, 1))
+    model, _, reason = rewriter.model_for("c", 16, 300)
+    assert reason is None
+    seen = []
+    original = model.predict_with_confidence
+    monkeypatch.setattr(model, "predict_with_confidence", lambda x: seen.append(len(x)) or original(x))
+    _, report = rewriter.search("c", queries, 5, params=EXACT)
+    assert report.rewritten == len(queries) and sum(seen) == len(queries)
+    assert max(seen) <= SERVING_ROWS < len(queries)

@@ -14,6 +14,7 @@ from amips_plugin import model_registry, tuning
 from amips_plugin import serving_policy as sp
 from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError
+from amips_plugin.models import ModelConfig
 from amips_plugin.rewriting import QueryRewriter
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
@@ -69,11 +70,13 @@ def test_calibrated_s1_threshold_meets_the_target_on_unseen_queries_and_misses_i
 
 
 class _OracleSupport(torch.nn.Module):
-    """σ(x) = max_y <x, y> exactly: a stand-in model for the margin certificate."""
+    """σ(x) = max_y <x, y> exactly: a stand-in model for the margin certificate (sized, for the row chunks of
+    inference.forward_in_chunks, like a SmoothMax model with one point per key)."""
 
     def __init__(self, keys: np.ndarray) -> None:
         super().__init__()
         self.keys = torch.from_numpy(keys)
+        self.config = ModelConfig(kind="smoothmax", dim=keys.shape[1], width=1, points=len(keys))
 
     def head_scores(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.keys.T).max(dim=1, keepdim=True).values
@@ -212,7 +215,10 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
 
     class Store:
         def read_manifest(self, collection, slot):
-            return {**policy.to_manifest(), "stale": False}
+            return {**policy.to_manifest(), "stale": False, "bound_to": None, "fingerprint": {"count": 100}}
+
+        def write_stamp(self, collection):
+            return None
 
     model = object()
     assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "aaa"}, None))[1:] == (model, None)
@@ -259,3 +265,41 @@ def test_policy_manifest_round_trips_and_rejects_garbage():
                 {**policy.to_manifest(), "guard_low": [0.0]}):
         with pytest.raises(ArtifactError):
             sp.Policy.from_manifest(bad)
+
+
+def _strict_json(text):
+    """json.loads that refuses NaN / Infinity, as any RFC 8259 parser does."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+
+
+@pytest.mark.parametrize("change", [
+    {"threshold": float("nan")}, {"threshold": float("inf")}, {"threshold": 1e300},
+    {"break_even": -1e9, "fallback_ef": 1}, {"second_ef": 8}, {"guard_low": [10.0], "guard_high": [-10.0]},
+    {"target": float("nan")}, {"measured": {"recall": float("nan")}},
+])
+def test_absurd_policy_values_mean_plain_search_with_a_reason_and_status_never_says_fresh(tmp_path, change):
+    """Values no `amips tune` writes (hand-edited, or another client's): before, a NaN / Infinity / 1e300 threshold
+    escalated no query and ef 1 served everything, all under a fresh policy, and `status --json` printed NaN."""
+    rng = np.random.default_rng(3)
+    keys, queries = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((20, 16)).astype(np.float32)
+    np.save(tmp_path / "q.npy", queries)
+    store = open_store(f"edge:{tmp_path / 'edge'}")
+    ops.ingest(store, "c", keys)
+    good = sp.Policy("two-pass", 8, 64, "s1", 0.0, guard_low=(-10.0,), guard_high=(10.0,), target=0.9, key_count=300,
+                     fallback_ef=32, break_even=0.3, measured={"recall": 0.95, "escalated": 0.2})
+    manifest = tuning.publish_policy(store, "c", good, ops.read_keys(store, "c")[2], None)
+    assert QueryRewriter(store).search("c", queries, 3, mode="auto")[1].fallback_reason is None
+    (store._model_dir("c") / "policy.json").write_text(json.dumps({**manifest, **change}))  # NaN as JSON's NaN literal
+    result, report = QueryRewriter(store).search("c", queries, 3, mode="auto")
+    assert "serving policy cannot be read" in report.fallback_reason
+    np.testing.assert_array_equal(result.ids, store.search("c", queries, 3, SearchParams()).ids)
+    store.close()
+
+    spec = ["--store", f"edge:{tmp_path / 'edge'}"]
+    status = _strict_json(CliRunner().invoke(main, [*spec, "status", "c", "--json"]).output)["policy"]
+    assert "error" in status or status["stale"] is True
+    text = CliRunner().invoke(main, [*spec, "status", "c"]).output
+    assert "policy" in text and "fresh" not in text.split("policy", 1)[1]
+    found = _strict_json(CliRunner().invoke(main, [*spec, "search", "c", "--queries", str(tmp_path / "q.npy"),
+                                                   "--mode", "auto", "--json"]).output)
+    assert "serving policy cannot be read" in found["fallback_reason"]

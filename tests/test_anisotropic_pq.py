@@ -129,3 +129,27 @@ def test_refuses_bad_shapes():
         train_codebooks(np.zeros((300, 10), np.float32), 4)
     with pytest.raises(ValueError, match="at least 256"):
         train_codebooks(np.zeros((100, 8), np.float32), 4)
+
+
+def test_key_store_candidates_score_in_bounded_row_chunks(monkeypatch):
+    """500 probes against 20,000 codes: scored 10 rows at a time (SCORE_BUDGET patched), the peak stays a few
+    MB where one pass over the batch holds ~200 MB (scores, gather, top-k scratch); same candidates."""
+    import tracemalloc
+
+    from amips_plugin.compression import pq_store
+
+    rng = np.random.default_rng(0)
+    codes = ProductCodes(rng.normal(size=(4, 256, 2)).astype(np.float32),
+                         rng.integers(0, 256, size=(20_000, 4)).astype(np.uint8))
+    key_store = pq_store.KeyStore(codes, np.arange(20_000, dtype=np.int64) * 7)
+    probes = rng.normal(size=(500, 8)).astype(np.float32)
+    monkeypatch.setattr(pq_store, "SCORE_BUDGET", 20_000 * 10)
+    tracemalloc.start()
+    try:
+        found = key_store.candidates(probes, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+    assert len(found) == 500
+    np.testing.assert_array_equal(np.stack(found[:40]), key_store.ids[codes.search(probes[:40], 5)])

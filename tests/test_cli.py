@@ -116,6 +116,28 @@ def test_an_unreachable_server_is_one_clear_line_after_retries():
     assert result.output.startswith("Error: cannot reach Qdrant at http://127.0.0.1:9 after 3 attempts")
 
 
+@pytest.mark.parametrize("url, secret", [
+    ("http://user:S3CR/ETpw@127.0.0.1:1", "S3CR/ETpw"),  # '/': not a URL urllib3 can parse
+    ("http://user:Pa55@w0rd@127.0.0.1:1", "Pa55@w0rd"),  # '@': mask to the last one
+    ("http://user:s3cr3t w0rd@127.0.0.1:1", "s3cr3t w0rd"),  # a space: not the end of the URL
+    ("http://127.0.0.1:1/?token=T0k3nVal", "T0k3nVal"), ("http://127.0.0.1:1/?API_KEY=K3yVal&x=1", "K3yVal"),
+    ("https://u:Pw9x@127.0.0.1:1/?Password=Pa55Val", "Pa55Val"),
+])
+def test_no_part_of_a_store_url_secret_reaches_the_cli_or_the_client_error(monkeypatch, url, secret):
+    """Nothing listens on 127.0.0.1:1: the CLI's error line and AmipsClient's exception both name the host."""
+    from amips_plugin.client import AmipsClient
+
+    monkeypatch.setattr("amips_plugin.adapters.qdrant_client_store.time.sleep", lambda seconds: None)  # no backoff
+    result = CliRunner().invoke(main, ["--store", url, "status"])
+    with pytest.raises(Exception) as raised:
+        AmipsClient(url)
+    for text in (result.output, str(raised.value)):
+        assert "127.0.0.1" in text and "Traceback" not in text, text
+        for piece in [secret, *secret.replace("@", " ").replace("/", " ").split()]:
+            assert piece not in text, text
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+
+
 def test_search_single_times_each_query_and_returns_the_batch_answers(tmp_path, files):
     """--single sends one query per call: the same ids as one batch, plus p50 ≤ p99 latency (ms) within the
     total time; the summary keeps its key=value line, in the same order."""
@@ -184,3 +206,70 @@ def test_ingest_writes_null_payload_lines_as_empty_payloads_on_every_store(tmp_p
     finally:
         store.close()
     assert {i: payload or {} for i, (payload, _) in records.items()} == {0: {"n": 0}, 1: {}, 2: {"n": 2}}
+
+
+# -- one clear line, naming the line or parameter at fault (issue 22.14) ------------------------------------------
+
+def _keys(tmp_path, rows: int = 3):
+    path = tmp_path / "keys.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((rows, 4)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("bad_line, expected", [
+    ('{"title": "a" "b"}', "line 142 is not valid JSON (Expecting ',' delimiter, column 15)"),
+    ("[" * 100_000 + "]" * 100_000, "line 142 nests too deeply to parse"),
+    ('{"score": NaN}', "line 142 holds NaN, which a payload cannot"),
+    ('{"score": -Infinity}', "line 142 holds -Infinity"),
+    ("[1, 2]", "line 142 is not a JSON object or null"),
+])
+@pytest.mark.parametrize("backend", ["local-dir", "edge"])
+def test_a_bad_payload_line_is_named_and_nothing_is_created(tmp_path, backend, bad_line, expected):
+    """Line 142 of 150 is bad: the error names line 142 (not the JSON parser's line 1), with no traceback, and
+    no collection is left behind (payloads are read and checked before the collection is made)."""
+    spec = str(tmp_path / "store") if backend == "local-dir" else f"edge:{tmp_path / 'store'}"
+    lines = [json.dumps({"n": n}) for n in range(150)]
+    lines[141] = bad_line
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    result = _run("--store", spec, "ingest", "c", _keys(tmp_path, 150), "--payload", tmp_path / "p.jsonl", "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: payload: {expected}" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "no collections" in _run("--store", spec, "status").output
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("fifo", "{path} is a FIFO (named pipe), not a regular file"),
+    ("device", "{path} is a character device, not a regular file"),
+    ("dangling", "{path} is a symbolic link to {target}, which does not exist"),
+    ("missing", "no such file: {path}"),
+])
+def test_a_query_file_that_is_not_a_file_says_what_it_is(tmp_path, kind, expected):
+    import os
+
+    target = tmp_path / "gone.npy"
+    path = {"fifo": tmp_path / "q.npy", "device": "/dev/null", "dangling": tmp_path / "link.npy",
+            "missing": target}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling":
+        os.symlink(target, path)
+    result = _run("--store", f"edge:{tmp_path / 'store'}", "search", "c", "--queries", path, "--limit", "1")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: QUERIES: {expected.format(path=path, target=target)}\n" == result.output
+
+
+def test_tune_limit_is_bounded_like_search(tmp_path):
+    result = _run("--store", f"edge:{tmp_path / 'store'}", "tune", "c", "--queries", _keys(tmp_path),
+                  "--target-recall", "0.9", "--limit", "20000")
+    assert result.exit_code == 2 and "--limit" in result.output and "1<=x<=10000" in result.output
+
+
+def test_route_build_sublists_are_bounded_by_the_keys(tmp_path):
+    """--sublists 100000000 for 300 keys in 17 coarse lists: refused before any list is allocated."""
+    store = f"edge:{tmp_path / 'store'}"
+    assert _run("--store", store, "ingest", "c", _keys(tmp_path, 300), "--quiet").exit_code == 0
+    result = _run("--store", store, "route-build", "c", "--queries", _keys(tmp_path, 300), "--sublists", "100000000",
+                  "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("Error: --sublists must lie in [1, 18] for 300 keys in 17 coarse lists (more fine lists than a coarse "
+            "list holds keys stay empty), got 100,000,000") in result.output

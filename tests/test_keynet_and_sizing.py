@@ -50,3 +50,21 @@ def test_config_rejects_nonsense():
         ModelConfig(kind="keynet", dim=4, width=0)
     with pytest.raises(ValueError, match="unknown model config fields"):
         ModelConfig.from_dict({"kind": "keynet", "dim": 4, "width": 4, "evil": 1})
+
+
+def test_a_model_is_bounded_by_its_collection_and_train_refuses_a_larger_one():
+    """At most 4·N·d + 2²² parameters: 300,000 SmoothMax points × rank 16 for 300 keys of dimension 16 is over;
+    `train` says so (naming the options that size it) instead of publishing a model no search would use."""
+    from amips_plugin.core.errors import InputError
+    from amips_plugin.models.sizing import PARAMS_FLOOR, oversize_reason, parameter_bound
+    from amips_plugin.training import TrainConfig, model_config_for
+
+    assert parameter_bound(300, 16) == 4 * 300 * 16 + PARAMS_FLOOR
+    assert oversize_reason(ModelConfig(kind="smoothmax", dim=16, width=16, points=300), 300) is None
+    huge = ModelConfig(kind="smoothmax", dim=16, width=16, points=300_000)
+    assert "4,800,275 parameters, over the 4,213,504 allowed for 300 keys" in oversize_reason(huge, 300)
+    with pytest.raises(InputError, match=r"over the 4,213,504 allowed .*--params-fraction, --points, --width"):
+        model_config_for(TrainConfig(points=300_000, width=16), 300, 16)
+    with pytest.raises(InputError, match="allowed for 300 keys"):
+        model_config_for(TrainConfig(model="supportnet", params_fraction=1e5), 300, 16)
+    assert oversize_reason(model_config_for(TrainConfig(params_fraction=4.0), 300, 16), 300) is None

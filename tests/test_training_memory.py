@@ -71,3 +71,24 @@ def test_augment_fills_one_array_with_the_queries_then_their_noisy_copies():
     for index in range(1, 4):
         np.testing.assert_array_equal(out[30 * index: 30 * (index + 1)],
                                       queries + rng.normal(0.0, 0.05, size=queries.shape).astype(np.float32))
+
+
+def test_serving_passes_hold_a_bounded_number_of_scores(monkeypatch):
+    """`forward_in_chunks` (rewrites and σ̂ at query time) sees at most SERVING_ROWS rows, and fewer for a model
+    with many points (SCORE_BUDGET scores a pass), and returns what one pass over the batch returns."""
+    from amips_plugin import inference
+    from amips_plugin.serving_policy import support_values
+
+    model = build_model(ModelConfig(kind="smoothmax", dim=4, width=2, points=300_000))  # 55 rows per 2²⁴ scores
+    queries = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    seen = []
+    original = model.head_scores
+    monkeypatch.setattr(model, "head_scores", lambda x: seen.append(len(x)) or original(x))
+    sigma = support_values(model, queries)
+    assert sum(seen) == 300 and max(seen) == inference.SCORE_BUDGET // 300_000 < inference.SERVING_ROWS
+    with torch.no_grad():
+        np.testing.assert_allclose(sigma, original(torch.from_numpy(queries))[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+    small = build_model(ModelConfig(kind="smoothmax", dim=4, width=2, points=64))
+    keys, gated = inference.forward_in_chunks(small, queries, small.predict_with_confidence)
+    assert keys.shape == (300, 4) and gated.shape == (300,)
+    assert [len(part) for part in inference.forward_in_chunks(small, queries[:0], small.predict_with_confidence)] == [0, 0]

@@ -27,3 +27,7 @@ class StoreBusyError(StoreError):
 
 class ConcurrentPublishError(AmipsError):
     """Another writer published (or removed) a model for the same collection while this one was working."""
+
+
+class InvalidRequestError(InputError, ValueError):
+    """A query argument out of its range (AmipsClient): an InputError, and a ValueError as qdrant-client raises."""

@@ -1,17 +1,27 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial write."""
+"""Atomic file writes (a reader sees the old file or the new one, never a partial write) and bounded reads."""
 from __future__ import annotations
 
+import errno
 import os
+import re
+import secrets
 import stat
-import tempfile
 from pathlib import Path
+
+# `.<name>.<random>`: atomic_write's temporary files (8 characters: those of earlier versions, by mkstemp)
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}$")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync it, and rename it over `path`."""
+    """Write to a temporary file in the same folder, fsync it, and rename it over `path` (a symbolic
+    link there is replaced, never written through). The new file's mode is 0666 less the umask, as for
+    any file a process creates: whoever the umask lets read the old file (a serving account in the
+    group) can read the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, _NEW_FILE, 0o666)  # O_EXCL: never an existing file or link
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -23,13 +33,26 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
-def read_bounded(path: str | Path, max_bytes: int) -> bytes:
+def interrupted_write_target(name: str) -> str | None:
+    """The name of the file an `atomic_write` was writing, when `name` is that write's temporary file."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match["target"] if match else None
+
+
+def read_bounded(path: str | Path, max_bytes: int, follow_symlinks: bool = True) -> bytes:
     """The bytes of a regular file of at most `max_bytes`, decided from fstat before reading.
 
-    ValueError (one line) for a device, FIFO, directory or other non-regular file, or one that is
-    too large, so nothing unbounded is ever read; OSError as the system raises it otherwise.
+    ValueError (one line) for a device, FIFO, directory or other non-regular file, one that is too
+    large, or (without `follow_symlinks`) a symbolic link, so nothing unbounded and nothing outside
+    the intended folder is ever read; OSError as the system raises it otherwise.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    flags = os.O_RDONLY | os.O_NONBLOCK  # a FIFO must not block the open
+    try:
+        fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise ValueError(f"{path} is a symbolic link") from None
+        raise
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)

@@ -4,7 +4,7 @@ from .base import MODEL_KINDS, MIPSModel, ModelConfig
 from .factory import build_model
 from .keynet import KeyNet
 from .smoothmax import SmoothMaxSupportNet
-from .sizing import count_parameters, params_fraction, width_for_budget
+from .sizing import count_parameters, oversize_reason, params_fraction, width_for_budget
 from .supportnet import SupportNet
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "SupportNet",
     "build_model",
     "count_parameters",
+    "oversize_reason",
     "params_fraction",
     "width_for_budget",
 ]

@@ -1,0 +1,40 @@
+"""When an artifact kept alongside a collection still describes its points: one rule for the model, the
+side indexes and the serving policy, read by the query path and by `amips status` alike (docs/design.md §5).
+
+An artifact (its manifest) is stale when
+1. an amips write marked it so (`model_registry.mark_stale`: appends mark before they write), or
+2. it is bound to other points: the collection's write stamp (`adapters.base.WriteStamp`: a random id
+   made with the collection, and a generation every amips write bumps first) is not the one recorded
+   at build time (`bound_to`) — the collection was re-created, the manifest was copied from another
+   collection, or points were written since the build read them, or
+3. it was built on another number of keys than the collection holds (writes by other clients, which
+   cannot bump the stamp, whenever they changed the count), or
+4. asked to verify (`status` without --no-verify), the keys' recomputed fingerprint differs.
+
+Rules 1–3 cost nothing per query beyond the stamp (Edge keeps it in memory: its shard is this process's alone).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from amips_plugin.adapters.base import WriteStamp
+
+
+def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int | None,
+                 fingerprint: dict[str, Any] | None = None) -> str | None:
+    """Why the artifact of `manifest` no longer describes the collection's points, or None while it does.
+
+    `stamp`: the collection's current write stamp (None where the store keeps none: then an artifact
+    bound to a stamp is stale, one bound to none is judged by the other rules); `count`: its point count
+    (None: not checked); `fingerprint`: the keys' fingerprint, recomputed (None: not checked)."""
+    if manifest.get("stale"):
+        return "the keys changed since it was built"
+    if manifest.get("bound_to") != (stamp.as_manifest() if stamp else None):
+        return ("it was built for other points (the collection was re-created, written since, or the "
+                "artifact copied from elsewhere)")
+    built_on = (manifest.get("fingerprint") or {}).get("count")
+    if count is not None and built_on != count:
+        return f"it was built on {built_on} keys, the collection has {count}"
+    if fingerprint is not None and fingerprint != manifest.get("fingerprint"):
+        return "the keys' fingerprint differs from the one it was built on"
+    return None
