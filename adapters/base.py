@@ -206,6 +206,7 @@ class VectorStore(abc.ABC):
 
     location: str
     manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
+    searches_exactly: bool = False  # brute force whatever the knobs say (qdrant-client's local mode)
 
     # collections -----------------------------------------------------------------------------
     @abc.abstractmethod

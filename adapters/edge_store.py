@@ -2,7 +2,9 @@
 
 Layout under the store's root directory, one folder per collection:
 
-    <root>/<collection>/shard/          the Edge shard (segments, WAL, edge_config.json)
+    <root>/<collection>/shard/          the Edge shard (segments, WAL, edge_config.json), and beside the
+                                        engine's files amips-stamp.json (the write stamp: adapters.base.WriteStamp)
+                                        and amips-pending-write.json (an append under way: pending_writes)
     <root>/<collection>/amips/          the model next to it: manifest.json (pq.json: the compressed
                                         key store), blob-<id>.amips
 

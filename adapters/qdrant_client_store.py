@@ -153,9 +153,13 @@ class QdrantClientStore(VectorStore):
         self._secrets = (getattr(self, "_api_key", None), userinfo(location))
         self.location = redact(location, self._secrets)  # what messages show: never the URL's credentials
         self.shared = remote if shared is None else shared
+        self.searches_exactly = not remote  # local mode ignores hnsw_ef and the quantization knobs
         self.client: Any = _GuardedClient(client, None if remote else threading.RLock(), self._secrets)
         self._owns_client = True
         self._spaces: dict[str, tuple[float, VectorSpaces]] = {}
+        self._described: dict[str, tuple[float, Any]] = {}  # collection -> (when, get_collection's answer)
+        self._counts: dict[tuple[str, str], tuple[float, int]] = {}  # (collection, vector) -> (when, points)
+        self._writing: set[str] = set()  # collections whose manifest lock this object holds: reads are fresh
 
     def _wait_for_server(self, attempts: int, backoff: float) -> None:
         """Probe the server, retrying with exponential backoff (backoff, 2·backoff, …) before giving up."""
@@ -180,6 +184,28 @@ class QdrantClientStore(VectorStore):
         if not self.client.collection_exists(collection):
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
 
+    def _collection(self, collection: str, fresh: bool = False) -> Any:
+        """get_collection's answer (configuration and metadata: manifests, stamp), kept for SPACES_TTL_SECONDS
+        for readers, so that a query costs no round trip beyond its search (issue 24.1). Writers read it
+        fresh: `fresh`, and every read while this object holds the collection's manifest lock; this object's
+        own metadata writes forget it. Another process's writes are seen within SPACES_TTL_SECONDS."""
+        cached = self._described.get(collection)
+        now = time.monotonic()
+        if cached is not None and not fresh and collection not in self._writing and now - cached[0] < SPACES_TTL_SECONDS:
+            return cached[1]
+        self._require(collection)
+        described = self.client.get_collection(collection)
+        self._described[collection] = (now, described)
+        return described
+
+    def _metadata(self, collection: str, fresh: bool = False) -> dict[str, Any]:
+        return self._collection(collection, fresh).config.metadata or {}
+
+    def _update_metadata(self, collection: str, metadata: dict[str, Any]) -> None:
+        self._described.pop(collection, None)
+        self.client.update_collection(collection, metadata=metadata)
+        self._described.pop(collection, None)
+
     def vector_spaces(self, collection: str) -> VectorSpaces:
         """Kept for SPACES_TTL_SECONDS: every store call resolves the vector it uses, and on a server each
         read costs two round trips, which a batch of queries would otherwise pay several times over."""
@@ -191,8 +217,7 @@ class QdrantClientStore(VectorStore):
         return spaces
 
     def _read_spaces(self, collection: str) -> VectorSpaces:
-        self._require(collection)
-        config = self.client.get_collection(collection).config.params
+        config = self._collection(collection).config.params
         vectors = config.vectors
         named = {UNNAMED: vectors} if isinstance(vectors, models.VectorParams) else dict(vectors or {})
         return classify_vectors({name: (params.size, _DISTANCE_NAME.get(params.distance), params.distance,
@@ -203,15 +228,20 @@ class QdrantClientStore(VectorStore):
         if not self.shared:  # local mode searches exactly and does not keep the quantization config
             return None
         name = self.resolve_vector(collection, using)[0]
-        config = self.client.get_collection(collection).config
+        config = self._collection(collection).config
         vectors = config.params.vectors
         params = vectors if isinstance(vectors, models.VectorParams) else (vectors or {}).get(name)
         return bool(config.quantization_config or (params is not None and params.quantization_config))
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
+        """The point count is kept for SPACES_TTL_SECONDS (an exact count on every query made amips 5–10×
+        slower than plain search through qdrant-client); this object's own writes forget it."""
         name, dim, distance = self.resolve_vector(collection, using)
-        count = self.client.count(collection, count_filter=self._holds(name), exact=True).count
-        return CollectionInfo(collection, dim, distance, count, name)
+        cached, now = self._counts.get((collection, name)), time.monotonic()
+        if cached is None or now - cached[0] >= SPACES_TTL_SECONDS:
+            cached = (now, self.client.count(collection, count_filter=self._holds(name), exact=True).count)
+            self._counts[(collection, name)] = cached
+        return CollectionInfo(collection, dim, distance, cached[1], name)
 
     @staticmethod
     def _holds(vector: str) -> models.Filter | None:
@@ -222,6 +252,8 @@ class QdrantClientStore(VectorStore):
                using: str | None = None) -> None:
         check_collection_name(collection)
         self._spaces.pop(collection, None)
+        self._described.pop(collection, None)
+        self._counts = {key: value for key, value in self._counts.items() if key[0] != collection}
         quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
         params = models.VectorParams(size=dim, distance=_DISTANCE[distance])
@@ -235,6 +267,7 @@ class QdrantClientStore(VectorStore):
         name = self.resolve_vector(collection, using)[0]
         qdrant_ids = point_ids.to_qdrant_list(ids)
         self.bump_generation(collection)
+        self._counts = {key: value for key, value in self._counts.items() if key[0] != collection}
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
             rows = vectors[start:stop].tolist()
@@ -325,40 +358,36 @@ class QdrantClientStore(VectorStore):
         return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        self._require(collection)
-        metadata = self.client.get_collection(collection).config.metadata or {}
+        metadata = self._metadata(collection)
         slot = self.manifest_slot(collection, slot)
         return validate_manifest(metadata.get(self._metadata_key(slot)), slot, collection)
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)
-        self.client.update_collection(collection, metadata={self._metadata_key(self.manifest_slot(collection, slot)):
-                                                            manifest})
+        self._update_metadata(collection, {self._metadata_key(self.manifest_slot(collection, slot)): manifest})
 
     def last_version(self, collection: str, slot: str = "model") -> int:
-        metadata = self.client.get_collection(collection).config.metadata or {}
-        value = metadata.get(self._metadata_key(self.manifest_slot(collection, slot)) + "#removed")
+        value = self._metadata(collection).get(self._metadata_key(self.manifest_slot(collection, slot)) + "#removed")
         return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_VERSION else 0
 
     def remember_version(self, collection: str, slot: str, version: int) -> None:
         key = self._metadata_key(self.manifest_slot(collection, slot)) + "#removed"
-        self.client.update_collection(collection, metadata={key: int(version)})
+        self._update_metadata(collection, {key: int(version)})
 
     def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
         """The stamp in the collection's metadata ("amips_stamp"), read on every call (other clients of
         a server may write it); a collection without one gets one when `create`."""
-        self._require(collection)
-        stamp = WriteStamp.parse((self.client.get_collection(collection).config.metadata or {}).get(STAMP_KEY))
+        stamp = WriteStamp.parse(self._metadata(collection, fresh=create).get(STAMP_KEY))
         if stamp is None and create:
             stamp = WriteStamp.new()
-            self.client.update_collection(collection, metadata={STAMP_KEY: stamp.as_manifest()})
+            self._update_metadata(collection, {STAMP_KEY: stamp.as_manifest()})
         return stamp
 
     def bump_generation(self, collection: str) -> None:
         """Read, add one, write back: two writers racing may add one between them, which still leaves
         every artifact built before either stale (the generation differs from the one it recorded)."""
         bumped = (self.write_stamp(collection, create=True) or WriteStamp.new()).bumped()
-        self.client.update_collection(collection, metadata={STAMP_KEY: bumped.as_manifest()})
+        self._update_metadata(collection, {STAMP_KEY: bumped.as_manifest()})
 
     def free_bytes(self) -> int | None:
         """Local mode on disk: the free space of its folder's disk (SQLite and its journal write there)."""
@@ -370,12 +399,11 @@ class QdrantClientStore(VectorStore):
             return None
 
     def read_pending_write(self, collection: str) -> dict[str, Any] | None:
-        self._require(collection)
-        return (self.client.get_collection(collection).config.metadata or {}).get(PENDING_WRITE_KEY)
+        return self._metadata(collection, fresh=True).get(PENDING_WRITE_KEY)
 
     def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
         self._require(collection)
-        self.client.update_collection(collection, metadata={PENDING_WRITE_KEY: record})
+        self._update_metadata(collection, {PENDING_WRITE_KEY: record})
 
     @staticmethod
     def _metadata_key(slot: str) -> str:
@@ -466,7 +494,7 @@ class QdrantClientStore(VectorStore):
     # the manifest lock ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def manifest_lock(self, collection: str) -> Iterator[None]:
-        with super().manifest_lock(collection):  # the threads of this process
+        with super().manifest_lock(collection), self._fresh_reads(collection):  # the threads of this process
             if not self.shared:
                 yield
                 return
@@ -483,6 +511,15 @@ class QdrantClientStore(VectorStore):
                 self._conditional_upsert(sidecar, {"lock": "", "expires": 0.0},  # release, if still ours
                                          models.FieldCondition(key="lock", match=models.MatchValue(value=token)),
                                          quiet=True)
+
+    @contextlib.contextmanager
+    def _fresh_reads(self, collection: str) -> Iterator[None]:
+        """While held: every read of the collection's metadata goes to the store (a writer's compare-and-swap)."""
+        self._writing.add(collection)
+        try:
+            yield
+        finally:
+            self._writing.discard(collection)
 
     def _conditional_upsert(self, sidecar: str, payload: dict[str, Any], condition: models.FieldCondition,
                             quiet: bool = False) -> None:

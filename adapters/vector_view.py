@@ -22,6 +22,7 @@ from .base import CollectionInfo, SearchParams, SearchResult, StoredFile, Vector
 class VectorView(VectorStore):
     def __init__(self, store: VectorStore, using: str) -> None:
         self.store, self.using = store, using
+        self.searches_exactly = store.searches_exactly
         self.location = f"{store.location} (vector {using!r})"
 
     def collections(self) -> list[str]:

@@ -134,7 +134,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 
     \b
     Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, status, search, export, import, drop-model, drop-index, pq-build, route-build
+    Collections:  ingest, train, tune, status, search, export, import, drop-model, drop-index, pq-build, route-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logging.captureWarnings(True)  # library warnings (qdrant-client's local mode, ...) go through logging,
@@ -501,8 +501,10 @@ def _status_line(r: dict[str, Any]) -> str:
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
               help="The query vectors (.npy, M×d).")
 @click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
-@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
-              help="off: plain search; replace: search with ŷ, rescore by x; hybrid: prefetch with ŷ and x, rescore by x.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="auto (the default): the policy `amips tune` stored (plain search, with a reason, when there is "
+                   "none); off (the default with --candidates-from): plain search; replace: search with ŷ, rescore "
+                   "by x; hybrid: prefetch with ŷ and x, rescore by x.")
 @click.option("--candidates", type=click.IntRange(1, MAX_CANDIDATES), default=None,
               help="Candidates each prefetch returns before rescoring (default: max(limit, 10)); "
                    "with --candidates-from route, the fine lists scanned per probe.")
@@ -524,12 +526,13 @@ def _status_line(r: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 @_friendly_errors
-def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str,
+def search_command(ctx: click.Context, collection: str, queries_path: str, limit: int, mode: str | None,
                    candidates: int | None, candidate_source: str, hnsw_ef: int | None, exact: bool,
                    oversampling: float | None, truth_path: str | None, show: int, single: bool,
                    output: str | None, as_json: bool) -> None:
     """Search COLLECTION for every row of QUERIES.npy, rewriting queries with the stored model."""
     queries = load_vectors(queries_path, "QUERIES")
+    mode = mode or ("auto" if candidate_source == "engine" else "off")  # auto searches the engine only
     rewriter = QueryRewriter(_store(ctx))
     params = SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling)
 
@@ -728,7 +731,13 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
 @_friendly_errors
 def tune_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, limit: int,
                  repeats: int, plot_path: str | None, as_json: bool) -> None:
-    """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`)."""
+    """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`).
+
+    Every pass is a search setting: hnsw_ef and, on a collection with int8 copies (--scalar-quantization),
+    the oversampling of its quantized search (rescored with the originals). Plain search at every setting,
+    and two-pass plans (a cheap pass for every query, a costlier one for the queries a certificate flags),
+    are calibrated on held-out queries. A store that searches exactly (local mode) is not tuned: it says so.
+    """
     from . import tuning
 
     if plot_path:

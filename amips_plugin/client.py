@@ -2,7 +2,6 @@
 collection's stored model, and lets the application retrain while it serves.
 
     from qdrant_client import QdrantClient, models
-from qdrant_client.http.models import QueryResponse
     from amips_plugin.client import AmipsClient
 
     client = AmipsClient(QdrantClient(url="http://localhost:6333"))   # wrap the application's client

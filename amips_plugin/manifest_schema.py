@@ -41,6 +41,7 @@ def _finite(value: float | int) -> float | int:
 
 Number = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]  # never NaN, ±Infinity or beyond float range
 Share = Annotated[Number, Field(ge=0, le=1)]
+Oversampling = Annotated[Number, Field(ge=1, le=limits.MAX_OVERSAMPLING)]
 
 
 class ManifestError(ArtifactError):
@@ -162,6 +163,9 @@ class PolicyManifestSchema(_Schema):
     model_sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     fallback_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
     break_even: Optional[Share] = None
+    oversampling: Optional[Oversampling] = None
+    second_oversampling: Optional[Oversampling] = None
+    fallback_oversampling: Optional[Oversampling] = None
     measured: Optional[dict[StrictStr, Optional[Number]]] = None
 
 

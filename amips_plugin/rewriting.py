@@ -259,7 +259,7 @@ class QueryRewriter:
                 f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at hnsw_ef "
                 f"{policy.fallback_ef}: the policy escalated {guard.share:.0%} of the recent queries, above the "
                 f"{guard.limit:.0%} it pays for and was calibrated near (queries unlike those it was tuned on)")
-            self._warn_once(f"amips: plain search for part of {collection!r}'s queries: they are escalated more often "
+            self._warn_once(f"amips: plain search for part of the queries to {collection!r}: they are escalated more often "
                             "than the tuned policy pays for (new topics?); re-run `amips tune` on such queries")
         return result, report
 
@@ -268,10 +268,12 @@ class QueryRewriter:
         limit = policy.shift_limit
         if policy.kind != "two-pass" or limit is None:
             return None
-        key = (policy.ef, policy.second_ef, policy.certificate, policy.threshold, policy.fallback_ef, limit)
+        key = (policy.first, policy.second, policy.certificate, policy.threshold, policy.fallback, limit)
         cached = self._guards.get(collection)
         if cached is None or cached[0] != key:
-            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(limit))
+            tuned = policy.measured.get("escalated")
+            prior = tuned if isinstance(tuned, float) and 0 <= tuned <= 1 else None
+            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(limit, prior))
         return cached[1]
 
     @staticmethod

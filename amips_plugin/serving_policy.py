@@ -48,6 +48,7 @@ from amips_plugin.adapters import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
+from .core.limits import MAX_OVERSAMPLING
 from .freshness import stale_reason
 from .inference import forward_in_chunks
 from .models import MIPSModel
@@ -143,6 +144,29 @@ def suspicion(certificate: str, z: np.ndarray, classifier: Classifier | None = N
 
 
 @dataclass(frozen=True)
+class Effort:
+    """The engine knobs of one search pass: its hnsw_ef and, on a vector with int8 copies, the oversampling
+    of its quantized search (oversampling × limit candidates rescored with the original vectors; None:
+    the caller's, or the engine's default)."""
+
+    ef: int
+    oversampling: float | None = None
+
+    def params(self, base: SearchParams) -> SearchParams:
+        """`base` (a filter, ...) with this pass's knobs."""
+        return dataclasses.replace(base, hnsw_ef=self.ef, oversampling=(
+            base.oversampling if self.oversampling is None else self.oversampling))
+
+    def below(self, other: "Effort") -> bool:
+        """Strictly less search effort: no knob higher than `other`'s, and not the same knobs."""
+        return (self.ef <= other.ef and (self.oversampling or 1.0) <= (other.oversampling or 1.0)
+                and self != other)
+
+    def describe(self) -> str:
+        return f"hnsw_ef {self.ef}" + ("" if self.oversampling is None else f", oversampling {self.oversampling:g}")
+
+
+@dataclass(frozen=True)
 class Policy:
     """A serving policy as stored in the collection's "policy" manifest slot."""
 
@@ -160,6 +184,23 @@ class Policy:
     fallback_ef: int | None = None  # two-pass: plain search's hnsw_ef meeting the target (the shift guard's)
     break_even: float | None = None  # two-pass: the escalated share at which it costs as much as that
     measured: dict[str, Any] = field(default_factory=dict)
+    oversampling: float | None = None  # on a quantized vector, each pass's oversampling (Effort)
+    second_oversampling: float | None = None
+    fallback_oversampling: float | None = None
+
+    @property
+    def first(self) -> Effort:
+        """Plain: its one pass; two-pass: the first pass."""
+        return Effort(self.ef, self.oversampling)
+
+    @property
+    def second(self) -> Effort:
+        assert self.second_ef is not None, "a two-pass policy"
+        return Effort(self.second_ef, self.second_oversampling)
+
+    @property
+    def fallback(self) -> Effort | None:
+        return None if self.fallback_ef is None else Effort(self.fallback_ef, self.fallback_oversampling)
 
     @property
     def shift_limit(self) -> float | None:
@@ -181,13 +222,13 @@ class Policy:
 
     def describe(self) -> str:
         if self.kind == "plain":
-            return f"plain search at hnsw_ef {self.ef}"
+            return f"plain search at {self.first.describe()}"
         share = self.measured.get("escalated")
         share_text = f", {share:.1%} of queries escalated at tuning" if isinstance(share, float) else ""
-        limit = self.shift_limit
-        guard_text = "" if limit is None else (
-            f"; plain search at hnsw_ef {self.fallback_ef} while more than {limit:.0%} are escalated")
-        return (f"two-pass: hnsw_ef {self.ef} for every query, hnsw_ef {self.second_ef} for those the "
+        limit, fallback = self.shift_limit, self.fallback
+        guard_text = "" if limit is None or fallback is None else (
+            f"; plain search at {fallback.describe()} while more than {limit:.0%} are escalated")
+        return (f"two-pass: {self.first.describe()} for every query, {self.second.describe()} for those the "
                 f"{self.certificate} certificate flags{share_text}{guard_text}")
 
     def escalate(self, z: np.ndarray) -> np.ndarray:
@@ -231,7 +272,9 @@ class Policy:
                          model_sha256=data.get("model_sha256"),
                          fallback_ef=None if data.get("fallback_ef") is None else int(data["fallback_ef"]),
                          break_even=None if data.get("break_even") is None else float(data["break_even"]),
-                         measured=dict(data.get("measured") or {}))
+                         measured=dict(data.get("measured") or {}),
+                         **{key: None if data.get(key) is None else float(data[key])
+                            for key in ("oversampling", "second_oversampling", "fallback_oversampling")})
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ArtifactError(f"the stored serving policy is malformed ({exc!r})") from None
         problem = policy.problem()
@@ -262,6 +305,9 @@ def _value_problem(policy: Policy) -> str | None:
     cost recall without a word — a NaN or too high threshold escalates nothing, a break-even below 0 or a
     fallback_ef under ef hands queries to plain search cheaper than the target needs."""
     classifier = policy.classifier
+    oversampling = (policy.oversampling, policy.second_oversampling, policy.fallback_oversampling)
+    if not all(x is None or 1 <= x <= MAX_OVERSAMPLING for x in oversampling):  # NaN fails too
+        return f"an oversampling is not in [1, {MAX_OVERSAMPLING:g}]"
     numbers = (policy.threshold, policy.target, policy.break_even, *(policy.guard_low or ()),
                *(policy.guard_high or ()), *((*classifier.mean, *classifier.scale, *classifier.weights)
                                              if classifier else ()))
@@ -273,7 +319,8 @@ def _value_problem(policy: Policy) -> str | None:
         return None
     assert policy.second_ef is not None  # _shape_problem
     low, high = policy.guard_low or (), policy.guard_high or ()
-    rules = ((policy.second_ef > policy.ef, f"second_ef {policy.second_ef} is not above ef {policy.ef}"),
+    rules = ((policy.first.below(policy.second),
+              f"the second pass ({policy.second.describe()}) is not above the first ({policy.first.describe()})"),
              (policy.fallback_ef is None or policy.fallback_ef >= policy.ef,
               f"fallback_ef {policy.fallback_ef} is below ef {policy.ef}"),
              (policy.break_even is None or 0 <= policy.break_even <= 1, f"break_even {policy.break_even} is not in [0, 1]"),
@@ -329,9 +376,12 @@ def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: in
 class ShiftGuard:
     """The escalated share of a two-pass policy's recent queries, and whether plain search is cheaper now."""
 
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, prior: float | None = None) -> None:
+        """`prior`: the share escalated at tuning, which the average starts from as if GUARD_WINDOW queries had
+        shown it (None: the first observation sets it), so one unlucky first query moves it by 1/GUARD_WINDOW
+        and cannot hand a whole stream to plain search."""
         self.limit = limit  # Policy.shift_limit
-        self.share: float | None = None  # exponentially weighted over ≈ GUARD_WINDOW queries
+        self.share: float | None = prior  # exponentially weighted over ≈ GUARD_WINDOW queries
         self.probes = 0  # heads seen while plain search was cheaper (every PROBE_EVERY-th is served two-pass)
         self.answered_plain = 0  # queries the guard sent to plain search, in all
 
@@ -360,9 +410,10 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
     and then the rest are each served two-pass or — while the guard sees the escalated share above
     break-even — by plain search at fallback_ef (two pieces at most, so that a large batch of unusual
     queries is noticed after its head, and a usual one costs one more store call, not one per chunk)."""
-    if guard is None or policy.kind == "plain" or policy.fallback_ef is None:
+    fallback = policy.fallback
+    if guard is None or policy.kind == "plain" or fallback is None:
         return _serve(store, collection, queries, limit, policy, model, params)
-    plain_params = dataclasses.replace(params, hnsw_ef=policy.fallback_ef)
+    plain_params = fallback.params(params)
 
     def piece(part: np.ndarray, head: bool) -> tuple[SearchResult, np.ndarray]:
         if guard.plain_now(may_probe=head):
@@ -382,13 +433,10 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
 
 def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
            model: MIPSModel | None, params: SearchParams) -> tuple[SearchResult, np.ndarray]:
-    def at_ef(ef: int | None) -> SearchParams:
-        return dataclasses.replace(params, hnsw_ef=ef)
-
     if policy.kind == "plain":
-        return store.search(collection, queries, limit, at_ef(policy.ef)), np.zeros(len(queries), dtype=bool)
+        return store.search(collection, queries, limit, policy.first.params(params)), np.zeros(len(queries), dtype=bool)
     depth = max(limit, DEPTH)
-    first = store.search(collection, queries, depth, at_ef(policy.ef))
+    first = store.search(collection, queries, depth, policy.first.params(params))
     sigma = support_values(model, queries) if policy.uses_model and model is not None else None
     if policy.uses_model and sigma is None:
         raise ValueError("this policy's certificate reads σ̂: pass the collection's model")
@@ -396,7 +444,7 @@ def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int,
     rows = np.flatnonzero(escalated)
     if not len(rows):
         return SearchResult(first.ids[:, :limit], first.scores[:, :limit]), escalated
-    second = store.search(collection, queries[rows], limit, at_ef(policy.second_ef))
+    second = store.search(collection, queries[rows], limit, policy.second.params(params))
     return merge(first, second, rows, limit), escalated
 
 

@@ -50,6 +50,7 @@ from .serving_policy import (
     CERTIFICATES,
     DEPTH,
     SLOT,
+    Effort,
     Policy,
     calibrate_threshold,
     features,
@@ -64,6 +65,7 @@ from .serving_policy import (
 from .targets import exact_top1
 
 EF_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+OVERSAMPLING_GRID = (1.0, 2.0, 4.0)  # on a quantized vector: int8 candidates per result, rescored exactly
 MIN_QUERIES = 200
 DEFAULT_REPEATS = 3
 FIT_SHARE, FIT_MIN = 0.25, 2000  # the fit part of the sample (`fit_size`)
@@ -96,29 +98,39 @@ class TuneReport:
     plain: FrontierRow
     rows: list[FrontierRow] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # knobs this store does not have
 
     @property
     def speedup(self) -> float:
         return (self.chosen.qps or 0.0) / (self.plain.qps or float("nan"))
 
     def verdict(self) -> str:
+        plain = self.plain.policy.first.describe()
+        if self.notes:
+            return f"{'; '.join(self.notes)}; the stored policy is plain search"
         if self.chosen.policy.kind == "plain":
-            return (f"plain search wins: no two-pass policy beat hnsw_ef {self.plain.policy.ef} at recall@1 "
-                    f"≥ {self.target} here; the stored policy is plain search at hnsw_ef {self.plain.policy.ef}")
-        return (f"{self.chosen.name} wins: {self.speedup:.2f}× the batch throughput of plain search at hnsw_ef "
-                f"{self.plain.policy.ef}, the cheapest plain search meeting recall@1 ≥ {self.target}")
+            return (f"plain search wins: no two-pass policy beat {plain} at recall@1 ≥ {self.target} here; the "
+                    f"stored policy is plain search at {plain}")
+        return (f"{self.chosen.name} wins: {self.speedup:.2f}× the batch throughput of plain search at {plain}, the "
+                f"cheapest plain search meeting recall@1 ≥ {self.target}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "held_out": self.held_out, "chosen": self.chosen.to_dict(),
                 "plain": self.plain.to_dict(), "speedup": self.speedup, "verdict": self.verdict(),
-                "rows": [r.to_dict() for r in self.rows], "manifest": self.manifest}
+                "rows": [r.to_dict() for r in self.rows], "manifest": self.manifest, "notes": self.notes}
 
 
 def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float, limit: int = 10,
          repeats: int = DEFAULT_REPEATS, ef_grid: tuple[int, ...] = EF_GRID, seed: int = 0,
          certificates: tuple[str, ...] = CERTIFICATES, publish: bool = True,
-         params: SearchParams = SearchParams()) -> TuneReport:
-    """Measure, choose and (with `publish`) store the cheapest policy meeting recall@1 ≥ `target`."""
+         params: SearchParams = SearchParams(),
+         oversampling_grid: tuple[float, ...] | None = None) -> TuneReport:
+    """Measure, choose and (with `publish`) store the cheapest policy meeting recall@1 ≥ `target`.
+
+    Every search pass is one `Effort` of the grid: an hnsw_ef of `ef_grid` and, on a vector with int8
+    copies, an oversampling of `oversampling_grid` (default OVERSAMPLING_GRID; rescored with the
+    originals). A store that searches exactly (qdrant-client local mode) has no such knob: one plain
+    policy is measured and stored, and the report says so."""
     if not 0 < target < 1:
         raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
     check_search_inputs(limit, None, params)  # limit ≤ MAX_LIMIT, as for any search
@@ -126,6 +138,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
     if len(queries) < MIN_QUERIES:
         raise InputError(f"tune needs at least {MIN_QUERIES} sample queries, got {len(queries)}")
+    grid, notes = search_grid(store, collection, ef_grid, oversampling_grid, params)
     expected = model_registry.read_for_replace(store, collection, SLOT)  # a broken policy is replaced
     stamp = store.write_stamp(collection, create=True)  # before the keys: a write while tuning makes it stale
     keys, ids, fingerprint = read_keys(store, collection)
@@ -134,46 +147,46 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     model, manifest, _ = QueryRewriter(store).model_for(collection, info.dim, info.count)
     rows = np.random.default_rng(seed).permutation(len(queries))
     fit, held = rows[: fit_size(len(rows))], rows[fit_size(len(rows)):]
-    depth, grid = max(limit, DEPTH), sorted(set(ef_grid))
+    depth = max(limit, DEPTH)
 
-    def at_ef(ef: int) -> SearchParams:
-        return replace(params, hnsw_ef=ef)
-
-    first = {ef: store.search(collection, queries, depth, at_ef(ef)) for ef in grid}
-    hits = {ef: first[ef].ids[:, 0] == truth for ef in grid}
+    first = {effort: store.search(collection, queries, depth, effort.params(params)) for effort in grid}
+    hits = {effort: first[effort].ids[:, 0] == truth for effort in grid}
     held_queries = queries[held]
-    tasks: dict[str, Callable[[], Any]] = {
-        f"ef{ef}": partial(store.search, collection, held_queries, depth, at_ef(ef)) for ef in grid}
+    tasks: dict[Any, Callable[[], Any]] = {
+        effort: partial(store.search, collection, held_queries, depth, effort.params(params)) for effort in grid}
     if model is not None:
         tasks["sigma"] = lambda: support_values(model, held_queries)
     seconds = best_times(tasks, repeats)
     per_query = {name: s / len(held) for name, s in seconds.items()}
     sigma = support_values(model, queries) if model is not None else None
 
-    def plain_row(ef: int) -> FrontierRow:
-        k = int(hits[ef][held].sum())
-        return FrontierRow(f"plain ef {ef}", Policy("plain", ef, target=target), k / len(held),
-                           wilson_lower_bound(k, len(held)), 0.0, predicted_qps=1 / per_query[f"ef{ef}"])
+    def plain_row(effort: Effort) -> FrontierRow:
+        k = int(hits[effort][held].sum())
+        policy = Policy("plain", effort.ef, target=target, oversampling=effort.oversampling)
+        return FrontierRow(f"plain {_short(effort)}", policy, k / len(held), wilson_lower_bound(k, len(held)), 0.0,
+                           predicted_qps=1 / per_query[effort])
 
-    plain_rows = [plain_row(ef) for ef in grid]
+    plain_rows = sorted((plain_row(effort) for effort in grid), key=lambda r: per_query[r.policy.first])
     meeting = [r for r in plain_rows if r.lower_bound >= target]
     if not meeting:
         best = max(plain_rows, key=lambda r: r.recall)
-        raise InputError(f"no hnsw_ef up to {grid[-1]} reaches recall@1 {target} on the held-out queries with "
-                         f"margin (best: {best.recall:.4f} at hnsw_ef {best.policy.ef}); lower the target")
-    plain = meeting[0]
-    candidates = [plain] + [row for row in _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit,
-                                                                 held, target, per_query, model is not None)
-                            if row.policy.ef <= plain.policy.ef]  # a first pass beyond plain's ef cannot pay
+        raise InputError(f"no search setting up to {grid[-1].describe()} reaches recall@1 {target} on the held-out "
+                         f"queries with margin (best: {best.recall:.4f} at {best.policy.first.describe()}); lower the "
+                         "target")
+    least = [r for r in meeting if not any(o.policy.first.below(r.policy.first) for o in meeting)]
+    plain = least[0]  # of the least efforts meeting the target (the smallest ef, on one knob), the fastest measured
+    plain_cost = per_query[plain.policy.first]
+    candidates = [plain] + ([] if notes else [
+        row for row in _two_pass_candidates(certificates, grid, first, hits, queries, sigma, fit, held, target,
+                                            per_query, model is not None)
+        if not plain.policy.first.below(row.policy.first)])  # a first pass beyond plain search's cannot pay
     for row in candidates[1:]:
         policy = row.policy
-        assert policy.second_ef is not None  # a two-pass candidate
-        first_cost = per_query[f"ef{policy.ef}"] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
+        first_cost = per_query[policy.first] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
         row.policy = replace(policy, key_count=info.count,
                              model_sha256=(manifest or {}).get("sha256") if policy.uses_model else None,
-                             fallback_ef=plain.policy.ef,
-                             break_even=min(1.0, max(0.0, (per_query[f"ef{plain.policy.ef}"] - first_cost)
-                                                     / per_query[f"ef{policy.second_ef}"])))
+                             fallback_ef=plain.policy.ef, fallback_oversampling=plain.policy.oversampling,
+                             break_even=min(1.0, max(0.0, (plain_cost - first_cost) / per_query[policy.second])))
     measured = best_times({row.name: partial(serve, store, collection, held_queries, limit, row.policy, model, params)
                            for row in candidates}, repeats)
     for row in candidates:
@@ -182,14 +195,29 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         k = int(np.sum(result.ids[:, 0] == truth[held]))
         row.recall, row.lower_bound, row.escalated = k / len(held), wilson_lower_bound(k, len(held)), float(escalated.mean())
     chosen = choose(plain, candidates[1:], target)
-    report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:])
+    report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:],
+                        notes=notes)
     if publish:
         policy = replace(chosen.policy, target=target, key_count=info.count,
                          measured={"recall": chosen.recall, "lower_bound": chosen.lower_bound,
                                    "escalated": chosen.escalated, "qps": chosen.qps, "plain_ef": plain.policy.ef,
-                                   "plain_qps": plain.qps, "held_out": len(held), "limit": limit})
+                                   "plain_oversampling": plain.policy.oversampling, "plain_qps": plain.qps,
+                                   "held_out": len(held), "limit": limit})
         report.manifest = publish_policy(store, collection, policy, fingerprint, expected, stamp)
     return report
+
+
+def search_grid(store: VectorStore, collection: str, ef_grid: tuple[int, ...],
+                oversampling_grid: tuple[float, ...] | None, params: SearchParams) -> tuple[list[Effort], list[str]]:
+    """The search settings to measure, cheapest knobs first, and notes on knobs this store does not have."""
+    if store.searches_exactly:
+        return [Effort(min(ef_grid))], [f"{store.location} searches exactly (brute force: qdrant-client's local mode), "
+                                        "so hnsw_ef and oversampling do not apply: plain search is stored, untuned"]
+    quantized = store.quantized(collection)
+    if not quantized or params.oversampling is not None:  # no int8 copies, or the caller fixed it
+        return [Effort(ef) for ef in sorted(set(ef_grid))], []
+    return [Effort(ef, factor) for ef in sorted(set(ef_grid))
+            for factor in sorted(set(oversampling_grid or OVERSAMPLING_GRID))], []
 
 
 def fit_size(samples: int) -> int:
@@ -213,39 +241,48 @@ def _complexity(row: FrontierRow) -> int:
     return 2 if row.policy.uses_model else 1 if row.policy.certificate == "classifier" else 0
 
 
-def _two_pass_candidates(certificates: tuple[str, ...], grid: list[int], first: dict, hits: dict,
+def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], first: dict, hits: dict,
                          queries: np.ndarray, sigma: np.ndarray | None, fit: np.ndarray, held: np.ndarray,
-                         target: float, per_query: dict[str, float], with_model: bool) -> list[FrontierRow]:
-    """Each certificate's cheapest calibrated (ef₁, ef₂, threshold) by predicted cost."""
+                         target: float, per_query: dict[Any, float], with_model: bool) -> list[FrontierRow]:
+    """Each certificate's cheapest calibrated (first pass, more effortful second pass, threshold) by predicted cost."""
     rows = []
     for certificate in certificates:
         if certificate == "margin" and not with_model:
             continue
         best: tuple[float, FrontierRow] | None = None
-        for ef1 in grid:
-            z = features(queries, first[ef1].scores, sigma)
+        for effort1 in grid:
+            z = features(queries, first[effort1].scores, sigma)
             columns = used_columns(certificate, with_model)
-            classifier = fit_classifier(z[fit][:, columns], ~hits[ef1][fit]) if certificate == "classifier" else None
+            classifier = (fit_classifier(z[fit][:, columns], ~hits[effort1][fit]) if certificate == "classifier"
+                          else None)
             low, high = guard_range(z[fit], columns)
-            probe = Policy("two-pass", ef1, second_ef=grid[-1], certificate=certificate, threshold=float("inf"),
-                           classifier=classifier, guard_low=low, guard_high=high)
+            probe = Policy("two-pass", effort1.ef, second_ef=grid[-1].ef, certificate=certificate,
+                           threshold=float("inf"), classifier=classifier, guard_low=low, guard_high=high,
+                           oversampling=effort1.oversampling)
             always = probe.escalate(z[held])
             score = suspicion(certificate, z[held], classifier)
-            cost_first = per_query[f"ef{ef1}"] + (per_query["sigma"] if probe.uses_model else 0.0)
-            for ef2 in (ef for ef in grid if ef > ef1):
-                calibration = calibrate_threshold(score, hits[ef1][held], hits[ef1][held] | hits[ef2][held], target,
-                                                  always=always)
+            cost_first = per_query[effort1] + (per_query["sigma"] if probe.uses_model else 0.0)
+            for effort2 in (effort for effort in grid if effort1.below(effort)):
+                calibration = calibrate_threshold(score, hits[effort1][held], hits[effort1][held] | hits[effort2][held],
+                                                  target, always=always)
                 if calibration is None:
                     continue
                 share = calibration.escalated / len(held)
-                cost = cost_first + share * per_query[f"ef{ef2}"]
+                cost = cost_first + share * per_query[effort2]
                 if best is None or cost < best[0]:
-                    policy = replace(probe, second_ef=ef2, threshold=calibration.threshold, target=target)
-                    best = (cost, FrontierRow(f"two-pass {certificate} ef {ef1}→{ef2}", policy, calibration.recall,
-                                              calibration.lower_bound, share, predicted_qps=1 / cost))
+                    policy = replace(probe, second_ef=effort2.ef, second_oversampling=effort2.oversampling,
+                                     threshold=calibration.threshold, target=target)
+                    name = f"two-pass {certificate} {_short(effort1)}→{_short(effort2)}"
+                    best = (cost, FrontierRow(name, policy, calibration.recall, calibration.lower_bound, share,
+                                              predicted_qps=1 / cost))
         if best is not None:
             rows.append(best[1])
     return rows
+
+
+def _short(effort: Effort) -> str:
+    """"ef 16" or "ef 16×2" (oversampling 2), for frontier row names."""
+    return f"ef {effort.ef}" + ("" if effort.oversampling is None else f"×{effort.oversampling:g}")
 
 
 def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerprint: dict[str, Any],

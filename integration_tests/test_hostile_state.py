@@ -82,6 +82,7 @@ def _plant(store, slot: str, manifest) -> None:
     else:
         key = {"model": "amips", "pq": "amips_pq", "router": "amips_router"}[slot]
         store.client.update_collection("c", metadata={key: manifest})
+        store._described.clear()  # the store re-reads the metadata within SPACES_TTL_SECONDS; the test skips the wait
 
 
 def _plain(store, queries, limit=5):
@@ -184,7 +185,7 @@ def test_status_lists_every_collection_and_drop_and_train_recover_through_the_cl
     assert "model UNUSABLE" in lines[0] and "drop-model c" in lines[0] and "drop-index c pq" in lines[0]
     queries = Path(spec.removeprefix("edge:")).parent / "queries.npy"
     np.save(queries, test)
-    searched = _amips(spec, "search", "c", "--queries", queries, "--json", "--candidates-from", "pq")
+    searched = _amips(spec, "search", "c", "--queries", queries, "--json", "--candidates-from", "pq", "--mode", "hybrid")
     assert searched.exit_code == 0, searched.output
     summary = json.loads(searched.output.splitlines()[-1])
     assert "drop-model c" in summary["fallback_reason"] and "drop-index c pq" in summary["notes"][0]

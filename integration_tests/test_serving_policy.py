@@ -303,3 +303,40 @@ def test_absurd_policy_values_mean_plain_search_with_a_reason_and_status_never_s
     found = _strict_json(CliRunner().invoke(main, [*spec, "search", "c", "--queries", str(tmp_path / "q.npy"),
                                                    "--mode", "auto", "--json"]).output)
     assert "serving policy cannot be read" in found["fallback_reason"]
+
+
+def test_a_quantized_collection_tunes_oversampling_with_hnsw_ef_and_serves_its_target(tmp_path):
+    """Issue 23: on a vector with int8 copies every pass is an (hnsw_ef, oversampling) setting; the stored
+    policy names both, and `--mode auto` meets the target on unseen queries."""
+    rng = np.random.default_rng(4)
+    keys, queries = rng.standard_normal((4000, 64)).astype(np.float32), rng.standard_normal((5000, 64)).astype(np.float32)
+    truth = (queries @ keys.T).argmax(axis=1)
+    store = open_store(f"edge:{tmp_path}")
+    try:
+        ops.ingest(store, "c", keys, scalar_quantization=True)
+        report = tuning.tune(store, "c", queries[:2500], TARGET, repeats=1, ef_grid=(8, 16, 32, 64, 128, 256),
+                             certificates=("s1",), oversampling_grid=(1.0, 2.0))
+        tried = {row.policy.first for row in report.rows}
+        assert {effort.oversampling for effort in tried} <= {1.0, 2.0} and len(tried) > 1
+        stored = sp.Policy.from_manifest(report.manifest)
+        assert stored.oversampling in (1.0, 2.0)
+        result, served = QueryRewriter(store).search("c", queries[2500:], 10, mode="auto")
+        assert served.fallback_reason is None and "oversampling" in served.notes[0]
+        recall = float(np.mean(result.ids[:, 0] == truth[2500:]))
+        assert recall >= TARGET - 2 * np.sqrt(TARGET * (1 - TARGET) / 2500)
+    finally:
+        store.close()
+
+
+def test_a_store_that_searches_exactly_is_not_tuned_and_says_so(tmp_path):
+    rng = np.random.default_rng(5)
+    keys, queries = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((400, 16)).astype(np.float32)
+    store = open_store(str(tmp_path / "local"))
+    try:
+        ops.ingest(store, "c", keys)
+        report = tuning.tune(store, "c", queries, 0.95, repeats=1)
+        assert [row.policy.kind for row in report.rows] == ["plain"] and report.chosen is report.plain
+        assert "searches exactly" in report.verdict() and report.notes
+        assert report.manifest["kind"] == "plain"
+    finally:
+        store.close()

@@ -123,3 +123,17 @@ def test_the_shift_limit_is_the_break_even_or_the_tuned_share_plus_four_deviatio
                      measured={"escalated": 0.05}).shift_limit == 0.08
     assert sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.5).shift_limit == 0.5
     assert sp.Policy("two-pass", 8, 64, "s1", 0.1).shift_limit is None
+
+
+def test_one_unlucky_first_query_does_not_hand_the_stream_to_plain_search():
+    """Issue 24.2: the guard starts from the share escalated at tuning, as if a whole window had shown it."""
+    policy = sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.5, measured={"escalated": 0.05})
+    guard = sp.ShiftGuard(policy.shift_limit, prior=0.05)
+    guard.observe(np.ones(1, dtype=bool))  # the first query of a stream, escalated
+    assert guard.share == pytest.approx(0.05 + (1 - 0.05) / sp.GUARD_WINDOW) and not guard.plain_now()
+    for query in range(298):  # one query per call, as an application sends them, at the tuned share
+        guard.observe(np.array([query % 20 == 0]))
+        assert not guard.plain_now(may_probe=False)
+    for _ in range(256):  # a stream escalated far more often still turns to plain search
+        guard.observe(np.ones(1, dtype=bool))
+    assert guard.plain_now(may_probe=False)

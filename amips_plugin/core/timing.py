@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Hashable, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)  # a task's name
 
 
 def timed(call: Callable[[], T]) -> tuple[T, float]:
@@ -41,7 +42,7 @@ def latency_ms(seconds: np.ndarray) -> tuple[float, float]:
     return 1000 * float(p50), 1000 * float(p99)
 
 
-def round_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, np.ndarray]:
+def round_times(tasks: dict[K, Callable[[], Any]], repeats: int) -> dict[K, np.ndarray]:
     """Seconds per task in each of `repeats` interleaved rounds (every task once per round, in order)."""
     seconds = {name: np.empty(repeats) for name in tasks}
     for round_ in range(repeats):
@@ -50,6 +51,6 @@ def round_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
     return seconds
 
 
-def best_times(tasks: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def best_times(tasks: dict[K, Callable[[], Any]], repeats: int) -> dict[K, float]:
     """Seconds per task, best of `repeats` interleaved rounds."""
     return {name: float(times.min()) for name, times in round_times(tasks, repeats).items()}
