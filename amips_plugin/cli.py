@@ -117,6 +117,8 @@ def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
 
 
 DEFAULT_STORE = "edge:amips-data"
+DEFAULT_TUNE_QUERIES = 20_000  # `tune --max-queries`: enough for recall@1 0.995 (min_held_out), minutes not hours
+SHOWN_PAYLOAD_CHARS = 120  # of a result's payload, as JSON, that `search --show` prints
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -552,22 +554,43 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
         ids, scores = result.ids, result.scores
     summary: dict[str, Any] = {"collection": collection, "mode": mode, "candidates_from": candidate_source,
                                "notes": report.notes, "queries": len(queries), "limit": limit,
-                               "rewritten": report.rewritten, "plain": report.plain,
+                               "rewritten": report.rewritten, "plain": report.plain, "escalated": report.escalated,
                                "fallback_reason": report.fallback_reason, "model_version": report.model_version,
                                "seconds": round(seconds, 4), "queries_per_second": round(len(queries) / seconds, 1)}
     if latencies is not None:
         p50, p99 = latency_ms(latencies)
         summary["latency_ms_p50"], summary["latency_ms_p99"] = round(p50, 3), round(p99, 3)
+    store = rewriter.store
     if truth_path:
         truth = _load_truth(truth_path, len(queries), ids)
+        _check_truth_ids(store, collection, truth[:, 0])
         summary["recall@1"] = round(float(np.mean(ids[:, 0] == truth[:, 0])), 4)
         summary[f"recall@{limit}"] = round(float(np.mean((ids == truth[:, :1]).any(axis=1))), 4)
     if output:
         np.save(output, ids)
     click.echo(_json(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
     for row in range(min(show, len(queries))):
-        hits = [f"{i}:{s:.4f}" for i, s in zip(ids[row].tolist(), scores[row].tolist()) if i not in (-1, "")]
-        click.echo(f"query {row}: " + "  ".join(hits))
+        found = [(i, s) for i, s in zip(ids[row].tolist(), scores[row].tolist()) if i not in (-1, "")]
+        payloads = store.records(collection, point_ids.as_id_array([i for i, _ in found])) if found else {}
+        click.echo(f"query {row}:")
+        for i, s in found:
+            payload = (payloads.get(point_ids.canonical(i)) or (None, None))[0]
+            text = "" if not payload else " " + _json(payload)[:SHOWN_PAYLOAD_CHARS]
+            click.echo(f"  {i}  {s:.4f}{text}")
+
+
+def _check_truth_ids(store: VectorStore, collection: str, best: np.ndarray) -> None:
+    """InputError unless every true best id is one of the collection's points: row numbers given for a
+    collection of UUIDs (or of other integer ids) would otherwise read as recall 0.0."""
+    wanted = np.unique(best)
+    found = set(store.existing(collection, wanted).tolist())
+    missing = [i for i in wanted.tolist() if i not in found]
+    if missing:
+        sample = next(store.all_ids(collection, 1), np.array([], dtype=np.int64))
+        kind = " (UUIDs here)" if point_ids.is_text(sample) else ""
+        raise InputError(f"--truth: {len(missing):,} of its {len(wanted):,} distinct ids are not points of "
+                         f"{collection!r} (e.g. {missing[0]}); it must hold the collection's point ids{kind}, not "
+                         "row numbers")
 
 
 def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
@@ -726,11 +749,14 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
               help="Interleaved timing rounds per policy (best kept).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the recall / throughput frontier as a PNG.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
+              help="Tune on at most this many of the queries, drawn at random (time grows linearly with it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
 def tune_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, limit: int,
-                 repeats: int, plot_path: str | None, as_json: bool) -> None:
+                 repeats: int, plot_path: str | None, max_queries: int, as_json: bool, quiet: bool) -> None:
     """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`).
 
     Every pass is a search setting: hnsw_ef and, on a collection with int8 copies (--scalar-quantization),
@@ -742,7 +768,10 @@ def tune_command(ctx: click.Context, collection: str, queries_path: str, target_
 
     if plot_path:
         tuning.pyplot()
-    report = tuning.tune(_store(ctx), collection, load_vectors(queries_path, "QUERIES"), target_recall, limit, repeats)
+    queries = load_vectors(queries_path, "QUERIES")
+    if len(queries) > max_queries:
+        queries = queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
+    report = tuning.tune(_store(ctx), collection, queries, target_recall, limit, repeats, progress=not quiet)
     if plot_path:
         tuning.plot_frontier(report, plot_path)
     click.echo(_json(report.to_dict()) if as_json else tuning.format_frontier(report))

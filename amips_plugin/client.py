@@ -44,6 +44,8 @@ from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
 from .training import TrainConfig
 
+POINT_WRITES = frozenset({"upsert", "delete", "update_vectors", "delete_vectors", "batch_update_points", "upload_points",
+                          "upload_collection"})  # QdrantClient calls that change which vectors a collection holds
 DEFAULT_MODE = "auto"  # the collection's tuned serving policy (`amips tune`); plain search until there is one
 _REWRITABLE = (list, tuple, np.ndarray)
 
@@ -187,11 +189,21 @@ class AmipsClient:
         self.store.close()
 
     def __getattr__(self, name: str) -> Any:
-        """Everything else is the wrapped QdrantClient's (upsert, scroll, create_collection, ...)."""
+        """Everything else is the wrapped QdrantClient's (scroll, create_collection, ...). Its writes to points
+        (POINT_WRITES) first bump the collection's write stamp, so that every model, side index and policy built
+        before them is stale from that moment (amips_plugin/freshness.py), as with `amips ingest`."""
         qdrant = self.__dict__.get("_qdrant")
         if qdrant is None:
             raise AttributeError(f"AmipsClient has no attribute {name!r} (no QdrantClient behind this store)")
-        return getattr(qdrant, name)
+        attr = getattr(qdrant, name)
+        if name not in POINT_WRITES:
+            return attr
+
+        def write(collection_name: str, *args: Any, **kwargs: Any) -> Any:
+            self.store.bump_generation(collection_name)
+            return attr(collection_name, *args, **kwargs)
+
+        return write
 
 
 def _as_query(query: Any) -> Any:

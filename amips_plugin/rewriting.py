@@ -249,6 +249,9 @@ class QueryRewriter:
             self._warn_once(f"amips: plain search for {collection!r}: {reason}")
             report.fallback_reason = reason
             return self.store.search(collection, queries, limit, params), report
+        if params.hnsw_ef is not None or params.oversampling is not None:
+            report.notes.append("hnsw_ef and oversampling come from the tuned policy; the ones given were not used "
+                                "(--mode off searches with them)")
         guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)

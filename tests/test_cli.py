@@ -152,7 +152,7 @@ def test_search_single_times_each_query_and_returns_the_batch_answers(tmp_path, 
         runs[single] = dict(item.split("=", 1) for item in result.output.strip().split("  ")), np.load(out)
     (batch, batch_ids), (single, single_ids) = runs[False], runs[True]
     np.testing.assert_array_equal(single_ids, batch_ids)
-    common = ["collection", "mode", "candidates_from", "notes", "queries", "limit", "rewritten", "plain",
+    common = ["collection", "mode", "candidates_from", "notes", "queries", "limit", "rewritten", "plain", "escalated",
               "fallback_reason", "model_version", "seconds", "queries_per_second"]
     assert list(batch) == common and list(single) == common + ["latency_ms_p50", "latency_ms_p99"]
     assert single["queries"] == str(len(np.load(files["test"]))) and single["plain"] == single["queries"]
