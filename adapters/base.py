@@ -31,7 +31,6 @@ from . import point_ids
 
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = ("model", "pq", "router", "policy")
-SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate to this quantile
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
 STAMP_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -244,9 +243,10 @@ class VectorStore(abc.ABC):
         return slot if "@" in slot else vector_slot(slot, self.resolve_vector(collection, None)[0])
 
     def quantized(self, collection: str, using: str | None = None) -> bool | None:
-        """Whether the vector keeps int8 copies that searches use (so `oversampling` means something);
+        """Whether the vector keeps quantized copies that searches use (so `oversampling` means something);
         None where the store cannot tell or ignores quantization anyway (qdrant-client's local mode)."""
-        return None
+        stored = self.storage(collection, using)
+        return None if stored is None else stored[0] != "none"
 
     @abc.abstractmethod
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
@@ -255,11 +255,17 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False,
-               using: str | None = None) -> None:
+               replication_factor: int | None = None, quantization: str = "none",
+               using: str | None = None, on_disk: bool = False) -> None:
         """Create an empty collection with one dense vector (unnamed, or named `using`); shards and
-        replication apply to servers and clusters only. `scalar_quantization` keeps an int8 copy of
-        the vectors (quantile 0.99, in RAM) that HNSW searches, rescoring its candidates with the originals."""
+        replication apply to servers and clusters only. `quantization` (adapters/storage.py: int8, turbo4,
+        turbo2, turbo1, bq2, bq1) keeps compressed copies of the vectors in RAM that HNSW searches,
+        rescoring its candidates with the originals, which `on_disk` keeps on disk."""
+
+    def storage(self, collection: str, using: str | None = None) -> tuple[str, bool] | None:
+        """(quantization name as in adapters/storage.py, or "other"; originals on disk) of a vector, or None
+        where the store cannot tell (qdrant-client's local mode keeps no quantization)."""
+        return None
 
     @abc.abstractmethod
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,

@@ -45,7 +45,8 @@ from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manif
 from . import point_ids
 from .edge_filters import edge_filter
 from .edge_integrity import damaged_vector_files
-from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
+from . import storage
+from .base import (CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
                    collect_results,
                    UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
@@ -70,6 +71,22 @@ OPEN_RESERVE_BYTES = 16 << 20
 _PENDING_FILE = "amips-pending-write.json"
 log = logging.getLogger("amips")
 _LOCK_POLL_SECONDS = 0.01
+
+
+def _edge_quantization(name: str) -> Any:
+    """The engine's configuration of a quantization named in adapters/storage.py (None for "none")."""
+    kind = storage.quantization(name).kind
+    if kind == "scalar":
+        return edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=storage.SCALAR_QUANTILE, always_ram=True)
+    if kind == "turbo":
+        bits = {"turbo4": edge.TurboQuantBitSize.Bits4, "turbo2": edge.TurboQuantBitSize.Bits2,
+                "turbo1": edge.TurboQuantBitSize.Bits1}[name]
+        return edge.TurboQuantQuantizationConfig(bits=bits, always_ram=True)
+    if kind == "binary":
+        encoding = edge.BinaryQuantizationEncoding.TwoBits if name == "bq2" else edge.BinaryQuantizationEncoding.OneBit
+        return edge.BinaryQuantizationConfig(encoding=encoding, always_ram=True,
+                                             query_encoding=edge.BinaryQuantizationQueryEncoding.Scalar8Bits)
+    return None
 
 
 @contextlib.contextmanager
@@ -164,10 +181,9 @@ class EdgeStore(VectorStore):
             raise InputError(f"invalid collection name {collection[:80]!r} (letters, digits, _ . - only)")
         return self.root / collection
 
-    def _config(self, dim: int, distance: str, scalar_quantization: bool, vector: str) -> edge.EdgeConfig:
-        quantization = edge.ScalarQuantizationConfig(
-            type=edge.ScalarType.Int8, quantile=SCALAR_QUANTILE, always_ram=True) if scalar_quantization else None
-        params = edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], quantization_config=quantization)
+    def _config(self, dim: int, distance: str, quantization: str, vector: str, on_disk: bool = False) -> edge.EdgeConfig:
+        params = edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None,
+                                       quantization_config=_edge_quantization(quantization))
         return edge.EdgeConfig(
             vectors={vector: params} if vector else params,
             hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT,
@@ -217,11 +233,12 @@ class EdgeStore(VectorStore):
                 config.get("sparse_vectors") or {})
         return self._spaces[collection]
 
-    def quantized(self, collection: str, using: str | None = None) -> bool:
+    def storage(self, collection: str, using: str | None = None) -> tuple[str, bool]:
         name = self.resolve_vector(collection, using)[0]
         config = self._shard_config(collection)
-        return bool(((config.get("vectors") or {}).get(name) or {}).get("quantization_config")
-                    or config.get("quantization_config"))
+        vector = (config.get("vectors") or {}).get(name) or {}
+        return (storage.name_of(vector.get("quantization_config") or config.get("quantization_config")),
+                bool(vector.get("on_disk")))
 
     def _shard_config(self, collection: str) -> dict[str, Any]:
         """The shard's edge_config.json, read once: a shard's vectors and quantization are fixed at its creation."""
@@ -245,8 +262,9 @@ class EdgeStore(VectorStore):
             del self._counts[key]
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False,
-               using: str | None = None) -> None:
+               replication_factor: int | None = None, quantization: str = "none",
+               using: str | None = None, on_disk: bool = False) -> None:
+        storage.quantization(quantization)  # a known name, before anything is made
         if (shards or 1) > 1 or (replication_factor or 1) > 1:
             raise InputError("an Edge store is one local shard: --shards and --replication-factor apply to a "
                              "Qdrant server or cluster")
@@ -254,7 +272,7 @@ class EdgeStore(VectorStore):
         shard_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._shards[collection] = edge.EdgeShard.create(
-                str(shard_dir), self._config(dim, distance, scalar_quantization, using or UNNAMED))
+                str(shard_dir), self._config(dim, distance, quantization, using or UNNAMED, on_disk))
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
         self._write_stamp(collection, WriteStamp.new())

@@ -46,7 +46,8 @@ from amips_plugin.manifest_schema import validate_manifest
 from amips_plugin.core.redact import redact, userinfo
 
 from . import point_ids
-from .base import (SCALAR_QUANTILE, CollectionInfo, SearchParams, SearchResult, VectorStore, WriteStamp,
+from . import storage
+from .base import (CollectionInfo, SearchParams, SearchResult, VectorStore, WriteStamp,
                    collect_results, UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
@@ -78,6 +79,22 @@ def _chunk_bytes(payload: Any, blob_id: int, index: int, total: int, collection:
         return base64.b64decode(data, validate=True)
     except (ValueError, TypeError):
         raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index}: bad base64)") from None
+
+
+def _client_quantization(name: str) -> Any:
+    """qdrant-client's configuration of a quantization named in adapters/storage.py (None for "none")."""
+    kind = storage.quantization(name).kind
+    if kind == "scalar":
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=storage.SCALAR_QUANTILE, always_ram=True))
+    if kind == "turbo":
+        return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(
+            bits=models.TurboQuantBitSize(f"bits{name.removeprefix('turbo')}"), always_ram=True))
+    if kind == "binary":
+        encoding = models.BinaryQuantizationEncoding.TWO_BITS if name == "bq2" else models.BinaryQuantizationEncoding.ONE_BIT
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
+            encoding=encoding, query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS, always_ram=True))
+    return None
 
 
 class _GuardedClient:
@@ -224,14 +241,16 @@ class QdrantClientStore(VectorStore):
                                         params.multivector_config is not None) for name, params in named.items()},
                                 config.sparse_vectors or {})
 
-    def quantized(self, collection: str, using: str | None = None) -> bool | None:
+    def storage(self, collection: str, using: str | None = None) -> tuple[str, bool] | None:
         if not self.shared:  # local mode searches exactly and does not keep the quantization config
             return None
         name = self.resolve_vector(collection, using)[0]
         config = self._collection(collection).config
         vectors = config.params.vectors
         params = vectors if isinstance(vectors, models.VectorParams) else (vectors or {}).get(name)
-        return bool(config.quantization_config or (params is not None and params.quantization_config))
+        quantization = (params.quantization_config if params is not None else None) or config.quantization_config
+        return (storage.name_of(quantization.model_dump(mode="json") if quantization is not None else None),
+                bool(params is not None and params.on_disk))
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """The point count is kept for SPACES_TTL_SECONDS (an exact count on every query made amips 5–10×
@@ -248,18 +267,17 @@ class QdrantClientStore(VectorStore):
         return None if not vector else models.Filter(must=[models.HasVectorCondition(has_vector=vector)])
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False,
-               using: str | None = None) -> None:
+               replication_factor: int | None = None, quantization: str = "none",
+               using: str | None = None, on_disk: bool = False) -> None:
         check_collection_name(collection)
+        config = _client_quantization(quantization)
         self._spaces.pop(collection, None)
         self._described.pop(collection, None)
         self._counts = {key: value for key, value in self._counts.items() if key[0] != collection}
-        quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=SCALAR_QUANTILE, always_ram=True)) if scalar_quantization else None
-        params = models.VectorParams(size=dim, distance=_DISTANCE[distance])
+        params = models.VectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None)
         self.client.create_collection(collection, vectors_config={using: params} if using else params,
                                       shard_number=shards, replication_factor=replication_factor,
-                                      quantization_config=quantization,
+                                      quantization_config=config,
                                       metadata={STAMP_KEY: WriteStamp.new().as_manifest()})
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,

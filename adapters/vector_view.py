@@ -34,13 +34,16 @@ class VectorView(VectorStore):
     def quantized(self, collection: str, using: str | None = None) -> bool | None:
         return self.store.quantized(collection, self.using)
 
+    def storage(self, collection: str, using: str | None = None) -> tuple[str, bool] | None:
+        return self.store.storage(collection, self.using)
+
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         return self.store.info(collection, self.using)
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
-               replication_factor: int | None = None, scalar_quantization: bool = False,
-               using: str | None = None) -> None:
-        self.store.create(collection, dim, distance, shards, replication_factor, scalar_quantization, self.using)
+               replication_factor: int | None = None, quantization: str = "none",
+               using: str | None = None, on_disk: bool = False) -> None:
+        self.store.create(collection, dim, distance, shards, replication_factor, quantization, self.using, on_disk)
 
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,
                payloads: Sequence[dict[str, Any] | None] | None = None, using: str | None = None) -> None:

@@ -20,6 +20,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from tqdm import tqdm
 
 from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
+from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS
 from amips_plugin.adapters.vector_view import for_vector
 from amips_plugin.compression.artifact import load_model, read_header, save_model
 from amips_plugin.compression import pq_store
@@ -136,7 +137,7 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
 
     \b
     Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, tune, status, search, export, import, drop-model, drop-index, pq-build, route-build
+    Collections:  ingest, train, tune, advise, status, search, export, import, drop-model, drop-index, pq-build, route-build
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logging.captureWarnings(True)  # library warnings (qdrant-client's local mode, ...) go through logging,
@@ -361,15 +362,19 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
 @click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection (server/cluster).")
 @click.option("--replication-factor", type=click.IntRange(min=1), default=None,
               help="Copies of each shard of a new collection (cluster).")
-@click.option("--scalar-quantization", is_flag=True,
-              help="New collection: also keep int8 copies of the vectors for HNSW (4× less memory to search), "
-                   "candidates rescored with the originals.")
+@click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default="none", show_default=True,
+              help="New collection: compressed copies of the vectors in RAM that HNSW searches, candidates rescored "
+                   "with the originals — int8 (4× less memory to search), turbo4 / turbo2 / turbo1 (TurboQuant, "
+                   "8× / 16× / 32×), bq2 / bq1 (binary, queries as int8). `amips tune` then tunes oversampling too.")
+@click.option("--scalar-quantization", is_flag=True, help="The same as --quantization int8.")
+@click.option("--on-disk", is_flag=True,
+              help="New collection: keep the float32 originals on disk (rescoring reads them); with --quantization.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
 def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance: str, ids_path: str | None,
                    payload_path: str | None, upsert: bool, shards: int | None, replication_factor: int | None,
-                   scalar_quantization: bool, quiet: bool) -> None:
+                   quantization: str, scalar_quantization: bool, on_disk: bool, quiet: bool) -> None:
     """Create COLLECTION from KEYS.npy, or append to it without touching the points it holds.
 
     An append whose ids already exist is refused before anything is written (unless --upsert);
@@ -377,8 +382,11 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
     running it again with the same files: the same points are written under the same ids, never twice.
     """
     keys = load_vectors(keys_path, "KEYS")
+    if scalar_quantization and quantization not in ("none", "int8"):
+        raise InputError(f"--scalar-quantization is --quantization int8; it cannot go with --quantization {quantization}")
     ingested = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
-                                     scalar_quantization, ids=load_ids(ids_path) if ids_path else None,
+                                     "int8" if scalar_quantization else quantization, on_disk=on_disk,
+                                     ids=load_ids(ids_path) if ids_path else None,
                                      payloads=load_payloads(payload_path) if payload_path else None, upsert=upsert,
                                      progress=not quiet)
     ids = ingested.ids
@@ -472,7 +480,10 @@ def _status_line(r: dict[str, Any]) -> str:
     if "unsupported" in r:
         return f"{name}: not served by amips ({r['unsupported']})"
     model = r["model"]
-    line = f"{name}: {r['points']:,} points, dim {r['dim']}, {r['distance']}; "
+    stored = r.get("storage")
+    storage = "" if not stored or stored["quantization"] == "none" else (
+        f", {stored['quantization']}" + (" (originals on disk)" if stored["on_disk"] else ""))
+    line = f"{name}: {r['points']:,} points, dim {r['dim']}, {r['distance']}{storage}; "
     if model is None:
         line += "no model"
     elif "error" in model:
@@ -737,6 +748,42 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
                f"(seed {seed})")
 
 
+@main.command("advise")
+@click.argument("collection")
+@using_option
+@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+              help="A sample of the collection's queries (.npy, M×d), as for `tune`.")
+@click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
+              help="Declared recall@1 (of the exact argmax) every configuration's policy must meet.")
+@click.option("--configs", default=",".join(DEFAULT_STORAGES), show_default=True,
+              help="Storages to try, comma-separated, from: " + ", ".join(QUANTIZATIONS) + " (none: float32).")
+@click.option("--max-bytes-per-key", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recommend only storages whose vectors take at most this many bytes per key in RAM.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved timing rounds (best kept).")
+@click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
+              help="At most this many of the queries, drawn at random.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@_friendly_errors
+def advise_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, configs: str,
+                   max_bytes_per_key: float | None, limit: int, repeats: int, max_queries: int, as_json: bool) -> None:
+    """Which storage (float32, int8, TurboQuant, binary) and which tuned policy on it serve COLLECTION's
+    queries fastest at --target-recall: each is built on a scratch copy of the collection (Qdrant Edge, in
+    a temporary folder; the collection is only read), tuned like `amips tune`, and timed in interleaved
+    rounds. Prints the frontier and the recommendation; apply it by creating the collection with
+    `amips ingest --quantization NAME`."""
+    from .advise import advise, format_advice
+
+    queries = load_vectors(queries_path, "QUERIES")
+    if len(queries) > max_queries:
+        queries = queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
+    storages = tuple(name.strip() for name in configs.split(",") if name.strip())
+    advice = advise(_store(ctx), collection, queries, target_recall, storages, max_bytes_per_key, limit, repeats)
+    click.echo(_json(advice.to_dict()) if as_json else format_advice(advice))
+
+
 @main.command("tune")
 @click.argument("collection")
 @using_option
@@ -759,7 +806,7 @@ def tune_command(ctx: click.Context, collection: str, queries_path: str, target_
                  repeats: int, plot_path: str | None, max_queries: int, as_json: bool, quiet: bool) -> None:
     """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`).
 
-    Every pass is a search setting: hnsw_ef and, on a collection with int8 copies (--scalar-quantization),
+    Every pass is a search setting: hnsw_ef and, on a quantized collection (`ingest --quantization`),
     the oversampling of its quantized search (rescored with the originals). Plain search at every setting,
     and two-pass plans (a cheap pass for every query, a costlier one for the queries a certificate flags),
     are calibrated on held-out queries. A store that searches exactly (local mode) is not tuned: it says so.

@@ -40,10 +40,11 @@ class Ingested:
 
 def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: str = "dot",
            shards: int | None = None, replication_factor: int | None = None,
-           scalar_quantization: bool = False, ids: np.ndarray | Sequence[Any] | None = None,
+           quantization: str = "none", ids: np.ndarray | Sequence[Any] | None = None,
            payloads: Sequence[dict[str, Any] | None] | None = None, upsert: bool = False,
-           progress: bool = False) -> Ingested:
-    """Create the collection, or append to it without ever changing a point it already holds.
+           progress: bool = False, on_disk: bool = False) -> Ingested:
+    """Create the collection (stored as `quantization` and `on_disk` say: adapters/storage.py), or append to
+    it without ever changing a point it already holds.
 
     Ids: `ids` when given (any Qdrant ids: unsigned integers or UUIDs, unique); otherwise 0..N−1 for
     a new collection and, for an existing one, the largest integer id + 1 onwards. (Never the point
@@ -69,6 +70,10 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
             raise InputError(f"keys have dimension {vectors.shape[1]}, collection {collection!r} has {info.dim}")
         if info.distance != distance:
             raise InputError(f"collection {collection!r} uses distance {info.distance!r}, not {distance!r}")
+        stored = store.storage(collection)
+        if quantization != "none" and stored is not None and stored[0] != quantization:
+            raise InputError(f"collection {collection!r} is stored as {stored[0]}; a quantization is chosen when a "
+                             "collection is created (nothing was written)")
     given = None if ids is None else _ids_for(store, None, len(vectors), ids)
     digest = pending_writes.input_digest(vectors, given, payloads)
     pending = pending_writes.PendingWrite.parse(store.read_pending_write(collection)) if info is not None else None
@@ -92,7 +97,7 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
     store.check_room(f"{len(vectors):,} points to {collection!r}",
                      int(vectors.nbytes) + (4 * info.count * info.dim if info is not None else 0))
     if info is None:
-        store.create(collection, vectors.shape[1], distance, shards, replication_factor, scalar_quantization)
+        store.create(collection, vectors.shape[1], distance, shards, replication_factor, quantization, on_disk=on_disk)
     else:
         model_registry.mark_stale(store, collection)
     record = pending_writes.PendingWrite(digest, len(vectors), None if given is not None else int(new_ids[0]))
@@ -275,8 +280,10 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     command that clears it), never raised: one broken manifest does not hide the rest."""
     info = store.info(collection)
     read = {slot: model_registry.read_for_replace(store, collection, slot) for slot in MANIFEST_SLOTS}
+    stored = store.storage(collection)
     report: dict[str, Any] = {"collection": collection, "points": info.count, "dim": info.dim,
-                              "distance": info.distance, "model": None, "side_indexes": {}}
+                              "distance": info.distance, "model": None, "side_indexes": {},
+                              "storage": None if stored is None else {"quantization": stored[0], "on_disk": stored[1]}}
     report["policy"] = None
     manifests: dict[str, dict[str, Any] | None] = {}
     for slot, manifest in read.items():

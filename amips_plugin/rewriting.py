@@ -252,6 +252,13 @@ class QueryRewriter:
         if params.hnsw_ef is not None or params.oversampling is not None:
             report.notes.append("hnsw_ef and oversampling come from the tuned policy; the ones given were not used "
                                 "(--mode off searches with them)")
+        plain = policy.fallback or policy.first
+        if params.filter is not None and policy.kind == "two-pass":
+            # the certificate was calibrated on unfiltered searches: under a filter the first pass's scores mean
+            # something else, so filtered queries get the plain setting that met the target unfiltered
+            report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
+                                "calibrated without filters)")
+            return self.store.search(collection, queries, limit, plain.params(params)), report
         guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)

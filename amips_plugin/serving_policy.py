@@ -321,8 +321,9 @@ def _value_problem(policy: Policy) -> str | None:
     low, high = policy.guard_low or (), policy.guard_high or ()
     rules = ((policy.first.below(policy.second),
               f"the second pass ({policy.second.describe()}) is not above the first ({policy.first.describe()})"),
-             (policy.fallback_ef is None or policy.fallback_ef >= policy.ef,
-              f"fallback_ef {policy.fallback_ef} is below ef {policy.ef}"),
+             (policy.fallback is None or not policy.fallback.below(policy.first),
+              f"the fallback ({policy.fallback.describe() if policy.fallback else ''}) is below the first pass "
+              f"({policy.first.describe()})"),
              (policy.break_even is None or 0 <= policy.break_even <= 1, f"break_even {policy.break_even} is not in [0, 1]"),
              (classifier is None or min(classifier.scale) > 0, "a classifier scale is not positive"),
              (all(a <= b for a, b in zip(low, high)), "guard_low exceeds guard_high"))

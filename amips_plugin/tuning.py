@@ -141,11 +141,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
     if len(queries) < MIN_QUERIES:
         raise InputError(f"tune needs at least {MIN_QUERIES} sample queries, got {len(queries)}")
-    held_out, needed = len(queries) - fit_size(len(queries)), min_held_out(target)
-    if held_out < needed:
-        raise InputError(f"{len(queries):,} sample queries hold out {held_out:,} for calibration; recall@1 {target} "
-                         f"needs at least {needed:,} (a sample of {sample_size_for(needed):,}) to be promised with "
-                         "margin — pass more queries, or lower the target")
+    check_sample_size(len(queries), target)
     grid, notes = search_grid(store, collection, ef_grid, oversampling_grid, params)
     expected = model_registry.read_for_replace(store, collection, SLOT)  # a broken policy is replaced
     stamp = store.write_stamp(collection, create=True)  # before the keys: a write while tuning makes it stale
@@ -227,6 +223,15 @@ def search_grid(store: VectorStore, collection: str, ef_grid: tuple[int, ...],
         return [Effort(ef) for ef in sorted(set(ef_grid))], []
     return [Effort(ef, factor) for ef in sorted(set(ef_grid))
             for factor in sorted(set(oversampling_grid or OVERSAMPLING_GRID))], []
+
+
+def check_sample_size(samples: int, target: float) -> None:
+    """InputError, naming the sample size needed, when `samples` queries hold out too few for `target`."""
+    held_out, needed = samples - fit_size(samples), min_held_out(target)
+    if held_out < needed:
+        raise InputError(f"{samples:,} sample queries hold out {held_out:,} for calibration; recall@1 {target} "
+                         f"needs at least {needed:,} (a sample of {sample_size_for(needed):,}) to be promised with "
+                         "margin — pass more queries, or lower the target")
 
 
 def min_held_out(target: float) -> int:

@@ -45,7 +45,7 @@ def _store_curves(dataset: str, index: str, quantized: bool, keys: np.ndarray, q
     shutil.rmtree(root / collection, ignore_errors=True)
     store = open_store(f"edge:{root}")
     try:
-        collection_ops.ingest(store, collection, keys, scalar_quantization=quantized)
+        collection_ops.ingest(store, collection, keys, quantization="int8" if quantized else "none")
         fingerprint = model_registry.current_fingerprint(store, collection)
         path = QueryRewriter(store)
         points: list[CurvePoint] = []

@@ -83,7 +83,7 @@ def test_a_shard_recreated_by_other_tools_leaves_the_old_artifacts_stale(tmp_pat
     config = store._shard_config("c1")  # the same configuration, as a user's script would give it
     store.close()
     shutil.rmtree(tmp_path / "c1" / "shard")
-    shard = edge.EdgeShard.create(str(tmp_path / "c1" / "shard"), store._config(DIM, "dot", False, ""))
+    shard = edge.EdgeShard.create(str(tmp_path / "c1" / "shard"), store._config(DIM, "dot", "none", ""))
     shard.update(edge.UpdateOperation.upsert_points([edge.Point(i, v) for i, v in enumerate(other.tolist())]))
     shard.optimize()
     shard.close()

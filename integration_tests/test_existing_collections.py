@@ -318,7 +318,7 @@ def test_oversampling_on_a_collection_without_int8_copies_is_refused(backend, tm
     with pytest.raises(InputError, match="oversampling applies to a scalar-quantized collection"):
         QueryRewriter(store).search("docs", test[:3], 3, "off", params=SearchParams(oversampling=2.0))
     quantized = f"sq_{uuid.uuid4().hex[:8]}"  # unique: a server outlives the test run
-    collection_ops.ingest(store, quantized, keys, scalar_quantization=True)
+    collection_ops.ingest(store, quantized, keys, quantization="int8")
     result, _ = QueryRewriter(store).search(quantized, test[:3], 3, "off", params=SearchParams(oversampling=2.0))
     assert (result.ids[:, 0] >= 0).all()
     store.close()

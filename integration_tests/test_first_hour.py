@@ -139,3 +139,30 @@ def test_a_write_through_amips_client_makes_what_was_built_before_it_stale(tmp_p
     client.query_points("docs", query=queries[0].tolist(), limit=3)
     assert "stale" in client.last_report.fallback_reason
     app.close()
+
+
+def test_filtered_queries_under_auto_get_the_plain_setting_that_met_the_target(tmp_path):
+    """Issue 24.3: the two-pass certificate is calibrated without filters (filtered recall fell 0.983 → 0.953)."""
+    from amips_plugin import collections as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+    from amips_plugin.adapters import SearchParams, open_store
+    from amips_plugin.rewriting import QueryRewriter
+
+    rng = np.random.default_rng(6)
+    keys, queries = rng.standard_normal((3000, 32)).astype(np.float32), rng.standard_normal((50, 32)).astype(np.float32)
+    store = open_store(f"edge:{tmp_path}")
+    try:
+        ops.ingest(store, "c", keys, payloads=[{"lang": "en" if i % 3 else "fr"} for i in range(3000)])
+        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5, key_count=3000)
+        tuning.publish_policy(store, "c", policy, ops.read_keys(store, "c")[2], None)
+        french = models.Filter(must=[models.FieldCondition(key="lang", match=models.MatchValue(value="fr"))])
+        result, report = QueryRewriter(store).search("c", queries, 5, mode="auto", params=SearchParams(filter=french))
+        assert report.fallback_reason is None and "filtered: plain search at hnsw_ef 48" in report.notes[-1]
+        expected = store.search("c", queries, 5, SearchParams(hnsw_ef=48, filter=french))
+        np.testing.assert_array_equal(result.ids, expected.ids)
+        assert (result.ids % 3 == 0).all()  # the filter held
+        _, unfiltered = QueryRewriter(store).search("c", queries, 5, mode="auto")
+        assert "queries escalated" in unfiltered.notes[-1]  # the two-pass policy itself
+    finally:
+        store.close()

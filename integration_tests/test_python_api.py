@@ -62,7 +62,7 @@ def test_hybrid_never_loses_to_plain_search_at_equal_limit(store, mixture, mixtu
 def test_scalar_quantized_collection_rescores_with_the_original_vectors(store, mixture, mixture_truth):
     """int8 copies choose the candidates; the returned scores are the exact float32 inner products."""
     keys, _, test = mixture
-    collection_ops.ingest(store, "docs", keys, scalar_quantization=True)
+    collection_ops.ingest(store, "docs", keys, quantization="int8")
     client = AmipsClient(store, mode="hybrid")
     params = models.SearchParams(hnsw_ef=64, quantization=models.QuantizationSearchParams(oversampling=4.0))
     results = client.query_batch_points("docs", [models.QueryRequest(query=q.tolist(), limit=5, params=params)

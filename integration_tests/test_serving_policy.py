@@ -313,7 +313,7 @@ def test_a_quantized_collection_tunes_oversampling_with_hnsw_ef_and_serves_its_t
     truth = (queries @ keys.T).argmax(axis=1)
     store = open_store(f"edge:{tmp_path}")
     try:
-        ops.ingest(store, "c", keys, scalar_quantization=True)
+        ops.ingest(store, "c", keys, quantization="int8")
         report = tuning.tune(store, "c", queries[:2500], TARGET, repeats=1, ef_grid=(8, 16, 32, 64, 128, 256),
                              certificates=("s1",), oversampling_grid=(1.0, 2.0))
         tried = {row.policy.first for row in report.rows}

@@ -25,7 +25,7 @@ LAYERS = [
     ("indexes", ["amips_plugin.model_registry", "amips_plugin.collections", "amips_plugin.compression.pq_store",
                  "amips_plugin.router_store", "amips_plugin.serving_policy", "amips_plugin.side_indexes",
                  "amips_plugin.pending_writes"]),
-    ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.client"]),
+    ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.advise", "amips_plugin.client"]),
     ("cli", ["amips_plugin.cli"]),
 ]
 

@@ -1,0 +1,67 @@
+"""How a collection stores its vectors: the quantizations Qdrant offers, by the names amips uses (issue 23).
+
+Each quantization keeps compressed copies of the vectors in RAM that HNSW searches; a search's
+`oversampling` × limit candidates are rescored with the float32 originals (in RAM, or read from disk
+with `on_disk`). Bytes per key in RAM count the codes, plus the originals unless they are on disk
+(HNSW links are the same for every storage and not counted).
+
+    none     float32 originals only                        32 bits a dimension
+    int8     scalar int8, quantile 0.99                    8
+    turbo4   TurboQuant, 4 bits                            4
+    turbo2   TurboQuant, 2 bits                            2
+    turbo1   TurboQuant, 1 bit                             1
+    bq2      binary, 2 bits, queries encoded as int8       2
+    bq1      binary, 1 bit, queries encoded as int8        1
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amips_plugin.core.errors import InputError
+
+SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate to this quantile
+
+
+@dataclass(frozen=True)
+class Quantization:
+    name: str
+    kind: str  # "none", "scalar", "turbo", "binary": the engine's configuration family
+    bits: float  # per dimension, of the copy HNSW searches
+
+    def ram_bytes_per_key(self, dim: int, on_disk: bool = False) -> float:
+        """Vector bytes in RAM per key: the codes, and the float32 originals unless they are on disk."""
+        codes = 0.0 if self.kind == "none" else self.bits * dim / 8
+        return codes + (0.0 if on_disk and self.kind != "none" else 4.0 * dim)
+
+
+QUANTIZATIONS: dict[str, Quantization] = {q.name: q for q in (
+    Quantization("none", "none", 32), Quantization("int8", "scalar", 8), Quantization("turbo4", "turbo", 4),
+    Quantization("turbo2", "turbo", 2), Quantization("turbo1", "turbo", 1), Quantization("bq2", "binary", 2),
+    Quantization("bq1", "binary", 1))}
+
+
+DEFAULT_STORAGES = ("none", "int8", "turbo4", "turbo2", "bq2", "bq1")  # what `amips advise` tries
+
+
+def quantization(name: str) -> Quantization:
+    """The named quantization; InputError naming the choices otherwise."""
+    if name not in QUANTIZATIONS:
+        raise InputError(f"unknown quantization {name!r}; expected one of {', '.join(QUANTIZATIONS)}")
+    return QUANTIZATIONS[name]
+
+
+def name_of(config: dict[str, Any] | None) -> str:
+    """The amips name of a quantization configuration as Qdrant stores it (JSON: {"scalar": {...}},
+    {"turbo": {"bits": "bits4"}}, {"binary": {"encoding": "two_bits"}}); "none" for none, "other" for one
+    amips has no name for (product quantization, other encodings)."""
+    if not config:
+        return "none"
+    if "scalar" in config:
+        return "int8" if str((config["scalar"] or {}).get("type", "")).lower() == "int8" else "other"
+    if "turbo" in config:
+        return {"bits4": "turbo4", "bits2": "turbo2", "bits1": "turbo1"}.get(str((config["turbo"] or {}).get("bits")),
+                                                                            "other")
+    if "binary" in config:
+        return {"two_bits": "bq2", "one_bit": "bq1", None: "bq1"}.get((config["binary"] or {}).get("encoding"), "other")
+    return "other"
