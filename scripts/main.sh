@@ -2,7 +2,8 @@
 # The main job, on the embedded default (Qdrant Edge): ingest squad-dev's keys into a collection,
 # train its model from the store, tune its serving policy for recall@1 0.99 on a query sample, then
 # search the unseen test queries with plain search (off), rewriting (hybrid) and the tuned policy
-# (auto), printing recall and throughput for each. Falls back to a
+# (auto), printing recall and throughput for each; then `advise` compares the storages Qdrant offers
+# (each tuned on a scratch copy). Falls back to a
 # synthetic Gaussian-mixture collection when ../shared/data/squad-dev is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +34,5 @@ for mode in off hybrid; do
   $AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --hnsw-ef 16 --mode $mode
 done
 $AMIPS search docs --queries "$TEST" --truth "$TRUTH" --limit 10 --mode auto
+# Which storage (float32, int8, TurboQuant, binary), tuned the same way, would serve these queries fastest:
+$AMIPS advise docs --queries "$TRAIN" --target-recall 0.99 --max-queries 4000 --repeats 2
