@@ -119,7 +119,8 @@ def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
 
 DEFAULT_STORE = "edge:amips-data"
 DEFAULT_TUNE_QUERIES = 20_000  # `tune --max-queries`: enough for recall@1 0.995 (min_held_out), minutes not hours
-SHOWN_PAYLOAD_CHARS = 120  # of a result's payload, as JSON, that `search --show` prints
+SHOWN_PAYLOAD_CHARS = 120
+MIN_VALIDATION_QUERIES = 100  # fewer: `train`/`fit` say their validation figures measure nothing (issue 24.4)  # of a result's payload, as JSON, that `search --show` prints
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -252,9 +253,14 @@ def _quality_line(result: FitResult) -> str:
     """Validation quality; with a confidence gate, the match rate without and with it and its share."""
     quality, gate = result.validation, result.gate
     if gate is None:
-        return f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
-    return (f"validation match rate {gate.ungated_match:.3f} ungated, {gate.gated_match:.3f} with the confidence "
-            f"gate, which sends {gate.gated_share:.1%} of queries to plain search; E_rel {quality.e_rel:.3f}")
+        line = f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
+    else:
+        line = (f"validation match rate {gate.ungated_match:.3f} ungated, {gate.gated_match:.3f} with the confidence "
+                f"gate, which sends {gate.gated_share:.1%} of queries to plain search; E_rel {quality.e_rel:.3f}")
+    if quality.num_queries < MIN_VALIDATION_QUERIES:  # a rate over a handful of queries measures nothing
+        line += (f" — on {quality.num_queries} validation queries, too few to measure (pass at least "
+                 f"{MIN_VALIDATION_QUERIES * 10:,} training queries)")
+    return line
 
 
 def params_fraction_of(num_parameters: int, keys: np.ndarray) -> float:

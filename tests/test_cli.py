@@ -273,3 +273,16 @@ def test_route_build_sublists_are_bounded_by_the_keys(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("Error: --sublists must lie in [1, 18] for 300 keys in 17 coarse lists (more fine lists than a coarse "
             "list holds keys stay empty), got 100,000,000") in result.output
+
+
+def test_train_on_a_handful_of_queries_says_its_validation_measures_nothing(tmp_path):
+    """Issue 24.4: five queries reported "validation match 1.000"."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "keys.npy", rng.standard_normal((50, 8)).astype(np.float32))
+    np.save(tmp_path / "q.npy", rng.standard_normal((5, 8)).astype(np.float32))
+    store = ["--store", f"edge:{tmp_path / 'st'}"]
+    assert CliRunner().invoke(main, [*store, "ingest", "c", str(tmp_path / "keys.npy"), "--quiet"]).exit_code == 0
+    trained = CliRunner().invoke(main, [*store, "train", "c", "--queries", str(tmp_path / "q.npy"), "--steps", "5",
+                                        "--device", "cpu", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    assert "too few to measure" in trained.output and "at least 1,000 training queries" in trained.output
