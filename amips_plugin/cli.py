@@ -754,6 +754,14 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
                f"(seed {seed})")
 
 
+def _query_sample(path: str, max_queries: int) -> np.ndarray:
+    """The queries of `path`, or `max_queries` of them drawn at random (seeded), in file order."""
+    queries = load_vectors(path, "QUERIES")
+    if len(queries) <= max_queries:
+        return queries
+    return queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
+
+
 @main.command("advise")
 @click.argument("collection")
 @using_option
@@ -782,9 +790,7 @@ def advise_command(ctx: click.Context, collection: str, queries_path: str, targe
     `amips ingest --quantization NAME`."""
     from .advise import advise, format_advice
 
-    queries = load_vectors(queries_path, "QUERIES")
-    if len(queries) > max_queries:
-        queries = queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
+    queries = _query_sample(queries_path, max_queries)
     storages = tuple(name.strip() for name in configs.split(",") if name.strip())
     advice = advise(_store(ctx), collection, queries, target_recall, storages, max_bytes_per_key, limit, repeats)
     click.echo(_json(advice.to_dict()) if as_json else format_advice(advice))
@@ -821,9 +827,7 @@ def tune_command(ctx: click.Context, collection: str, queries_path: str, target_
 
     if plot_path:
         tuning.pyplot()
-    queries = load_vectors(queries_path, "QUERIES")
-    if len(queries) > max_queries:
-        queries = queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
+    queries = _query_sample(queries_path, max_queries)
     report = tuning.tune(_store(ctx), collection, queries, target_recall, limit, repeats, progress=not quiet)
     if plot_path:
         tuning.plot_frontier(report, plot_path)
