@@ -276,9 +276,9 @@ class EdgeStore(VectorStore):
         except Exception as exc:
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
         self._write_stamp(collection, WriteStamp.new())
-        self._clear_leftovers(collection)
+        self._remove_an_earlier_collections_files(collection)
 
-    def _clear_leftovers(self, collection: str) -> None:
+    def _remove_an_earlier_collections_files(self, collection: str) -> None:
         """Remove what an earlier collection of this name left in `amips/` (its shard deleted by hand):
         models and indexes of other points. Their stamps could never match the new one; removing them keeps
         `status` from listing them."""

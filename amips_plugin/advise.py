@@ -33,7 +33,7 @@ from . import collections as collection_ops
 from .core.errors import InputError
 from .core.timing import best_times
 from .serving_policy import serve
-from .tuning import DEFAULT_REPEATS, TuneReport, check_sample_size, fit_size, tune
+from .tuning import DEFAULT_REPEATS, TuneReport, check_sample_size, check_target, split_sample, tune
 
 SCRATCH = "advise"  # the scratch collection's name
 
@@ -88,35 +88,36 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
     if unknown or not storages:
         raise InputError(f"unknown storage(s) {', '.join(unknown) or '(none given)'}; expected some of "
                          f"{', '.join(QUANTIZATIONS)}")
-    if not 0 < target < 1:
-        raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
+    check_target(target)
     check_sample_size(len(queries), target)  # before any copy is made
     keys, ids, _ = collection_ops.read_keys(store, collection)
-    rows = np.random.default_rng(seed).permutation(len(queries))
-    held = np.asarray(queries)[rows[fit_size(len(rows)):]]  # tune's held-out part for this seed
+    held = np.asarray(queries)[split_sample(len(queries), seed)[1]]  # tune's held-out part for this seed
     advice = Advice(target, len(held), max_bytes_per_key)
+    scratches: list[EdgeStore] = []
     with tempfile.TemporaryDirectory(prefix="amips-advise-", dir=scratch_root) as folder:
-        tasks: dict[tuple[str, str], Any] = {}
-        for name in dict.fromkeys(storages):
-            configuration = Configuration(name, QUANTIZATIONS[name].ram_bytes_per_key(keys.shape[1]))
-            advice.configurations.append(configuration)
-            scratch = EdgeStore(f"{folder}/{name}")
-            collection_ops.ingest(scratch, SCRATCH, keys, ids=ids, quantization=name)
-            try:
-                configuration.report = tune(scratch, SCRATCH, queries, target, limit, repeats=repeats, seed=seed)
-            except InputError as exc:  # no setting reaches the target on this storage
-                configuration.error = str(exc)
+        try:
+            tasks: dict[tuple[str, str], Any] = {}
+            for name in dict.fromkeys(storages):
+                configuration = Configuration(name, QUANTIZATIONS[name].ram_bytes_per_key(keys.shape[1]))
+                advice.configurations.append(configuration)
+                scratch = EdgeStore(f"{folder}/{name}")
+                scratches.append(scratch)
+                collection_ops.ingest(scratch, SCRATCH, keys, ids=ids, quantization=name)
+                try:
+                    configuration.report = tune(scratch, SCRATCH, queries, target, limit, repeats=repeats, seed=seed)
+                except InputError as exc:  # no setting reaches the target on this storage
+                    configuration.error = str(exc)
+                    continue
+                for role, row in (("policy", configuration.report.chosen), ("plain", configuration.report.plain)):
+                    tasks[(name, role)] = partial(serve, scratch, SCRATCH, held, limit, row.policy)
+            seconds = best_times(tasks, repeats)
+        finally:
+            for scratch in scratches:
                 scratch.close()
-                continue
-            for role, row in (("policy", configuration.report.chosen), ("plain", configuration.report.plain)):
-                tasks[(name, role)] = (scratch, partial(serve, scratch, SCRATCH, held, limit, row.policy))
-        seconds = best_times({key: task for key, (_, task) in tasks.items()}, repeats)
-        for configuration in advice.configurations:
-            if configuration.report is not None:
-                configuration.qps = len(held) / seconds[(configuration.storage, "policy")]
-                configuration.plain_qps = len(held) / seconds[(configuration.storage, "plain")]
-        for scratch in {id(s): s for s, _ in tasks.values()}.values():
-            scratch.close()
+    for configuration in advice.configurations:
+        if configuration.report is not None:
+            configuration.qps = len(held) / seconds[(configuration.storage, "policy")]
+            configuration.plain_qps = len(held) / seconds[(configuration.storage, "plain")]
     fitting = [c for c in advice.configurations if c.qps is not None
                and (max_bytes_per_key is None or c.bytes_per_key <= max_bytes_per_key)]
     if fitting:

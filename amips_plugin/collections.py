@@ -77,17 +77,16 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
     given = None if ids is None else _ids_for(store, None, len(vectors), ids)
     digest = pending_writes.input_digest(vectors, given, payloads)
     pending = pending_writes.PendingWrite.parse(store.read_pending_write(collection)) if info is not None else None
-    resumed = pending is not None and pending.sha256 == digest
-    if pending is not None and resumed:  # the same input again: the same ids, overwritten with the same points
+    resumed: int | None = None  # points an interrupted run of this same append had written
+    if pending is not None and pending.sha256 == digest:  # the same ids, overwritten with the same points
         new_ids = pending.ids(given)
-        already = len(store.existing(collection, new_ids))
+        resumed = len(store.existing(collection, new_ids))
     else:
         if pending is not None:
             log.warning("amips: %s to %r was interrupted and is not this one; its points stay as written",
                         pending.describe(), collection)
         new_ids = given if given is not None else _ids_for(store, collection if info else None, len(vectors), None)
-        already = 0
-    if info is not None and not upsert and not resumed:
+    if info is not None and not upsert and resumed is None:
         taken = store.existing(collection, new_ids)
         if len(taken):
             shown = ", ".join(str(i) for i in taken[:EXISTING_SHOWN].tolist())
@@ -116,7 +115,7 @@ def ingest(store: VectorStore, collection: str, vectors: np.ndarray, distance: s
             bar.update(written - start)
     store.finish_bulk_load(collection)
     store.write_pending_write(collection, None)
-    return Ingested(info is None, new_ids, store.info(collection).count, already if resumed else None)
+    return Ingested(info is None, new_ids, store.info(collection).count, resumed)
 
 
 def _span(ids: np.ndarray) -> str:

@@ -266,8 +266,8 @@ class QueryRewriter:
         report.notes.append(f"{policy.describe()}; {report.escalated} of {len(queries)} queries escalated")
         if guard is not None and guard.answered_plain > guarded_before:
             report.notes.append(
-                f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at hnsw_ef "
-                f"{policy.fallback_ef}: the policy escalated {guard.share:.0%} of the recent queries, above the "
+                f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at "
+                f"{plain.describe()}: the policy escalated {guard.share:.0%} of the recent queries, above the "
                 f"{guard.limit:.0%} it pays for and was calibrated near (queries unlike those it was tuned on)")
             self._warn_once(f"amips: plain search for part of the queries to {collection!r}: they are escalated more often "
                             "than the tuned policy pays for (new topics?); re-run `amips tune` on such queries")
@@ -281,9 +281,7 @@ class QueryRewriter:
         key = (policy.first, policy.second, policy.certificate, policy.threshold, policy.fallback, limit)
         cached = self._guards.get(collection)
         if cached is None or cached[0] != key:
-            tuned = policy.measured.get("escalated")
-            prior = tuned if isinstance(tuned, float) and 0 <= tuned <= 1 else None
-            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(limit, prior))
+            cached = self._guards[collection] = (key, serving_policy.ShiftGuard(limit, policy.tuned_share))
         return cached[1]
 
     @staticmethod

@@ -165,6 +165,11 @@ class Effort:
     def describe(self) -> str:
         return f"hnsw_ef {self.ef}" + ("" if self.oversampling is None else f", oversampling {self.oversampling:g}")
 
+    @property
+    def label(self) -> str:
+        """"ef 16", or "ef 16×2" with oversampling 2: how frontier rows name a pass."""
+        return f"ef {self.ef}" + ("" if self.oversampling is None else f"×{self.oversampling:g}")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -210,10 +215,16 @@ class Policy:
         sample, for which the calibrated recall is not promised)."""
         if self.break_even is None:
             return None
-        tuned = self.measured.get("escalated")
-        if not isinstance(tuned, float) or not 0 <= tuned <= 1:
+        tuned = self.tuned_share
+        if tuned is None:
             return self.break_even
         return min(self.break_even, tuned + SHIFT_SIGMAS * math.sqrt(tuned * (1 - tuned) / GUARD_WINDOW))
+
+    @property
+    def tuned_share(self) -> float | None:
+        """The share of queries escalated at tuning (`measured`), or None when it is not recorded as one."""
+        tuned = self.measured.get("escalated")
+        return tuned if isinstance(tuned, float) and 0 <= tuned <= 1 else None
 
     @property
     def uses_model(self) -> bool:

@@ -134,8 +134,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     originals). A store that searches exactly (qdrant-client local mode) has no such knob: one plain
     policy is measured and stored, and the report says so. `progress`: a bar over the settings' searches
     (each runs every sample query once; timing rounds follow, `repeats` more passes over the held-out part)."""
-    if not 0 < target < 1:
-        raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
+    check_target(target)
     check_search_inputs(limit, None, params)  # limit ≤ MAX_LIMIT, as for any search
     info = store.info(collection)
     queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
@@ -149,8 +148,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     truth = ids[exact_top1(keys, queries).index]
     del keys
     model, manifest, _ = QueryRewriter(store).model_for(collection, info.dim, info.count)
-    rows = np.random.default_rng(seed).permutation(len(queries))
-    fit, held = rows[: fit_size(len(rows))], rows[fit_size(len(rows)):]
+    fit, held = split_sample(len(queries), seed)
     depth = max(limit, DEPTH)
 
     first = {effort: store.search(collection, queries, depth, effort.params(params))
@@ -168,7 +166,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     def plain_row(effort: Effort) -> FrontierRow:
         k = int(hits[effort][held].sum())
         policy = Policy("plain", effort.ef, target=target, oversampling=effort.oversampling)
-        return FrontierRow(f"plain {_short(effort)}", policy, k / len(held), wilson_lower_bound(k, len(held)), 0.0,
+        return FrontierRow(f"plain {effort.label}", policy, k / len(held), wilson_lower_bound(k, len(held)), 0.0,
                            predicted_qps=1 / per_query[effort])
 
     plain_rows = sorted((plain_row(effort) for effort in grid), key=lambda r: per_query[r.policy.first])
@@ -223,6 +221,18 @@ def search_grid(store: VectorStore, collection: str, ef_grid: tuple[int, ...],
         return [Effort(ef) for ef in sorted(set(ef_grid))], []
     return [Effort(ef, factor) for ef in sorted(set(ef_grid))
             for factor in sorted(set(oversampling_grid or OVERSAMPLING_GRID))], []
+
+
+def check_target(target: float) -> None:
+    """InputError unless the declared recall@1 lies strictly between 0 and 1."""
+    if not 0 < target < 1:
+        raise InputError(f"--target-recall must lie strictly between 0 and 1, got {target}")
+
+
+def split_sample(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, held-out rows) of a sample of `samples` queries, drawn at random (`fit_size` of them fit)."""
+    rows = np.random.default_rng(seed).permutation(samples)
+    return rows[: fit_size(samples)], rows[fit_size(samples):]
 
 
 def check_sample_size(samples: int, target: float) -> None:
@@ -312,17 +322,12 @@ def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], firs
                 if best is None or cost < best[0]:
                     policy = replace(probe, second_ef=effort2.ef, second_oversampling=effort2.oversampling,
                                      threshold=calibration.threshold, target=target)
-                    name = f"two-pass {certificate} {_short(effort1)}→{_short(effort2)}"
+                    name = f"two-pass {certificate} {effort1.label}→{effort2.label}"
                     best = (cost, FrontierRow(name, policy, calibration.recall, calibration.lower_bound, share,
                                               predicted_qps=1 / cost))
         if best is not None:
             rows.append(best[1])
     return rows
-
-
-def _short(effort: Effort) -> str:
-    """"ef 16" or "ef 16×2" (oversampling 2), for frontier row names."""
-    return f"ef {effort.ef}" + ("" if effort.oversampling is None else f"×{effort.oversampling:g}")
 
 
 def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerprint: dict[str, Any],

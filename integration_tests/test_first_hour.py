@@ -27,15 +27,21 @@ class _Counting:
         return call
 
 
+def _users_collection(tmp_path, keys: np.ndarray) -> QdrantClient:
+    """Collection "docs" holding `keys` under ids 0..N−1, made by the application's own client (local mode)."""
+    app = QdrantClient(path=str(tmp_path / "local"))
+    app.create_collection("docs", vectors_config=models.VectorParams(size=keys.shape[1], distance=models.Distance.DOT))
+    app.upsert("docs", points=models.Batch(ids=list(range(len(keys))), vectors=keys.tolist()), wait=True)
+    return app
+
+
 def test_each_query_through_the_users_client_is_one_store_call(tmp_path, monkeypatch):
     """Before: every call also ran an exact `count` (3.6 of 4.1 s over 30 queries) and read the collection
     three times (manifests, stamp); a server pays each as a round trip."""
     monkeypatch.setattr(qdrant_client_store, "SPACES_TTL_SECONDS", 600.0)  # this test's queries fit any window
     rng = np.random.default_rng(0)
     keys, queries = rng.standard_normal((500, 16)).astype(np.float32), rng.standard_normal((30, 16)).astype(np.float32)
-    app = QdrantClient(path=str(tmp_path / "local"))
-    app.create_collection("docs", vectors_config=models.VectorParams(size=16, distance=models.Distance.DOT))
-    app.upsert("docs", points=models.Batch(ids=list(range(500)), vectors=keys.tolist()), wait=True)
+    app = _users_collection(tmp_path, keys)
     client = AmipsClient(app)
     client.query_points("docs", query=queries[0].tolist(), limit=5, with_payload=False)  # the first reads the config
     calls: Counter = Counter()
@@ -128,9 +134,7 @@ def test_a_write_through_amips_client_makes_what_was_built_before_it_stale(tmp_p
 
     rng = np.random.default_rng(4)
     keys, queries = rng.standard_normal((300, 16)).astype(np.float32), rng.standard_normal((400, 16)).astype(np.float32)
-    app = QdrantClient(path=str(tmp_path / "local"))
-    app.create_collection("docs", vectors_config=models.VectorParams(size=16, distance=models.Distance.DOT))
-    app.upsert("docs", points=models.Batch(ids=list(range(300)), vectors=keys.tolist()), wait=True)
+    app = _users_collection(tmp_path, keys)
     client = AmipsClient(app)
     tuning.tune(client.store, "docs", queries, 0.95, repeats=1)
     client.query_points("docs", query=queries[0].tolist(), limit=3)
