@@ -134,31 +134,47 @@ class SearchParams:
 @dataclass(frozen=True)
 class SearchResult:
     """Per query, the returned ids and their scores, best first. Ids are int64 (−1 pads short rows)
-    or, in a collection with UUID ids, canonical text ("" pads); see `point_ids`."""
+    or, in a collection with UUID ids, canonical text ("" pads); see `point_ids`. `versions`: each
+    point's version as the engine reported it with the hit (Qdrant's `ScoredPoint.version`), or None
+    where a result was scored outside the engine (amips' own candidate sources)."""
 
     ids: np.ndarray  # (M, k) int64 or <U36
     scores: np.ndarray  # (M, k) float32
+    versions: np.ndarray | None = None  # (M, k) int64, 0 in padding
 
     @classmethod
     def empty(cls, rows: int, limit: int, text: bool = False) -> "SearchResult":
-        """All rows padded: ids −1 (or ""), scores −inf."""
-        return cls(point_ids.padded((rows, limit), text), np.full((rows, limit), -np.inf, dtype=np.float32))
+        """All rows padded: ids −1 (or ""), scores −inf, versions 0."""
+        return cls(point_ids.padded((rows, limit), text), np.full((rows, limit), -np.inf, dtype=np.float32),
+                   np.zeros((rows, limit), dtype=np.int64))
 
     def assign(self, rows: Any, part: "SearchResult") -> "SearchResult":
-        """This result with `rows` replaced by `part` (switching to text ids when `part` has them)."""
+        """This result with `rows` replaced by `part` (switching to text ids when `part` has them); versions
+        are kept only while every part has them."""
         ids, part_ids = point_ids.common([self.ids, part.ids])
         ids[rows], self.scores[rows] = part_ids, part.scores
-        return SearchResult(ids, self.scores)
+        versions = None
+        if self.versions is not None and part.versions is not None:
+            versions = self.versions
+            versions[rows] = part.versions
+        return SearchResult(ids, self.scores, versions)
+
+    def head(self, limit: int) -> "SearchResult":
+        """The first `limit` hits of each row."""
+        versions = None if self.versions is None else self.versions[:, :limit]
+        return SearchResult(self.ids[:, :limit], self.scores[:, :limit], versions)
 
 
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
-    """Scored points (anything with .id and .score), one list per query, as padded arrays."""
+    """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
     flat = [point for points in responses for point in points[:limit]]
     ids = point_ids.as_id_array([point.id for point in flat])
     result = SearchResult.empty(len(responses), limit, text=point_ids.is_text(ids))
     filled = np.arange(limit) < np.array([min(len(points), limit) for points in responses], dtype=np.int64)[:, None]
     result.ids[filled] = ids  # a boolean mask fills row by row, in the order of `flat`
     result.scores[filled] = np.fromiter((point.score for point in flat), dtype=np.float32, count=len(flat))
+    assert result.versions is not None
+    result.versions[filled] = np.fromiter((point.version or 0 for point in flat), dtype=np.int64, count=len(flat))
     return result
 
 

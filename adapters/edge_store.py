@@ -461,7 +461,7 @@ class EdgeStore(VectorStore):
         found = self._shard(collection).retrieve(point_ids.to_qdrant_list(ids), with_payload, with_vectors)
         return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
-    def _manifest_path(self, collection: str, slot: str) -> Path:
+    def _manifest_path(self, collection: str, slot: str, check_folder: bool = True) -> Path:
         """`manifest.json` (or pq.json, router.json); for a named vector `manifest@<name, %-quoted>.json`.
         Remembered per (collection, slot) once the collection is known: the query path asks every call."""
         path = self._manifest_paths.get((collection, slot))
@@ -470,8 +470,8 @@ class EdgeStore(VectorStore):
             stem = _MANIFEST_FILES[base].removesuffix(".json")
             path = self._model_dir(collection) / (f"{stem}@{quote(vector, safe='')}.json" if vector else f"{stem}.json")
             self._manifest_paths[(collection, slot)] = path
-        else:
-            _own_folder(path.parent)  # every call: a link planted after the first is refused too
+        elif check_folder:
+            _own_folder(path.parent)  # every read: a link planted after the first is refused too
         return path
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
@@ -495,8 +495,9 @@ class EdgeStore(VectorStore):
     def manifest_token(self, collection: str, slot: str = "model") -> Hashable:
         """The manifest file's inode, size, modification and change times (a write replaces the file by
         rename, so its inode changes), and the count of this object's own manifest writes (two writes
-        within one tick of the file system's clock could otherwise reuse an inode unseen)."""
-        path = self._manifest_path(collection, self.manifest_slot(collection, slot))
+        within one tick of the file system's clock could otherwise reuse an inode unseen). The folder is not
+        re-checked here: a folder swapped for a link shows other files, so the next read checks it."""
+        path = self._manifest_path(collection, self.manifest_slot(collection, slot), check_folder=False)
         try:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:

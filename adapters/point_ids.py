@@ -9,6 +9,7 @@ tells real ids from padding.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, Iterable, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 INT_PAD = -1
 TEXT_PAD = ""
 TEXT_DTYPE = np.dtype("<U36")  # a UUID's canonical text; decimal integers fit too (≤ 20 digits)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def canonical(value: Any) -> int | str:
@@ -28,6 +30,8 @@ def canonical(value: Any) -> int | str:
             raise ValueError(f"point id {value} is outside 0..2**64-1")
         return int(value)
     if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):  # already canonical: the query path's case
         return str(value)
     text = str(value).strip()
     if text.isdigit():
@@ -49,6 +53,8 @@ def as_id_array(values: Iterable[Any]) -> np.ndarray:
         array = np.array(values)  # int64 when every id fits, else uint64 or object: the general path below
         if array.dtype == np.int64 and array.min() >= 0:
             return array
+    if values and all(type(v) is uuid.UUID for v in values):  # a UUID collection's search hits
+        return np.array([str(v) for v in values], dtype=TEXT_DTYPE)
     ids = [canonical(v) for v in values]
     if all(isinstance(i, int) and i < 2**63 for i in ids):
         return np.array(ids, dtype=np.int64).reshape(len(ids))
@@ -89,9 +95,13 @@ def to_qdrant(value: Any) -> int | str:
 
 
 def to_qdrant_list(ids: np.ndarray) -> list[int | str | uuid.UUID]:
-    """The ids as Qdrant takes them (ints and UUID texts); typed as the id lists that qdrant-client and
-    Qdrant Edge declare, which are invariant `list[int | str | UUID]`."""
-    return [to_qdrant(i) for i in ids.tolist()]
+    """The ids of an id array (already canonical: `as_id_array`) as Qdrant takes them, ints and UUID texts,
+    without re-parsing each; typed as the id lists that qdrant-client and Qdrant Edge declare, which are
+    invariant `list[int | str | UUID]`."""
+    values = ids.tolist()
+    if not is_text(ids):
+        return values
+    return [int(v) if v.isdigit() else v for v in values]
 
 
 def id_bytes(ids: np.ndarray) -> bytes:

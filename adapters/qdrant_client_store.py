@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Hashable, Any, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -327,8 +327,10 @@ class QdrantClientStore(VectorStore):
                 return
 
     # search ----------------------------------------------------------------------------------
-    @staticmethod
-    def _params(params: SearchParams) -> models.SearchParams:
+    def _params(self, params: SearchParams) -> models.SearchParams | None:
+        """The engine's search params; none in local mode, which searches exactly and warns of any it is given."""
+        if self.searches_exactly:
+            return None
         quantization = None
         if params.ignore_quantization:
             quantization = models.QuantizationSearchParams(ignore=True)
@@ -343,8 +345,9 @@ class QdrantClientStore(VectorStore):
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
                using: str | None = None) -> SearchResult:
         name = self.resolve_vector(collection, using)[0] or None
-        requests = [models.QueryRequest(query=q, using=name, limit=limit, params=self._params(params),
-                                        filter=params.filter) for q in queries.tolist()]
+        search_params = self._params(params)
+        requests = [models.QueryRequest(query=q, using=name, limit=limit, params=search_params, filter=params.filter,
+                                        with_payload=False, with_vector=False) for q in queries.tolist()]
         return self._run(collection, requests, limit)
 
     def search_prefetched(self, collection: str, queries: np.ndarray, prefetch: list[np.ndarray],
@@ -356,7 +359,7 @@ class QdrantClientStore(VectorStore):
                                           params=self._params(params), filter=params.filter)
                           for p in prefetch],
                 query=queries[row].tolist(), using=name, limit=limit, params=self._params(params.rescoring()),
-                filter=params.filter)
+                filter=params.filter, with_payload=False, with_vector=False)
             for row in range(len(queries))
         ]
         return self._run(collection, requests, limit)
@@ -379,6 +382,15 @@ class QdrantClientStore(VectorStore):
         metadata = self._metadata(collection)
         slot = self.manifest_slot(collection, slot)
         return validate_manifest(metadata.get(self._metadata_key(slot)), slot, collection)
+
+    def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:
+        """When the collection's description (metadata: every manifest) was read: it changes with every read
+        (each SPACES_TTL_SECONDS, and after this object's own writes), so what a reader derived from a
+        manifest is re-derived at most that often. None while this object writes the collection."""
+        if collection in self._writing:
+            return None
+        self._collection(collection)
+        return self._described[collection][0]
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self._require(collection)

@@ -10,7 +10,7 @@ the collection's, shared by its vectors.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -79,6 +79,12 @@ class VectorView(VectorStore):
 
     def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
         return self.store.read_manifest(collection, vector_slot(slot, self.using))
+
+    def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:
+        return self.store.manifest_token(collection, vector_slot(slot, self.using))
+
+    def free_bytes(self) -> int | None:
+        return self.store.free_bytes()
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self.store.write_manifest(collection, manifest, vector_slot(slot, self.using))

@@ -1,4 +1,5 @@
-"""The `amips` command line: fit, predict, evaluate, inspect and quantize model files.
+"""The `amips` command line: collections (ingest, tune, search, status, advise, train, side indexes) and
+model files (fit, predict, evaluate, inspect, quantize); `amips --help` lists every command.
 
 Inputs are `.npy` files of vectors (2-D, float16/32/64, finite). Every error a user can cause
 ends in one line on stderr and exit status 1, never a traceback; Ctrl-C (SIGINT) ends in one line
@@ -137,8 +138,9 @@ def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> 
     A model maps a query x to a predicted best key ŷ(x) ≈ argmax_i <x, y_i>.
 
     \b
-    Files:        fit, predict, evaluate, inspect, quantize
-    Collections:  ingest, train, tune, advise, status, search, export, import, drop-model, drop-index, pq-build, route-build
+    Start here:   ingest (or your own collection), tune, search, status, advise
+    Collections:  train, export, import, drop-model, drop-index, pq-build, route-build
+    Files:        fit, predict, evaluate, inspect, quantize, synth
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logging.captureWarnings(True)  # library warnings (qdrant-client's local mode, ...) go through logging,
@@ -203,8 +205,8 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Peak Adam learning rate (warm-up, then cosine decay)."),
         click.option("--noise-copies", type=click.IntRange(min=0), default=DEFAULTS.noise_copies, show_default=True,
                      help="Noisy copies per training query, each with exact targets."),
-        click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Seconds for the optimisation loop; the schedule is shortened to fit."),
+        click.option("--time-budget", type=click.FloatRange(min=0), default=DEFAULTS.time_budget, show_default=True,
+                     help="Seconds for the optimisation loop; the schedule is shortened to fit (0: no bound)."),
         click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     ]
@@ -213,7 +215,8 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        config = TrainConfig(**{name: kwargs.pop(name) for name in names})
+        fields = {name: kwargs.pop(name) for name in names}
+        config = TrainConfig(**{**fields, "time_budget": fields["time_budget"] or None})  # 0: no bound
         resolve_device(config.device)  # fail before any work when the device is unavailable
         return command(*args, config=config, **kwargs)
 
@@ -252,11 +255,15 @@ def fit_command(keys_path: str, queries_path: str, output: str, config: TrainCon
 def _quality_line(result: FitResult) -> str:
     """Validation quality; with a confidence gate, the match rate without and with it and its share."""
     quality, gate = result.validation, result.gate
+    budget = "" if result.budget_steps is None else (
+        f"the time budget ({result.config.time_budget:.0f}s) allowed {result.budget_steps:,} of "
+        f"{result.config.steps:,} steps (--time-budget to train longer); ")
     if gate is None:
         line = f"validation match rate {quality.match_rate:.3f}, E_rel {quality.e_rel:.3f}"
     else:
         line = (f"validation match rate {gate.ungated_match:.3f} ungated, {gate.gated_match:.3f} with the confidence "
                 f"gate, which sends {gate.gated_share:.1%} of queries to plain search; E_rel {quality.e_rel:.3f}")
+    line = budget + line
     if quality.num_queries < MIN_VALIDATION_QUERIES:  # a rate over a handful of queries measures nothing
         line += (f" — on {quality.num_queries} validation queries, too few to measure (pass at least "
                  f"{MIN_VALIDATION_QUERIES * 10:,} training queries)")

@@ -26,8 +26,9 @@ They may run on a background thread.
 from __future__ import annotations
 
 import math
+import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -43,6 +44,9 @@ from .core.limits import MAX_LIMIT
 from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
 from .training import TrainConfig
+
+if TYPE_CHECKING:
+    from .tuning import TuneReport
 
 POINT_WRITES = frozenset({"upsert", "delete", "update_vectors", "delete_vectors", "batch_update_points", "upload_points",
                           "upload_collection"})  # QdrantClient calls that change which vectors a collection holds
@@ -119,10 +123,14 @@ class AmipsClient:
         self._local.report = report
         keep = point_ids.present(result.ids) & (result.scores >= (-np.inf if first.score_threshold is None
                                                                   else first.score_threshold))
-        rows = [(ids[mask][offset:], scores[mask][offset:]) for ids, scores, mask in zip(result.ids, result.scores, keep)]
-        extras = self._extras(collection, rows, first.with_payload, first.with_vector)
-        return [QueryResponse(points=[_scored_point(point_ids.to_qdrant(i), float(s), extras)
-                                      for i, s in zip(ids, scores)]) for ids, scores in rows]
+        versions = result.versions if result.versions is not None else np.zeros(result.ids.shape, dtype=np.int64)
+        rows = [(ids[mask][offset:], scores[mask][offset:], version[mask][offset:])
+                for ids, scores, version, mask in zip(result.ids, result.scores, versions, keep)]
+        extras = self._extras(collection, [(ids, scores) for ids, scores, _ in rows], first.with_payload,
+                              first.with_vector)
+        return [QueryResponse(points=[_scored_point(i, s, v, extras) for i, s, v in
+                                      zip(point_ids.to_qdrant_list(ids), scores.tolist(), version.tolist())])
+                for ids, scores, version in rows]
 
     def rewriter(self, using: str | None = None) -> QueryRewriter:
         """The query path of one vector (the default one for None); each caches its model."""
@@ -164,13 +172,27 @@ class AmipsClient:
         return self._qdrant.query_points(collection, query_filter=request.filter, search_params=request.params,
                                          with_vectors=request.with_vector, **fields, **kwargs)  # type: ignore[arg-type]
 
-    # models and side indexes --------------------------------------------------------------------
+    # serving policy, models and side indexes --------------------------------------------------------
+    def tune(self, collection_name: str, queries: np.ndarray, target_recall: float = 0.99, limit: int = 10,
+             using: str | None = None, progress: bool | None = None) -> "TuneReport":
+        """Measure the serving policies on a sample of the collection's queries and store the cheapest whose
+        recall@1 meets `target_recall` (what `amips tune` runs); `query_points` then serves it under the
+        default mode "auto". The sample needs at least 200 queries, and for a high target more (0.99: 953);
+        the report's `verdict()` says what was chosen and why."""
+        from .tuning import tune  # tune-time code, kept off the query path
+
+        shown = sys.stderr.isatty() if progress is None else progress
+        return tune(for_vector(self.store, using), collection_name, np.asarray(queries), target_recall, limit,
+                    progress=shown)
+
     def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig = TrainConfig(),
-              using: str | None = None, progress: bool = False) -> dict[str, Any]:
+              using: str | None = None, progress: bool | None = None) -> dict[str, Any]:
         """Train and publish the model of a collection's vector while this client keeps serving; returns
-        the manifest."""
+        the manifest. Training is bounded by `config.time_budget` (five minutes by default); `progress`:
+        a progress bar on stderr (None: when stderr is a terminal)."""
+        shown = sys.stderr.isatty() if progress is None else progress
         return collection_ops.train(for_vector(self.store, using), collection_name, np.asarray(queries), config,
-                                    progress=progress).manifest
+                                    progress=shown).manifest
 
     def build_index(self, collection_name: str, kind: str, queries: np.ndarray | None = None,
                     using: str | None = None, **options: Any) -> dict[str, Any]:
@@ -220,9 +242,20 @@ def _rewritable(request: models.QueryRequest) -> bool:
     query = request.query
     if isinstance(query, models.NearestQuery):
         query = query.nearest if query.mmr is None else None
-    dense = isinstance(query, _REWRITABLE) and len(query) > 0 and all(
-        isinstance(v, (int, float, np.floating, np.integer)) for v in query)
-    return dense and request.prefetch is None and request.lookup_from is None and request.shard_key is None
+    return isinstance(query, _REWRITABLE) and _numbers(query) and request.prefetch is None and request.lookup_from is None and request.shard_key is None
+
+
+def _numbers(vector: Any) -> bool:
+    """A non-empty flat sequence of real numbers. A list inside a QueryRequest was validated by qdrant-client as
+    a dense vector (floats) or a multivector (lists): its first element tells which. Otherwise one numpy
+    conversion (a check per element cost 0.1 ms a query)."""
+    if type(vector) is list and vector and type(vector[0]) in (float, int):
+        return True
+    try:
+        array = np.asarray(vector)
+    except (ValueError, TypeError):  # ragged nesting
+        return False
+    return array.ndim == 1 and array.size > 0 and array.dtype.kind in "fiu"
 
 
 def _paging(request: models.QueryRequest) -> tuple[int, int]:
@@ -256,6 +289,6 @@ def _payload_selector(with_payload: Any) -> tuple[Any, set[str]]:
     return with_payload, set()
 
 
-def _scored_point(point_id: Any, score: float, extras: dict[Any, tuple[Any, Any]]) -> models.ScoredPoint:
+def _scored_point(point_id: Any, score: float, version: int, extras: dict[Any, tuple[Any, Any]]) -> models.ScoredPoint:
     payload, vector = extras.get(point_id, (None, None))
-    return models.ScoredPoint(id=point_id, version=0, score=score, payload=payload, vector=vector)
+    return models.ScoredPoint(id=point_id, version=version, score=score, payload=payload, vector=vector)

@@ -320,7 +320,7 @@ class QueryRewriter:
                 scores = np.stack([vectors[i] for i in ids.tolist()]) @ queries[row]
                 best = np.argsort(-scores)[:limit]
                 result.ids[row, :len(best)], result.scores[row, :len(best)] = ids[best], scores[best]
-        return result
+        return SearchResult(result.ids, result.scores)  # scored here: no engine versions
 
     def _side_index(self, collection: str, source: str, report: SearchReport, dim: int, count: int):
         """The collection's compressed key store ("pq") or routed lists ("route"), or None (engine

@@ -372,17 +372,23 @@ def merge(first: SearchResult, second: SearchResult, rows: np.ndarray, limit: in
     """Top `limit` of the union of both passes for `rows` (second holds only those rows), first's elsewhere."""
     first_ids, second_ids = point_ids.common([first.ids, second.ids])  # int64 ids, or UUIDs as text
     ids, scores = first_ids[:, :limit].copy(), first.scores[:, :limit].copy()
+    has_versions = first.versions is not None and second.versions is not None
+    first_versions = first.versions if first.versions is not None else np.zeros(first.ids.shape, dtype=np.int64)
+    second_versions = second.versions if second.versions is not None else np.zeros(second.ids.shape, dtype=np.int64)
+    versions = first_versions[:, :limit].copy()
     for at, row in enumerate(rows):
         pool_ids = np.concatenate([first_ids[row], second_ids[at]])
         pool_scores = np.concatenate([first.scores[row], second.scores[at]])
+        pool_versions = np.concatenate([first_versions[row], second_versions[at]])
         keep = point_ids.present(pool_ids)
-        pool_ids, pool_scores = pool_ids[keep], pool_scores[keep]
+        pool_ids, pool_scores, pool_versions = pool_ids[keep], pool_scores[keep], pool_versions[keep]
         order = np.argsort(-pool_scores, kind="stable")
         _, first_seen = np.unique(pool_ids[order], return_index=True)
         best = order[np.sort(first_seen)][:limit]
-        ids[row], scores[row] = point_ids.padding(ids), -np.inf
+        ids[row], scores[row], versions[row] = point_ids.padding(ids), -np.inf, 0
         ids[row, :len(best)], scores[row, :len(best)] = pool_ids[best], pool_scores[best]
-    return SearchResult(ids, scores)
+        versions[row, :len(best)] = pool_versions[best]
+    return SearchResult(ids, scores, versions if has_versions else None)
 
 
 class ShiftGuard:
@@ -455,7 +461,7 @@ def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int,
     escalated = policy.escalate(features(queries, first.scores, sigma))
     rows = np.flatnonzero(escalated)
     if not len(rows):
-        return SearchResult(first.ids[:, :limit], first.scores[:, :limit]), escalated
+        return first.head(limit), escalated
     second = store.search(collection, queries[rows], limit, policy.second.params(params))
     return merge(first, second, rows, limit), escalated
 

@@ -3,6 +3,7 @@ round trips plain search costs, and no more."""
 from collections import Counter
 
 import numpy as np
+import pytest
 from qdrant_client import QdrantClient, models
 
 from amips_plugin.adapters import qdrant_client_store
@@ -27,29 +28,43 @@ class _Counting:
         return call
 
 
-def _users_collection(tmp_path, keys: np.ndarray) -> QdrantClient:
-    """Collection "docs" holding `keys` under ids 0..N−1, made by the application's own client (local mode)."""
+def _users_collection(tmp_path, keys: np.ndarray, using: str | None = None) -> QdrantClient:
+    """Collection "docs" holding `keys` under ids 0..N−1 (in the vector `using`, None: unnamed), made by the
+    application's own client (local mode)."""
     app = QdrantClient(path=str(tmp_path / "local"))
-    app.create_collection("docs", vectors_config=models.VectorParams(size=keys.shape[1], distance=models.Distance.DOT))
-    app.upsert("docs", points=models.Batch(ids=list(range(len(keys))), vectors=keys.tolist()), wait=True)
+    params = models.VectorParams(size=keys.shape[1], distance=models.Distance.DOT)
+    app.create_collection("docs", vectors_config=params if using is None else {using: params})
+    vectors = keys.tolist() if using is None else {using: keys.tolist()}
+    app.upsert("docs", points=models.Batch(ids=list(range(len(keys))), vectors=vectors), wait=True)
     return app
 
 
-def test_each_query_through_the_users_client_is_one_store_call(tmp_path, monkeypatch):
+@pytest.mark.parametrize("using", [None, "text"])
+@pytest.mark.parametrize("tuned", [False, True])
+def test_each_query_through_the_users_client_is_one_store_call(tmp_path, monkeypatch, using, tuned):
     """Before: every call also ran an exact `count` (3.6 of 4.1 s over 30 queries) and read the collection
-    three times (manifests, stamp); a server pays each as a round trip."""
+    three times (manifests, stamp); a server pays each as a round trip. A named vector's manifests were
+    read again on every query (its view of the store had no manifest token), with or without a policy."""
     monkeypatch.setattr(qdrant_client_store, "SPACES_TTL_SECONDS", 600.0)  # this test's queries fit any window
     rng = np.random.default_rng(0)
     keys, queries = rng.standard_normal((500, 16)).astype(np.float32), rng.standard_normal((30, 16)).astype(np.float32)
-    app = _users_collection(tmp_path, keys)
+    app = _users_collection(tmp_path, keys, using)
     client = AmipsClient(app)
-    client.query_points("docs", query=queries[0].tolist(), limit=5, with_payload=False)  # the first reads the config
+    if tuned:
+        client.tune("docs", rng.standard_normal((200, 16)).astype(np.float32), target_recall=0.9, using=using,
+                    progress=False)
+    client.query_points("docs", query=queries[0].tolist(), using=using, limit=5, with_payload=False)  # reads the config
     calls: Counter = Counter()
     client.store.client._client = _Counting(client.store.client._client, calls)
     for query in queries:
-        hits = client.query_points("docs", query=query.tolist(), limit=5, with_payload=False).points
+        hits = client.query_points("docs", query=query.tolist(), using=using, limit=5, with_payload=False).points
         assert [h.id for h in hits] == (keys @ query).argsort()[::-1][:5].tolist()
-    assert client.last_report.mode == "auto" and "no serving policy" in client.last_report.fallback_reason
+    report = client.last_report
+    assert report.mode == "auto"
+    if tuned:
+        assert report.fallback_reason is None and "plain search" in report.notes[0]
+    else:
+        assert "no serving policy" in report.fallback_reason
     assert sum(calls.values()) == len(queries) and set(calls) == {"query_batch_points"}, calls
     app.close()
 
@@ -170,3 +185,73 @@ def test_filtered_queries_under_auto_get_the_plain_setting_that_met_the_target(t
         assert "queries escalated" in unfiltered.notes[-1]  # the two-pass policy itself
     finally:
         store.close()
+
+
+def test_scored_points_carry_the_engines_point_version(tmp_path):
+    """Issue 24.8: `ScoredPoint.version` was always 0. Qdrant numbers points by the write that last touched
+    them, so points written again carry later versions than the rest; through the two-pass policy
+    (first pass, escalated second pass, merge) each hit keeps its own, as plain Edge search reports it."""
+    from amips_plugin import collections as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+
+    rng = np.random.default_rng(8)
+    keys = rng.standard_normal((3000, 32)).astype(np.float32)
+    client = AmipsClient(f"edge:{tmp_path}")
+    try:
+        ops.ingest(client.store, "c", keys)
+        rewritten = np.arange(0, 3000, 2)
+        ops.ingest(client.store, "c", keys[rewritten], ids=rewritten, upsert=True)
+        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5, key_count=3000)
+        tuning.publish_policy(client.store, "c", policy, ops.read_keys(client.store, "c")[2], None)
+        queries = keys[:40] + 0.1 * rng.standard_normal((40, 32)).astype(np.float32)
+        for batch in ([queries[:1]], [queries]):
+            responses = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=8) for q in batch[0]])
+            assert "queries escalated" in client.last_report.notes[-1]
+            points = [p for r in responses for p in r.points]
+            again, once = {p.version for p in points if p.id % 2 == 0}, {p.version for p in points if p.id % 2 == 1}
+            assert again and once and min(again) > max(once)
+            plain = client.query_points("c", query=batch[0][0].tolist(), limit=8, mode="off").points
+            assert {p.id: p.version for p in plain}.items() >= {p.id: p.version for p in responses[0].points
+                                                                  if p.id in {q.id for q in plain}}.items()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("using", [None, "text"])
+def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, monkeypatch, using):
+    """A named vector's policy and model manifests were read from disk and validated on every query
+    (0.1 ms of a 0.2 ms search on 5,183 keys): its view of the store had no manifest token."""
+    import qdrant_edge as edge
+
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+    from amips_plugin.adapters import edge_store
+    from amips_plugin.adapters.vector_view import for_vector
+    from amips_plugin.collections import read_keys
+
+    rng = np.random.default_rng(3)
+    keys, queries = rng.standard_normal((800, 16)).astype(np.float32), rng.standard_normal((20, 16)).astype(np.float32)
+    shard_dir = tmp_path / "docs" / "shard"
+    shard_dir.mkdir(parents=True)
+    params = edge.EdgeVectorParams(size=16, distance=edge.Distance.Dot)
+    shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(vectors=params if using is None else {using: params}))
+    shard.update(edge.UpdateOperation.upsert_points(
+        [edge.Point(i, v.tolist() if using is None else {using: v.tolist()}, {}) for i, v in enumerate(keys)]))
+    shard.flush()
+    shard.close()
+    client = AmipsClient(f"edge:{tmp_path}")
+    try:
+        view = for_vector(client.store, using)
+        tuning.publish_policy(view, "docs", sp.Policy("plain", 32, key_count=800), read_keys(view, "docs")[2], None)
+        client.query_points("docs", query=queries[0], using=using, limit=5)
+        reads = Counter()
+        real = edge_store.EdgeStore._read_manifest_file
+        monkeypatch.setattr(edge_store.EdgeStore, "_read_manifest_file",
+                            staticmethod(lambda *a: reads.update(["read"]) or real(*a)))
+        for query in queries:
+            client.query_points("docs", query=query, using=using, limit=5)
+        assert client.last_report.fallback_reason is None and "plain search at hnsw_ef 32" in client.last_report.notes[0]
+        assert reads["read"] == 0
+    finally:
+        client.close()

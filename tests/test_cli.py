@@ -30,9 +30,20 @@ def _run(*args: str):
 
 
 def test_help_lists_the_commands():
+    """Every command, in click's own listing and in the group's summary lines (which once omitted tune)."""
     out = _run("--help").output
-    for command in ("fit", "predict", "evaluate", "inspect", "quantize"):
-        assert command in out
+    summary, listing = out.split("Options:")[0], out.split("Commands:")[1]
+    listed = {line.split()[0] for line in listing.splitlines() if line.strip()}
+    assert listed == set(main.commands) and {"tune", "advise", "synth"} <= listed
+    summarised = {word.strip(",") for line in summary.splitlines() if ":" in line for word in line.split(":")[1].split()}
+    assert set(main.commands) <= summarised, set(main.commands) - summarised
+
+
+def test_fit_says_when_the_time_budget_cut_the_schedule(files, tmp_path):
+    result = _run("fit", files["keys"], files["train"], "-o", tmp_path / "m.amips", "--width", "8", "--steps",
+                  "10000000", "--time-budget", "1", "--noise-copies", "0", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "the time budget (1s) allowed" in result.output and "of 10,000,000 steps" in result.output
 
 
 def test_fit_predict_evaluate_round_trip(files):

@@ -1,0 +1,216 @@
+"""A Qdrant user's first hour, re-run (issue 24): amips on a collection it did not make.
+
+    nice python -m bench.first_hour_trial [--keys 5183] [--tune-queries 4000] [--out docs/results/first-hour.json]
+
+The collection is made without amips, as an application would: UUID ids, one named dense vector
+"text", a payload per point; the first --keys keys of squad-train (384-d MiniLM, the size of the
+SciFact trial). The exact answers are recomputed over those keys. Two stores:
+
+1. qdrant-client local mode (`QdrantClient(path=...)`, the collection made by `create_collection` and
+   `upsert`). `AmipsClient(qdrant).tune(...)` first with 807 queries (the trial's sample: refused, with
+   the size it needs), then with --tune-queries. Local mode searches exactly: the report says so and
+   stores plain search. Single queries timed through `AmipsClient.query_points` and through the plain
+   `QdrantClient.query_points`, interleaved.
+2. Qdrant Edge (the shard made by `qdrant_edge.EdgeShard` directly), opened by `AmipsClient("edge:DIR")`,
+   tuned for 0.99, then served under the default mode "auto" — batches (`query_batch_points`) and
+   single queries (`query_points`) — against plain search at every hnsw_ef of GRID, two ways: through
+   the same client (`mode="off"`, `search_params=SearchParams(hnsw_ef=...)`: the same API without the
+   policy) and by the engine itself (`EdgeShard.query_batch` / `EdgeShard.query`, no amips code: what
+   the client's own layers cost shows here). Each read at the cheapest plain ef whose recall@1 reaches
+   the policy's, and at plain cost interpolated to exactly the policy's recall.
+
+Timing: interleaved rounds, best of --repeats; recall@1 of the exact argmax on --test-queries unseen
+test questions. The numbers are this machine's; quote the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as edge
+from qdrant_client import QdrantClient, models
+
+from bench.datasets import load_dataset
+from bench.policy_bench import interpolated_plain_qps
+
+from amips_plugin.client import AmipsClient
+from amips_plugin.core.errors import InputError
+from amips_plugin.core.timing import best_times
+from amips_plugin.targets import exact_top1
+
+GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+LIMIT = 10
+TRIAL_SAMPLE = 807  # the trial's tuning sample
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def users_points(keys: np.ndarray) -> tuple[list[str], list[dict]]:
+    ids = [str(uuid.UUID(int=(7919 * i + 1) << 64 | i)) for i in range(len(keys))]
+    payloads = [{"title": f"passage {i}", "lang": "en" if i % 4 else "fr"} for i in range(len(keys))]
+    return ids, payloads
+
+
+def local_collection(root: Path, keys: np.ndarray, ids: list[str], payloads: list[dict]) -> QdrantClient:
+    qdrant = QdrantClient(path=str(root / "local"))
+    qdrant.create_collection("docs", vectors_config={"text": models.VectorParams(size=keys.shape[1],
+                                                                                 distance=models.Distance.COSINE)})
+    for start in range(0, len(keys), 1024):
+        qdrant.upsert("docs", points=[models.PointStruct(id=i, vector={"text": v.tolist()}, payload=p) for i, v, p in
+                                      zip(ids[start:start + 1024], keys[start:start + 1024], payloads[start:start + 1024])])
+    return qdrant
+
+
+def edge_collection(root: Path, keys: np.ndarray, ids: list[str], payloads: list[dict]) -> None:
+    shard_dir = root / "edge" / "docs" / "shard"
+    shard_dir.mkdir(parents=True)
+    shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
+        vectors={"text": edge.EdgeVectorParams(size=keys.shape[1], distance=edge.Distance.Cosine)}))
+    for start in range(0, len(keys), 1024):
+        shard.update(edge.UpdateOperation.upsert_points(
+            [edge.Point(i, {"text": v.tolist()}, p) for i, v, p in
+             zip(ids[start:start + 1024], keys[start:start + 1024], payloads[start:start + 1024])]))
+    shard.optimize()
+    shard.flush()
+    shard.close()
+
+
+def recall(responses: list[list], truth: list[str]) -> float:
+    return float(np.mean([bool(points) and str(points[0].id) == t for points, t in zip(responses, truth)]))
+
+
+def try_tune(client: AmipsClient, queries: np.ndarray) -> dict:
+    try:
+        report = client.tune("docs", queries, 0.99, using="text", progress=False)
+    except InputError as exc:
+        return {"queries": len(queries), "refused": str(exc)}
+    return {"queries": len(queries), "verdict": report.verdict(), "notes": report.notes}
+
+
+def local_trial(root: Path, keys, ids, payloads, tune_queries, test, truth, repeats: int) -> dict:
+    qdrant = local_collection(root, keys, ids, payloads)
+    client = AmipsClient(qdrant)
+    out = {"tune_trial_sample": try_tune(client, tune_queries[:TRIAL_SAMPLE]),
+           "tune": try_tune(client, tune_queries)}
+    log(f"local mode: {out['tune_trial_sample']}\n    {out['tune']}")
+    singles = test[:200]
+
+    def amips_singles() -> list:
+        return [client.query_points("docs", query=q, using="text", limit=LIMIT, with_payload=False).points
+                for q in singles]
+
+    def plain_singles() -> list:
+        return [qdrant.query_points("docs", query=q.tolist(), using="text", limit=LIMIT, with_payload=False).points
+                for q in singles]
+
+    out["recall@1"] = {"amips": recall(amips_singles(), truth), "plain": recall(plain_singles(), truth)}
+    out["fallback_reason"] = client.last_report.fallback_reason if client.last_report else None
+    seconds = best_times({"amips": amips_singles, "plain": plain_singles}, repeats)
+    out["single_qps"] = {name: len(singles) / s for name, s in seconds.items()}
+    out["single_ratio"] = out["single_qps"]["amips"] / out["single_qps"]["plain"]
+    log(f"local mode, single queries: {out}")
+    qdrant.close()
+    return out
+
+
+def edge_trial(root: Path, keys, ids, payloads, tune_queries, test, truth, repeats: int) -> dict:
+    edge_collection(root, keys, ids, payloads)
+    client = AmipsClient(f"edge:{root / 'edge'}")
+    out: dict = {"tune": try_tune(client, tune_queries)}
+    log(f"Edge: {out['tune']}")
+    shard = client.store._shard("docs")  # the engine itself: plain search with no amips code in the way
+    rows = [q.tolist() for q in test]
+
+    def plain_request(q: list, ef: int) -> edge.QueryRequest:
+        return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(q, using="text"),
+                                 params=edge.SearchParams(hnsw_ef=ef), with_payload=False, with_vector=False)
+
+    def plain_batch(ef: int):
+        return lambda: shard.query_batch(edge.QueryBatchRequest([plain_request(q, ef) for q in rows]))
+
+    def plain_single(ef: int):
+        return lambda: [shard.query(plain_request(q, ef)) for q in rows]
+
+    def client_batch(ef: int):
+        return lambda: [r.points for r in client.query_batch_points("docs", [models.QueryRequest(
+            query=q, using="text", limit=LIMIT, with_payload=False, params=models.SearchParams(hnsw_ef=ef))
+            for q in rows], mode="off")]
+
+    def client_single(ef: int):
+        return lambda: [client.query_points("docs", query=q, using="text", limit=LIMIT, with_payload=False,
+                                            search_params=models.SearchParams(hnsw_ef=ef), mode="off").points
+                        for q in rows]
+
+    def amips_batch() -> list:
+        return [r.points for r in client.query_batch_points(
+            "docs", [models.QueryRequest(query=q, using="text", limit=LIMIT, with_payload=False) for q in rows])]
+
+    def amips_single() -> list:
+        return [client.query_points("docs", query=q, using="text", limit=LIMIT, with_payload=False).points
+                for q in rows]
+
+    for kind, engine, same_api, served in (("batch", plain_batch, client_batch, amips_batch),
+                                           ("single", plain_single, client_single, amips_single)):
+        recalls = {ef: recall(engine(ef)(), truth) for ef in GRID}
+        served_recall = recall(served(), truth)
+        report = client.last_report
+        tasks = {("engine", ef): engine(ef) for ef in GRID} | {("client", ef): same_api(ef) for ef in GRID}
+        tasks[("amips", 0)] = served
+        seconds = best_times(tasks, repeats)
+        amips_qps = len(rows) / seconds[("amips", 0)]
+        out[kind] = {"amips": {"recall@1": served_recall, "queries_per_second": amips_qps,
+                               "notes": report.notes if report else [],
+                               "fallback_reason": report.fallback_reason if report else None}}
+        for baseline in ("engine", "client"):
+            qps = {ef: len(rows) / seconds[(baseline, ef)] for ef in GRID}
+            reaching = [ef for ef in GRID if recalls[ef] >= served_recall]
+            cheapest = max(reaching, key=lambda ef: qps[ef]) if reaching else None
+            interpolated = interpolated_plain_qps({ef: {"recall": recalls[ef], "qps": qps[ef]} for ef in GRID},
+                                                  served_recall)
+            out[kind][baseline] = {
+                "plain": {str(ef): {"recall@1": recalls[ef], "queries_per_second": qps[ef]} for ef in GRID},
+                "cheapest_plain_ef_reaching": cheapest,
+                "ratio": amips_qps / qps[cheapest] if cheapest else None,
+                "ratio_interpolated": amips_qps / interpolated if interpolated else None}
+            log(f"Edge {kind}: amips {served_recall:.4f} @ {amips_qps:,.0f} q/s; plain through the {baseline}: "
+                f"cheapest reaching it ef {cheapest} {recalls.get(cheapest, 0):.4f} @ {qps.get(cheapest, 0):,.0f} q/s "
+                f"→ {out[kind][baseline]['ratio']}; interpolated {out[kind][baseline]['ratio_interpolated']}")
+    client.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=5183)
+    parser.add_argument("--tune-queries", type=int, default=4000)
+    parser.add_argument("--test-queries", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/first-hour.json"))
+    args = parser.parse_args()
+
+    data = load_dataset("squad-train")
+    keys = data.keys[:args.keys]
+    ids, payloads = users_points(keys)
+    tune_queries = data.train_queries[:args.tune_queries]
+    test = data.test_queries[:args.test_queries]
+    truth = [ids[i] for i in exact_top1(keys, test).index]
+    result = {"dataset": f"squad-train, first {args.keys:,} keys", "tune_queries": len(tune_queries),
+              "test_queries": len(test), "limit": LIMIT, "repeats": args.repeats,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    with tempfile.TemporaryDirectory(prefix="amips-first-hour-") as root:
+        result["local_mode"] = local_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
+        result["edge"] = edge_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
