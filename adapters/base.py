@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -282,6 +282,13 @@ class VectorStore(abc.ABC):
         """(quantization name as in adapters/storage.py, or "other"; originals on disk) of a vector, or None
         where the store cannot tell (qdrant-client's local mode keeps no quantization)."""
         return None
+
+    def change_storage(self, collection: str, quantization: str, on_disk: bool = False, using: str | None = None,
+                       progress: Callable[[int], None] | None = None) -> str:
+        """Store the vector `using` as `quantization` (adapters/storage.py) and `on_disk`, keeping every point,
+        id and payload; what was done, in words. `progress` is called with each batch's point count where the
+        points are copied. InputError where the store has no storage to change."""
+        raise InputError(f"{self.location} keeps no quantization: there is no storage to change")
 
     @abc.abstractmethod
     def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray,

@@ -30,7 +30,7 @@ import stat
 import time
 from pathlib import Path
 from urllib.parse import quote, unquote
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import portalocker
@@ -45,6 +45,7 @@ from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manif
 from . import point_ids
 from .edge_filters import edge_filter
 from .edge_integrity import damaged_vector_files
+from . import edge_storage_change as storage_change
 from . import storage
 from .base import (CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
                    collect_results,
@@ -86,6 +87,9 @@ def _edge_quantization(name: str) -> Any:
         encoding = edge.BinaryQuantizationEncoding.TwoBits if name == "bq2" else edge.BinaryQuantizationEncoding.OneBit
         return edge.BinaryQuantizationConfig(encoding=encoding, always_ram=True,
                                              query_encoding=edge.BinaryQuantizationQueryEncoding.Scalar8Bits)
+    if kind == "product":
+        ratio = {"pq8": edge.CompressionRatio.X8, "pq16": edge.CompressionRatio.X16, "pq32": edge.CompressionRatio.X32}[name]
+        return edge.ProductQuantizationConfig(compression=ratio, always_ram=True)
     return None
 
 
@@ -195,6 +199,7 @@ class EdgeStore(VectorStore):
         if collection in self._shards:
             return self._shards[collection]
         shard_dir = self._folder(collection) / "shard"
+        self._recover_storage_change(collection)
         if not (shard_dir / "edge_config.json").is_file():
             raise UnknownCollectionError(f"unknown collection {collection!r} in {self.location}")
         free = self.free_bytes()
@@ -220,6 +225,9 @@ class EdgeStore(VectorStore):
     def collections(self) -> list[str]:
         if not self.root.is_dir():  # nothing made yet; the folder is created by the first `create`
             return []
+        for folder in self.root.iterdir():
+            if _NAME.fullmatch(folder.name) and (folder / storage_change.JOURNAL).exists():
+                self._recover_storage_change(folder.name)
         return sorted(p.name for p in self.root.iterdir()
                       if _NAME.fullmatch(p.name) and (p / "shard" / "edge_config.json").is_file())
 
@@ -277,6 +285,68 @@ class EdgeStore(VectorStore):
             raise StoreError(f"cannot create collection {collection!r}: {exc}") from None
         self._write_stamp(collection, WriteStamp.new())
         self._remove_an_earlier_collections_files(collection)
+
+    def _recover_storage_change(self, collection: str) -> None:
+        """Complete a storage change a kill interrupted (adapters/edge_storage_change.py), before the shard opens."""
+        if collection in self._shards:
+            return
+        with _file_errors(f"recover the interrupted storage change of {collection!r}"):
+            done = storage_change.recover(self._folder(collection))
+        if done:
+            log.warning("amips: %s: %s", collection, done)
+
+    def change_storage(self, collection: str, quantization: str, on_disk: bool = False, using: str | None = None,
+                       progress: Callable[[int], None] | None = None) -> str:
+        """A new shard beside the old, checked point by point, swapped in atomically (edge_storage_change)."""
+        storage.quantization(quantization)
+        name = self.resolve_vector(collection, using)[0]
+        before = self.storage(collection, using)
+        if before == (quantization, on_disk):
+            return f"{collection!r} already stores its vectors as {storage.label(quantization, on_disk)}"
+        folder = self._folder(collection)
+        with self.manifest_lock(collection):
+            old = self._shard(collection)
+            info = old.info()
+            self.check_room(f"a copy of {collection!r} in its new storage",
+                            int(info.points_count) * sum(dim for dim, _ in self.vector_spaces(collection)[0].values()) * 4)
+            codes = storage_change.quantization_json(lambda: self._config(1, "dot", quantization, ""))["vectors"][""]
+            config = storage_change.changed_config(self._shard_config(collection), name,
+                                                   codes.get("quantization_config"), on_disk)
+            new_dir = folder / storage_change.NEW
+            with _file_errors(f"prepare the new storage of {collection!r}"):
+                shutil.rmtree(new_dir, ignore_errors=True)
+                storage_change.write_journal(folder, "building", quantization, on_disk)
+                new_dir.mkdir()
+                atomic_write(new_dir / "edge_config.json", json.dumps(config).encode("utf-8"))
+            try:
+                with _engine_errors(f"copy {collection!r} into its new storage"):
+                    new = edge.EdgeShard.load(str(new_dir))
+                    try:
+                        copied = storage_change.copy_points(old, new, progress or (lambda n: None))
+                        new.optimize()
+                        new.flush()
+                        storage_change.check_copy(old, new, collection)
+                    finally:
+                        new.close()
+                self.close_collection(collection)
+                with _file_errors(f"swap {collection!r} to its new storage"):
+                    storage_change.swap(folder, quantization, on_disk)
+            except BaseException:
+                self.close_collection(collection)
+                with _file_errors(f"undo the storage change of {collection!r}"):
+                    storage_change.recover(folder)
+                raise
+        return (f"{collection!r}: {copied:,} points moved from {storage.label(*before)} to "
+                f"{storage.label(quantization, on_disk)}, every id, payload and vector checked")
+
+    def close_collection(self, collection: str) -> None:
+        """Close the collection's shard and forget what was read of it (opened again on next use)."""
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.close()
+        for cache in (self._configs, self._spaces, self._stamps):
+            cache.pop(collection, None)
+        self._forget_counts(collection)
 
     def _remove_an_earlier_collections_files(self, collection: str) -> None:
         """Remove what an earlier collection of this name left in `amips/` (its shard deleted by hand):

@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Hashable, Any, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -94,6 +94,9 @@ def _client_quantization(name: str) -> Any:
         encoding = models.BinaryQuantizationEncoding.TWO_BITS if name == "bq2" else models.BinaryQuantizationEncoding.ONE_BIT
         return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
             encoding=encoding, query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS, always_ram=True))
+    if kind == "product":
+        return models.ProductQuantization(product=models.ProductQuantizationConfig(
+            compression=models.CompressionRatio(f"x{name.removeprefix('pq')}"), always_ram=True))
     return None
 
 
@@ -251,6 +254,24 @@ class QdrantClientStore(VectorStore):
         quantization = (params.quantization_config if params is not None else None) or config.quantization_config
         return (storage.name_of(quantization.model_dump(mode="json") if quantization is not None else None),
                 bool(params is not None and params.on_disk))
+
+    def change_storage(self, collection: str, quantization: str, on_disk: bool = False, using: str | None = None,
+                       progress: Callable[[int], None] | None = None) -> str:
+        """A server rebuilds a collection's quantized copies itself (`update_collection` with the new
+        quantization and on_disk); the points are not rewritten. Local mode keeps no quantization: InputError."""
+        if not self.shared:
+            raise InputError(f"{self.location} is qdrant-client's local mode, which searches exactly and keeps no "
+                             "quantization: there is no storage to change")
+        storage.quantization(quantization)
+        name = self.resolve_vector(collection, using)[0]
+        before = self.storage(collection, using)
+        config = _client_quantization(quantization) or models.Disabled.DISABLED
+        self.client.update_collection(collection, vectors_config={name: models.VectorParamsDiff(
+            on_disk=on_disk, quantization_config=config)})
+        self._described.pop(collection, None)
+        return (f"{collection!r}: the server now stores vector {name or '(unnamed)'} as "
+                f"{storage.label(quantization, on_disk)} (was {storage.label(*before) if before else 'unknown'}); "
+                "it rebuilds the quantized copies in the background")
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         """The point count is kept for SPACES_TTL_SECONDS (an exact count on every query made amips 5–10×

@@ -12,6 +12,9 @@ with `on_disk`). Bytes per key in RAM count the codes, plus the originals unless
     turbo1   TurboQuant, 1 bit                             1
     bq2      binary, 2 bits, queries encoded as int8       2
     bq1      binary, 1 bit, queries encoded as int8        1
+    pq8      product quantization, compression ×8          4   (one byte a code of 2 dimensions)
+    pq16     product quantization, ×16                     2
+    pq32     product quantization, ×32                     1
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate 
 @dataclass(frozen=True)
 class Quantization:
     name: str
-    kind: str  # "none", "scalar", "turbo", "binary": the engine's configuration family
+    kind: str  # "none", "scalar", "turbo", "binary", "product": the engine's configuration family
     bits: float  # per dimension, of the copy HNSW searches
 
     def ram_bytes_per_key(self, dim: int, on_disk: bool = False) -> float:
@@ -38,7 +41,8 @@ class Quantization:
 QUANTIZATIONS: dict[str, Quantization] = {q.name: q for q in (
     Quantization("none", "none", 32), Quantization("int8", "scalar", 8), Quantization("turbo4", "turbo", 4),
     Quantization("turbo2", "turbo", 2), Quantization("turbo1", "turbo", 1), Quantization("bq2", "binary", 2),
-    Quantization("bq1", "binary", 1))}
+    Quantization("bq1", "binary", 1), Quantization("pq8", "product", 4), Quantization("pq16", "product", 2),
+    Quantization("pq32", "product", 1))}
 
 
 DEFAULT_STORAGES = ("none", "int8", "turbo4", "turbo2", "bq2", "bq1")  # what `amips advise` tries
@@ -51,10 +55,17 @@ def quantization(name: str) -> Quantization:
     return QUANTIZATIONS[name]
 
 
+def label(name: str, on_disk: bool = False) -> str:
+    """A storage in words: "float32", "int8", "int8 (originals on disk)"."""
+    if name == "none":
+        return "float32" + (" (on disk)" if on_disk else "")
+    return name + (" (originals on disk)" if on_disk else "")
+
+
 def name_of(config: dict[str, Any] | None) -> str:
     """The amips name of a quantization configuration as Qdrant stores it (JSON: {"scalar": {...}},
-    {"turbo": {"bits": "bits4"}}, {"binary": {"encoding": "two_bits"}}); "none" for none, "other" for one
-    amips has no name for (product quantization, other encodings)."""
+    {"turbo": {"bits": "bits4"}}, {"binary": {"encoding": "two_bits"}}, {"product": {"compression": "x16"}});
+    "none" for none, "other" for one amips has no name for (other encodings and ratios)."""
     if not config:
         return "none"
     if "scalar" in config:
@@ -64,4 +75,6 @@ def name_of(config: dict[str, Any] | None) -> str:
                                                                             "other")
     if "binary" in config:
         return {"two_bits": "bq2", "one_bit": "bq1", None: "bq1"}.get((config["binary"] or {}).get("encoding"), "other")
+    if "product" in config:
+        return {"x8": "pq8", "x16": "pq16", "x32": "pq32"}.get(str((config["product"] or {}).get("compression")), "other")
     return "other"

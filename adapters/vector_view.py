@@ -10,7 +10,7 @@ the collection's, shared by its vectors.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,10 @@ class VectorView(VectorStore):
 
     def storage(self, collection: str, using: str | None = None) -> tuple[str, bool] | None:
         return self.store.storage(collection, self.using)
+
+    def change_storage(self, collection: str, quantization: str, on_disk: bool = False, using: str | None = None,
+                       progress: Callable[[int], None] | None = None) -> str:
+        return self.store.change_storage(collection, quantization, on_disk, self.using, progress)
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
         return self.store.info(collection, self.using)

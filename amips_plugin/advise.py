@@ -10,24 +10,29 @@ queries cheapest at a declared recall@1 (issue 23).
 3. Each configuration's policy, and the cheapest plain setting meeting the target on it, are then timed on
    the held-out queries in interleaved rounds (best of `repeats`), so machine noise hits all alike.
 4. The recommended configuration is the fastest whose vector bytes per key in RAM (codes plus float32
-   originals: `Quantization.ram_bytes_per_key`) fit `max_bytes_per_key`.
+   originals unless they are on disk: `Quantization.ram_bytes_per_key`) fit `max_bytes_per_key`. A
+   configuration is a storage name, or NAME+disk for its originals kept on disk (rescoring reads them;
+   while the page cache holds them, as on a machine with memory to spare, they cost no disk reads). Under
+   a budget, the +disk variant of every quantized storage whose codes fit but whose originals do not is
+   tried too.
+5. `apply` moves the collection to the recommended configuration (`VectorStore.change_storage`: on Edge a
+   new shard built beside the old, checked point by point and swapped in atomically; on a server
+   `update_collection`) and tunes it there, storing its policy.
 
-Scratch copies need disk for each storage in turn (they are built one after another and all removed at
-the end) and time: ingest with HNSW, then tune (about a minute per storage for 20k–90k keys and 8,000
-queries on 2 cores). Moving the collection itself to the recommended storage is not done here: create it
-anew with `amips ingest --quantization NAME` (a server: `update_collection` with that quantization).
+Scratch copies need disk for each storage in turn (all removed at the end) and time: ingest with HNSW,
+then tune (about a minute per storage for 20k–90k keys and 8,000 queries on 2 cores).
 """
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from amips_plugin.adapters.base import VectorStore
-from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS
+from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS, label
 
 from . import collections as collection_ops
 from .core.errors import InputError
@@ -36,23 +41,49 @@ from .serving_policy import serve
 from .tuning import DEFAULT_REPEATS, TuneReport, check_sample_size, check_target, split_sample, tune
 
 SCRATCH = "advise"  # the scratch collection's name
+ON_DISK = "+disk"  # a configuration's suffix: its float32 originals on disk
+
+
+def parse_configuration(name: str) -> tuple[str, bool]:
+    """"int8" → ("int8", False); "int8+disk" → ("int8", True). InputError for an unknown storage."""
+    storage, on_disk = (name[:-len(ON_DISK)], True) if name.endswith(ON_DISK) else (name, False)
+    if storage not in QUANTIZATIONS:
+        raise InputError(f"unknown storage {name!r}; expected one of {', '.join(QUANTIZATIONS)}, each optionally "
+                         f"with {ON_DISK} (originals on disk)")
+    return storage, on_disk
+
+
+def with_disk_variants(names: tuple[str, ...], dim: int, max_bytes_per_key: float | None) -> tuple[str, ...]:
+    """`names`, plus NAME+disk for each quantized storage whose codes fit the budget but not with its originals."""
+    if max_bytes_per_key is None:
+        return names
+    extra = [f"{n}{ON_DISK}" for n in names if not n.endswith(ON_DISK) and n != "none"
+             and QUANTIZATIONS[n].ram_bytes_per_key(dim) > max_bytes_per_key
+             >= QUANTIZATIONS[n].ram_bytes_per_key(dim, on_disk=True)]
+    return tuple(dict.fromkeys((*names, *extra)))
 
 
 @dataclass
 class Configuration:
     """One storage tried: its tuned policy (None: none reached the target, see `error`) and measured speed."""
 
-    storage: str
+    storage: str  # adapters/storage.py's name
     bytes_per_key: float
+    on_disk: bool = False
     report: TuneReport | None = None
     error: str | None = None
     qps: float | None = None  # the policy, interleaved rounds on the held-out queries
     plain_qps: float | None = None  # the cheapest plain setting meeting the target on this storage
     recommended: bool = False
 
+    @property
+    def name(self) -> str:
+        return self.storage + (ON_DISK if self.on_disk else "")
+
     def to_dict(self) -> dict[str, Any]:
         chosen = self.report.chosen if self.report else None
-        return {"storage": self.storage, "bytes_per_key": self.bytes_per_key,
+        return {"storage": self.storage, "on_disk": self.on_disk, "configuration": self.name,
+                "bytes_per_key": self.bytes_per_key,
                 "recall@1": chosen.recall if chosen else None, "lower_bound": chosen.lower_bound if chosen else None,
                 "queries_per_second": self.qps, "plain_queries_per_second": self.plain_qps,
                 "policy": chosen.policy.describe() if chosen else None,
@@ -80,29 +111,36 @@ class Advice:
 
 def advise(store: VectorStore, collection: str, queries: np.ndarray, target: float,
            storages: tuple[str, ...] = DEFAULT_STORAGES, max_bytes_per_key: float | None = None, limit: int = 10,
-           repeats: int = DEFAULT_REPEATS, scratch_root: str | None = None, seed: int = 0) -> Advice:
-    """Tune every storage of `storages` on a scratch copy of the collection and recommend one (module docstring)."""
+           repeats: int = DEFAULT_REPEATS, scratch_root: str | None = None, seed: int = 0,
+           progress: Callable[[str], None] | None = None) -> Advice:
+    """Tune every configuration of `storages` on a scratch copy of the collection and recommend one (module
+    docstring); `progress` is told each step."""
     from amips_plugin.adapters.edge_store import EdgeStore  # the scratch engine
 
-    unknown = [name for name in storages if name not in QUANTIZATIONS]
-    if unknown or not storages:
-        raise InputError(f"unknown storage(s) {', '.join(unknown) or '(none given)'}; expected some of "
-                         f"{', '.join(QUANTIZATIONS)}")
+    say = progress or (lambda message: None)
+    if not storages:
+        raise InputError(f"no storage given; expected some of {', '.join(QUANTIZATIONS)}")
+    for name in storages:
+        parse_configuration(name)
     check_target(target)
     check_sample_size(len(queries), target)  # before any copy is made
     keys, ids, _ = collection_ops.read_keys(store, collection)
     held = np.asarray(queries)[split_sample(len(queries), seed)[1]]  # tune's held-out part for this seed
     advice = Advice(target, len(held), max_bytes_per_key)
     scratches: list[EdgeStore] = []
+    names = with_disk_variants(tuple(dict.fromkeys(storages)), keys.shape[1], max_bytes_per_key)
     with tempfile.TemporaryDirectory(prefix="amips-advise-", dir=scratch_root) as folder:
         try:
             tasks: dict[tuple[str, str], Any] = {}
-            for name in dict.fromkeys(storages):
-                configuration = Configuration(name, QUANTIZATIONS[name].ram_bytes_per_key(keys.shape[1]))
+            for step, name in enumerate(names, 1):
+                storage, on_disk = parse_configuration(name)
+                configuration = Configuration(storage, QUANTIZATIONS[storage].ram_bytes_per_key(keys.shape[1], on_disk),
+                                              on_disk)
                 advice.configurations.append(configuration)
-                scratch = EdgeStore(f"{folder}/{name}")
+                say(f"[{step}/{len(names)}] {label(storage, on_disk)}: copying {len(keys):,} keys, then tuning")
+                scratch = EdgeStore(f"{folder}/{len(scratches)}")
                 scratches.append(scratch)
-                collection_ops.ingest(scratch, SCRATCH, keys, ids=ids, quantization=name)
+                collection_ops.ingest(scratch, SCRATCH, keys, ids=ids, quantization=storage, on_disk=on_disk)
                 try:
                     configuration.report = tune(scratch, SCRATCH, queries, target, limit, repeats=repeats, seed=seed)
                 except InputError as exc:  # no setting reaches the target on this storage
@@ -110,14 +148,15 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
                     continue
                 for role, row in (("policy", configuration.report.chosen), ("plain", configuration.report.plain)):
                     tasks[(name, role)] = partial(serve, scratch, SCRATCH, held, limit, row.policy)
+            say(f"timing {len(tasks)} settings in {repeats} interleaved rounds")
             seconds = best_times(tasks, repeats)
         finally:
             for scratch in scratches:
                 scratch.close()
     for configuration in advice.configurations:
         if configuration.report is not None:
-            configuration.qps = len(held) / seconds[(configuration.storage, "policy")]
-            configuration.plain_qps = len(held) / seconds[(configuration.storage, "plain")]
+            configuration.qps = len(held) / seconds[(configuration.name, "policy")]
+            configuration.plain_qps = len(held) / seconds[(configuration.name, "plain")]
     fitting = [c for c in advice.configurations if c.qps is not None
                and (max_bytes_per_key is None or c.bytes_per_key <= max_bytes_per_key)]
     if fitting:
@@ -125,19 +164,31 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
     return advice
 
 
+def apply(store: VectorStore, collection: str, advice: Advice, queries: np.ndarray, limit: int = 10,
+          repeats: int = DEFAULT_REPEATS, seed: int = 0,
+          progress: Callable[[int], None] | None = None) -> tuple[str, TuneReport]:
+    """Move the collection to the recommended configuration (nothing lost: `VectorStore.change_storage`) and
+    tune it there, storing its policy; (what the move did, the tune report). InputError without a recommendation."""
+    best = advice.recommended
+    if best is None:
+        raise InputError("no configuration met the target within the budget: nothing to apply")
+    moved = store.change_storage(collection, best.storage, best.on_disk, progress=progress)
+    return moved, tune(store, collection, queries, advice.target, limit, repeats=repeats, seed=seed)
+
+
 def format_advice(advice: Advice) -> str:
     """The frontier as a text table, the recommendation marked."""
     lines = [f"held-out queries: {advice.held_out}; target recall@1 ≥ {advice.target}"
              + ("" if advice.max_bytes_per_key is None else f"; at most {advice.max_bytes_per_key:g} bytes per key"),
-             f"{'storage':<8} {'B/key':>7} {'recall@1':>9} {'q/s policy':>11} {'q/s plain':>10}  policy"]
+             f"{'storage':<11} {'B/key':>7} {'recall@1':>9} {'q/s policy':>11} {'q/s plain':>10}  policy"]
     for c in advice.configurations:
         if c.report is None:
-            lines.append(f"{c.storage:<8} {c.bytes_per_key:>7,.0f}  {'—':>8} {'—':>11} {'—':>10}  {c.error}")
+            lines.append(f"{c.name:<11} {c.bytes_per_key:>7,.0f}  {'—':>8} {'—':>11} {'—':>10}  {c.error}")
             continue
         mark = " *" if c.recommended else ""
-        lines.append(f"{c.storage + mark:<8} {c.bytes_per_key:>7,.0f} {c.report.chosen.recall:>9.4f} {c.qps or 0:>11,.0f} "
+        lines.append(f"{c.name + mark:<11} {c.bytes_per_key:>7,.0f} {c.report.chosen.recall:>9.4f} {c.qps or 0:>11,.0f} "
                      f"{c.plain_qps or 0:>10,.0f}  {c.report.chosen.policy.describe()}")
     best = advice.recommended
-    lines.append(f"recommended: {best.storage} (create the collection with `amips ingest --quantization {best.storage}`)"
-                 if best else "no storage reached the target within the budget")
+    lines.append(f"recommended: {label(best.storage, best.on_disk)} (`amips advise ... --apply` moves the collection "
+                 "to it and tunes it there)" if best else "no storage reached the target within the budget")
     return "\n".join(lines)

@@ -378,7 +378,8 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
 @click.option("--quantization", type=click.Choice(list(QUANTIZATIONS)), default="none", show_default=True,
               help="New collection: compressed copies of the vectors in RAM that HNSW searches, candidates rescored "
                    "with the originals — int8 (4× less memory to search), turbo4 / turbo2 / turbo1 (TurboQuant, "
-                   "8× / 16× / 32×), bq2 / bq1 (binary, queries as int8). `amips tune` then tunes oversampling too.")
+                   "8× / 16× / 32×), bq2 / bq1 (binary, queries as int8), pq8 / pq16 / pq32 (product quantization, "
+                   "8× / 16× / 32×). `amips tune` then tunes oversampling too; `amips advise` compares them.")
 @click.option("--scalar-quantization", is_flag=True, help="The same as --quantization int8.")
 @click.option("--on-disk", is_flag=True,
               help="New collection: keep the float32 originals on disk (rescoring reads them); with --quantization.")
@@ -777,30 +778,52 @@ def _query_sample(path: str, max_queries: int) -> np.ndarray:
 @click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
               help="Declared recall@1 (of the exact argmax) every configuration's policy must meet.")
 @click.option("--configs", default=",".join(DEFAULT_STORAGES), show_default=True,
-              help="Storages to try, comma-separated, from: " + ", ".join(QUANTIZATIONS) + " (none: float32).")
+              help="Storages to try, comma-separated, from: " + ", ".join(QUANTIZATIONS) + " (none: float32); "
+                   "NAME+disk keeps the float32 originals on disk (rescoring reads them).")
 @click.option("--max-bytes-per-key", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Recommend only storages whose vectors take at most this many bytes per key in RAM.")
+              help="Recommend only storages whose vectors take at most this many bytes per key in RAM; the +disk "
+                   "variant of each quantized storage that fits only so is tried too.")
+@click.option("--apply", "apply_it", is_flag=True,
+              help="Then move COLLECTION to the recommended storage (every point, id and payload kept; on Edge a new "
+                   "shard is built beside the old, checked and swapped in atomically) and tune it there.")
 @click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved timing rounds (best kept).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
               help="At most this many of the queries, drawn at random.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.pass_context
 @_friendly_errors
 def advise_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, configs: str,
-                   max_bytes_per_key: float | None, limit: int, repeats: int, max_queries: int, as_json: bool) -> None:
-    """Which storage (float32, int8, TurboQuant, binary) and which tuned policy on it serve COLLECTION's
-    queries fastest at --target-recall: each is built on a scratch copy of the collection (Qdrant Edge, in
-    a temporary folder; the collection is only read), tuned like `amips tune`, and timed in interleaved
-    rounds. Prints the frontier and the recommendation; apply it by creating the collection with
-    `amips ingest --quantization NAME`."""
-    from .advise import advise, format_advice
+                   max_bytes_per_key: float | None, apply_it: bool, limit: int, repeats: int, max_queries: int,
+                   as_json: bool, quiet: bool) -> None:
+    """Which storage (float32, int8, TurboQuant, binary, product quantization; originals in RAM or on disk) and
+    which tuned policy on it serve COLLECTION's queries fastest at --target-recall: each is built on a scratch
+    copy of the collection (Qdrant Edge, in a temporary folder; the collection is only read), tuned like
+    `amips tune`, and timed in interleaved rounds. Prints the frontier and the recommendation; --apply moves
+    the collection to it."""
+    from .advise import advise, apply, format_advice
 
+    store = _store(ctx)
     queries = _query_sample(queries_path, max_queries)
     storages = tuple(name.strip() for name in configs.split(",") if name.strip())
-    advice = advise(_store(ctx), collection, queries, target_recall, storages, max_bytes_per_key, limit, repeats)
-    click.echo(_json(advice.to_dict()) if as_json else format_advice(advice))
+    say = (lambda message: None) if quiet else (lambda message: click.echo(f"advise {collection}: {message}", err=True))
+    advice = advise(store, collection, queries, target_recall, storages, max_bytes_per_key, limit, repeats,
+                    progress=say)
+    result = advice.to_dict()
+    if not as_json:
+        click.echo(format_advice(advice))
+    if apply_it:
+        with tqdm(total=store.info(collection).count, unit="pt", desc=f"move {collection}", disable=quiet,
+                  leave=False) as bar:
+            moved, report = apply(store, collection, advice, queries, limit, repeats, progress=bar.update)
+        result["applied"] = {"moved": moved, "policy": report.chosen.policy.describe(),
+                             "verdict": report.verdict(), "version": (report.manifest or {}).get("version")}
+        if not as_json:
+            click.echo(f"{moved}\n{report.verdict()}")
+    if as_json:
+        click.echo(_json(result))
 
 
 @main.command("tune")

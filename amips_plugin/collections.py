@@ -299,7 +299,7 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
     stamp = store.write_stamp(collection)
 
     def stale(manifest: dict[str, Any]) -> bool:
-        return stale_reason(manifest, stamp, info.count, fingerprint) is not None
+        return stale_reason(manifest, stamp, info.count, fingerprint, stored) is not None
 
     manifest = manifests.pop("model")
     policy = manifests.pop("policy")

@@ -9,7 +9,10 @@ An artifact (its manifest) is stale when
    collection, or points were written since the build read them, or
 3. it was built on another number of keys than the collection holds (writes by other clients, which
    cannot bump the stamp, whenever they changed the count), or
-4. asked to verify (`status` without --no-verify), the keys' recomputed fingerprint differs.
+4. asked to verify (`status` without --no-verify), the keys' recomputed fingerprint differs, or
+5. it records the storage of the vector it was measured on (a serving policy: its timings and
+   recall depend on the quantization) and the vector is stored otherwise now (`advise --apply`, a
+   server's `update_collection`).
 
 Rules 1–3 cost nothing per query beyond the stamp (Edge keeps it in memory: its shard is this process's alone).
 """
@@ -20,13 +23,19 @@ from typing import Any
 from amips_plugin.adapters.base import WriteStamp
 
 
+def storage_key(storage: tuple[str, bool]) -> str:
+    """A vector's storage as an artifact records it: the quantization's name, "+on_disk" when originals are on disk."""
+    return storage[0] + ("+on_disk" if storage[1] else "")
+
+
 def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int | None,
-                 fingerprint: dict[str, Any] | None = None) -> str | None:
+                 fingerprint: dict[str, Any] | None = None, storage: tuple[str, bool] | None = None) -> str | None:
     """Why the artifact of `manifest` no longer describes the collection's points, or None while it does.
 
     `stamp`: the collection's current write stamp (None where the store keeps none: then an artifact
     bound to a stamp is stale, one bound to none is judged by the other rules); `count`: its point count
-    (None: not checked); `fingerprint`: the keys' fingerprint, recomputed (None: not checked)."""
+    (None: not checked); `fingerprint`: the keys' fingerprint, recomputed (None: not checked); `storage`:
+    the vector's storage now (`VectorStore.storage`; None: not checked or unknown)."""
     if manifest.get("stale"):
         return "the keys changed since it was built"
     if manifest.get("bound_to") != (stamp.as_manifest() if stamp else None):
@@ -37,4 +46,7 @@ def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int 
         return f"it was built on {built_on} keys, the collection has {count}"
     if fingerprint is not None and fingerprint != manifest.get("fingerprint"):
         return "the keys' fingerprint differs from the one it was built on"
+    measured_on = manifest.get("storage")
+    if storage is not None and measured_on is not None and measured_on != storage_key(storage):
+        return f"it was measured on {measured_on} storage; the vector is stored as {storage_key(storage)} now"
     return None

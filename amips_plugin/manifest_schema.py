@@ -167,6 +167,7 @@ class PolicyManifestSchema(_Schema):
     second_oversampling: Optional[Oversampling] = None
     fallback_oversampling: Optional[Oversampling] = None
     measured: Optional[dict[StrictStr, Optional[Number]]] = None
+    storage: Optional[StrictStr] = Field(default=None, max_length=64)  # freshness.storage_key at tuning
 
 
 MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {

@@ -522,7 +522,7 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
         if not manifest:
             return None, None, "no serving policy for this collection (run `amips tune`)"
         policy = Policy.from_manifest(manifest)
-        why = stale_reason(manifest, store.write_stamp(collection), count)
+        why = stale_reason(manifest, store.write_stamp(collection), count, storage=store.storage(collection))
     except AmipsError as exc:
         return None, None, f"the serving policy cannot be read: {exc}"
     if why is None and policy.key_count != count:

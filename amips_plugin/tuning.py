@@ -45,6 +45,7 @@ from .arrays import check_vectors
 from .collections import read_keys
 from .core.errors import ArtifactError, InputError
 from .core.timing import best_times
+from .freshness import storage_key
 from .query_bounds import check_search_inputs
 from .rewriting import QueryRewriter
 from .serving_policy import (
@@ -342,7 +343,9 @@ def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerpr
         raise ArtifactError(f"refusing to store a serving policy of {collection!r} that would not read back ({problem})")
     if bound_to is model_registry.READ_NOW:
         bound_to = store.write_stamp(collection, create=True)
-    fields = {**policy.to_manifest(), "fingerprint": fingerprint, "id": secrets.randbits(40)}
+    stored_as = store.storage(collection)
+    fields = {**policy.to_manifest(), "fingerprint": fingerprint, "id": secrets.randbits(40),
+              "storage": None if stored_as is None else storage_key(stored_as)}
     return model_registry.commit_manifest(store, collection, SLOT, fields, expected, bound_to)[0]
 
 
