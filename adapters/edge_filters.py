@@ -20,7 +20,8 @@ from . import point_ids
 
 _MATCHES: dict[type, Callable[[Any], Any]]  # qdrant-client match class -> its Qdrant Edge conversion
 _MATCHES = {models.MatchValue: lambda m: edge.MatchValue(m.value), models.MatchAny: lambda m: edge.MatchAny(m.any),
-            models.MatchExcept: lambda m: edge.MatchExcept(m.except_), models.MatchText: lambda m: edge.MatchText(m.text),
+            models.MatchExcept: lambda m: edge.MatchExcept(m.except_),
+            models.MatchText: lambda m: edge.MatchText(m.text),
             models.MatchPhrase: lambda m: edge.MatchPhrase(m.phrase),
             models.MatchPrefix: lambda m: edge.MatchPrefix(m.prefix),
             models.MatchSubstring: lambda m: edge.MatchSubstring(m.substring)}

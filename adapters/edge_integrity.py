@@ -38,6 +38,7 @@ def damaged_vector_files(shard_dir: Path) -> list[str]:
             needed = MATRIX_HEADER_BYTES + rows * size * FLOAT32_BYTES
             held = matrix.stat().st_size
             if held < needed:
-                problems.append(f"{matrix.relative_to(shard_dir)} holds {max(0, held - MATRIX_HEADER_BYTES) // (size * FLOAT32_BYTES):,}"
+                problems.append(f"{matrix.relative_to(shard_dir)} holds "
+                                f"{max(0, held - MATRIX_HEADER_BYTES) // (size * FLOAT32_BYTES):,}"
                                 f" of its {rows:,} vectors ({held:,} of {needed:,} bytes)")
     return problems

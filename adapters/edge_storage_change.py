@@ -147,7 +147,8 @@ def check_copy(source: edge.EdgeShard, target: edge.EdgeShard, collection: str) 
                              "left as it was")
         checked += len(a)
     if next(old, None) is not None or next(new, None) is not None:
-        raise StoreError(f"the copy of {collection!r} holds another number of points; the collection was left as it was")
+        raise StoreError(f"the copy of {collection!r} holds another number of points; "
+                         "the collection was left as it was")
     return checked
 
 

@@ -78,7 +78,8 @@ def _edge_quantization(name: str) -> Any:
     """The engine's configuration of a quantization named in adapters/storage.py (None for "none")."""
     kind = storage.quantization(name).kind
     if kind == "scalar":
-        return edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=storage.SCALAR_QUANTILE, always_ram=True)
+        return edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=storage.SCALAR_QUANTILE,
+                                             always_ram=True)
     if kind == "turbo":
         bits = {"turbo4": edge.TurboQuantBitSize.Bits4, "turbo2": edge.TurboQuantBitSize.Bits2,
                 "turbo1": edge.TurboQuantBitSize.Bits1}[name]
@@ -88,7 +89,8 @@ def _edge_quantization(name: str) -> Any:
         return edge.BinaryQuantizationConfig(encoding=encoding, always_ram=True,
                                              query_encoding=edge.BinaryQuantizationQueryEncoding.Scalar8Bits)
     if kind == "product":
-        ratio = {"pq8": edge.CompressionRatio.X8, "pq16": edge.CompressionRatio.X16, "pq32": edge.CompressionRatio.X32}[name]
+        ratio = {"pq8": edge.CompressionRatio.X8, "pq16": edge.CompressionRatio.X16,
+                 "pq32": edge.CompressionRatio.X32}[name]
         return edge.ProductQuantizationConfig(compression=ratio, always_ram=True)
     return None
 
@@ -185,7 +187,8 @@ class EdgeStore(VectorStore):
             raise InputError(f"invalid collection name {collection[:80]!r} (letters, digits, _ . - only)")
         return self.root / collection
 
-    def _config(self, dim: int, distance: str, quantization: str, vector: str, on_disk: bool = False) -> edge.EdgeConfig:
+    def _config(self, dim: int, distance: str, quantization: str, vector: str,
+                on_disk: bool = False) -> edge.EdgeConfig:
         params = edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None,
                                        quantization_config=_edge_quantization(quantization))
         return edge.EdgeConfig(
@@ -215,7 +218,8 @@ class EdgeStore(VectorStore):
         try:
             shard = edge.EdgeShard.load(str(shard_dir))
         except Exception as exc:  # the engine raises plain Exception: the WAL lock, a corrupt segment, permissions
-            locked = "WouldBlock" in str(exc)  # the WAL's lock, held by another process ("Can't init WAL: Kind(WouldBlock)")
+            # the WAL's lock, held by another process ("Can't init WAL: Kind(WouldBlock)")
+            locked = "WouldBlock" in str(exc)
             hint = f"; is another process using {self.root}?" if locked else ""
             raise StoreError(f"cannot open collection {collection!r} ({exc}){hint}") from None
         self._shards[collection] = shard
@@ -252,7 +256,8 @@ class EdgeStore(VectorStore):
         """The shard's edge_config.json, read once: a shard's vectors and quantization are fixed at its creation."""
         self._shard(collection)
         if collection not in self._configs:
-            self._configs[collection] = json.loads((self._folder(collection) / "shard" / "edge_config.json").read_text())
+            self._configs[collection] = json.loads(
+                (self._folder(collection) / "shard" / "edge_config.json").read_text())
         return self._configs[collection]
 
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:
@@ -308,7 +313,8 @@ class EdgeStore(VectorStore):
             old = self._shard(collection)
             info = old.info()
             self.check_room(f"a copy of {collection!r} in its new storage",
-                            int(info.points_count) * sum(dim for dim, _ in self.vector_spaces(collection)[0].values()) * 4)
+                            int(info.points_count)
+                            * sum(dim for dim, _ in self.vector_spaces(collection)[0].values()) * 4)
             codes = storage_change.quantization_json(lambda: self._config(1, "dot", quantization, ""))["vectors"][""]
             config = storage_change.changed_config(self._shard_config(collection), name,
                                                    codes.get("quantization_config"), on_disk)
@@ -633,7 +639,8 @@ class EdgeStore(VectorStore):
                 except FileNotFoundError:  # renamed into place or removed meanwhile
                     continue
                 blob = _BLOB_FILE.fullmatch(entry.name)
-                found.append(StoredFile(entry.name, info.st_size, now - info.st_mtime, int(blob["id"]) if blob else None))
+                found.append(StoredFile(entry.name, info.st_size, now - info.st_mtime,
+                                        int(blob["id"]) if blob else None))
         return found
 
     def named_blobs(self, collection: str) -> set[int] | None:

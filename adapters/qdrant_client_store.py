@@ -78,7 +78,8 @@ def _chunk_bytes(payload: Any, blob_id: int, index: int, total: int, collection:
     try:
         return base64.b64decode(data, validate=True)
     except (ValueError, TypeError):
-        raise ArtifactError(f"model blob {blob_id} of {collection!r} is malformed (chunk {index}: bad base64)") from None
+        raise ArtifactError(
+            f"model blob {blob_id} of {collection!r} is malformed (chunk {index}: bad base64)") from None
 
 
 def _client_quantization(name: str) -> Any:
@@ -91,7 +92,8 @@ def _client_quantization(name: str) -> Any:
         return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(
             bits=models.TurboQuantBitSize(f"bits{name.removeprefix('turbo')}"), always_ram=True))
     if kind == "binary":
-        encoding = models.BinaryQuantizationEncoding.TWO_BITS if name == "bq2" else models.BinaryQuantizationEncoding.ONE_BIT
+        encoding = (models.BinaryQuantizationEncoding.TWO_BITS if name == "bq2"
+                    else models.BinaryQuantizationEncoding.ONE_BIT)
         return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
             encoding=encoding, query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS, always_ram=True))
     if kind == "product":
@@ -104,7 +106,8 @@ class _GuardedClient:
     """The client's methods, run under `lock` (local mode) and with server failures as StoreError (`secrets`
     masked in its message: the API key, the URL's user-info)."""
 
-    def __init__(self, client: QdrantClient, lock: threading.RLock | None, secrets: tuple[str | None, ...] = ()) -> None:
+    def __init__(self, client: QdrantClient, lock: threading.RLock | None,
+                 secrets: tuple[str | None, ...] = ()) -> None:
         self._client, self._lock, self._secrets = client, lock, secrets
 
     def __getattr__(self, name: str) -> Any:
@@ -192,7 +195,8 @@ class QdrantClientStore(VectorStore):
                 if attempt + 1 < attempts:
                     time.sleep(backoff * 2 ** attempt)
         self.client.close()
-        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}", self._secrets))
+        raise StoreError(redact(f"cannot reach Qdrant at {self.location} after {attempts} attempts: {last}",
+                                self._secrets))
 
     # collections -----------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -211,7 +215,8 @@ class QdrantClientStore(VectorStore):
         own metadata writes forget it. Another process's writes are seen within SPACES_TTL_SECONDS."""
         cached = self._described.get(collection)
         now = time.monotonic()
-        if cached is not None and not fresh and collection not in self._writing and now - cached[0] < SPACES_TTL_SECONDS:
+        if (cached is not None and not fresh and collection not in self._writing
+                and now - cached[0] < SPACES_TTL_SECONDS):
             return cached[1]
         self._require(collection)
         described = self.client.get_collection(collection)
@@ -523,7 +528,8 @@ class QdrantClientStore(VectorStore):
         ids = [(blob_id << _CHUNK_ID_BITS) | i for i in range(total)]
         records = {int(r.id): r for r in self.client.retrieve(sidecar, ids)}
         if len(records) != total:
-            raise ArtifactError(f"model blob {blob_id} of {collection!r} is incomplete ({len(records)} of {total} chunks)")
+            raise ArtifactError(f"model blob {blob_id} of {collection!r} is incomplete "
+                                f"({len(records)} of {total} chunks)")
         parts = [_chunk_bytes(records[point_id].payload, blob_id, index, total, collection)
                  for index, point_id in enumerate(ids)]
         blob = b"".join(parts)

@@ -76,5 +76,6 @@ def name_of(config: dict[str, Any] | None) -> str:
     if "binary" in config:
         return {"two_bits": "bq2", "one_bit": "bq1", None: "bq1"}.get((config["binary"] or {}).get("encoding"), "other")
     if "product" in config:
-        return {"x8": "pq8", "x16": "pq16", "x32": "pq32"}.get(str((config["product"] or {}).get("compression")), "other")
+        return {"x8": "pq8", "x16": "pq16", "x32": "pq32"}.get(
+            str((config["product"] or {}).get("compression")), "other")
     return "other"

@@ -34,7 +34,7 @@ import numpy as np
 from amips_plugin.adapters.base import VectorStore
 from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS, label
 
-from . import collections as collection_ops
+from . import collection_ops
 from .core.errors import InputError
 from .core.timing import best_times
 from .serving_policy import serve
@@ -45,8 +45,10 @@ ON_DISK = "+disk"  # a configuration's suffix: its float32 originals on disk
 
 
 def parse_configuration(name: str) -> tuple[str, bool]:
-    """"int8" → ("int8", False); "int8+disk" → ("int8", True). InputError for an unknown storage."""
+    """"int8" → ("int8", False); "int8+disk" → ("int8", True); "float32" is "none". InputError for an unknown
+    storage."""
     storage, on_disk = (name[:-len(ON_DISK)], True) if name.endswith(ON_DISK) else (name, False)
+    storage = "none" if storage == "float32" else storage
     if storage not in QUANTIZATIONS:
         raise InputError(f"unknown storage {name!r}; expected one of {', '.join(QUANTIZATIONS)}, each optionally "
                          f"with {ON_DISK} (originals on disk)")
@@ -78,11 +80,17 @@ class Configuration:
 
     @property
     def name(self) -> str:
+        """As --configs names it: "none", "int8", "int8+disk"."""
         return self.storage + (ON_DISK if self.on_disk else "")
+
+    @property
+    def public_name(self) -> str:
+        """The storage as the JSON reports it: "float32" for none."""
+        return "float32" if self.storage == "none" else self.storage
 
     def to_dict(self) -> dict[str, Any]:
         chosen = self.report.chosen if self.report else None
-        return {"storage": self.storage, "on_disk": self.on_disk, "configuration": self.name,
+        return {"storage": self.public_name, "on_disk": self.on_disk, "configuration": self.name,
                 "bytes_per_key": self.bytes_per_key,
                 "recall@1": chosen.recall if chosen else None, "lower_bound": chosen.lower_bound if chosen else None,
                 "queries_per_second": self.qps, "plain_queries_per_second": self.plain_qps,
@@ -105,7 +113,7 @@ class Advice:
     def to_dict(self) -> dict[str, Any]:
         best = self.recommended
         return {"target": self.target, "held_out": self.held_out, "max_bytes_per_key": self.max_bytes_per_key,
-                "recommended": best.storage if best else None,
+                "recommended": best.public_name if best else None,
                 "configurations": [c.to_dict() for c in self.configurations]}
 
 
@@ -186,8 +194,8 @@ def format_advice(advice: Advice) -> str:
             lines.append(f"{c.name:<11} {c.bytes_per_key:>7,.0f}  {'—':>8} {'—':>11} {'—':>10}  {c.error}")
             continue
         mark = " *" if c.recommended else ""
-        lines.append(f"{c.name + mark:<11} {c.bytes_per_key:>7,.0f} {c.report.chosen.recall:>9.4f} {c.qps or 0:>11,.0f} "
-                     f"{c.plain_qps or 0:>10,.0f}  {c.report.chosen.policy.describe()}")
+        lines.append(f"{c.name + mark:<11} {c.bytes_per_key:>7,.0f} {c.report.chosen.recall:>9.4f} "
+                     f"{c.qps or 0:>11,.0f} {c.plain_qps or 0:>10,.0f}  {c.report.chosen.policy.describe()}")
     best = advice.recommended
     lines.append(f"recommended: {label(best.storage, best.on_disk)} (`amips advise ... --apply` moves the collection "
                  "to it and tunes it there)" if best else "no storage reached the target within the budget")

@@ -29,7 +29,8 @@ def regular_file(path: str | Path, what: str) -> Path:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if path.is_symlink():
-            raise InputError(f"{what}: {path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
+            raise InputError(
+                f"{what}: {path} is a symbolic link to {os.readlink(path)}, which does not exist") from None
         raise InputError(f"{what}: no such file: {path}") from None
     except OSError as exc:
         raise InputError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None

@@ -24,13 +24,12 @@ from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_i
 from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS
 from amips_plugin.adapters.vector_view import for_vector
 from amips_plugin.compression.artifact import load_model, read_header, save_model
-from amips_plugin.compression import pq_store
 from amips_plugin.compression.quantization import STORAGE_DTYPES
 
 from . import __version__
 from .arrays import check_npy_size, load_ids, load_payloads, load_vectors, regular_file
-from . import collections as collection_ops
-from . import model_registry, router_store
+from . import collection_ops
+from . import model_registry, pq_build, route_build
 from .side_indexes import BY_SLOT, SIDE_INDEXES
 from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
@@ -41,7 +40,7 @@ from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import evaluate_predictions, relative_key_error
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
-from .routing import RouterTraining
+from .router_training import RouterTraining
 from .models import MODEL_KINDS, params_fraction
 from .synthetic import gaussian_mixture
 from .targets import exact_top1
@@ -120,8 +119,8 @@ def _check_model_dim(model_dim: int, array: np.ndarray, what: str) -> None:
 
 DEFAULT_STORE = "edge:amips-data"
 DEFAULT_TUNE_QUERIES = 20_000  # `tune --max-queries`: enough for recall@1 0.995 (min_held_out), minutes not hours
-SHOWN_PAYLOAD_CHARS = 120
-MIN_VALIDATION_QUERIES = 100  # fewer: `train`/`fit` say their validation figures measure nothing (issue 24.4)  # of a result's payload, as JSON, that `search --show` prints
+SHOWN_PAYLOAD_CHARS = 120  # of a result's payload, as JSON, that `search --show` prints
+MIN_VALIDATION_QUERIES = 100  # fewer: `train`/`fit` say their validation figures measure nothing (issue 24.4)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +128,8 @@ MIN_VALIDATION_QUERIES = 100  # fewer: `train`/`fit` say their validation figure
 @click.option("--store", envvar="AMIPS_STORE", default=DEFAULT_STORE, show_default=True,
               help="Where collections live: edge:DIR (Qdrant Edge, embedded), :memory: or a DIR (qdrant-client "
                    "local mode), or http(s)://host:port (a Qdrant server or cluster). Env: AMIPS_STORE.")
-@click.option("--api-key", envvar="QDRANT_API_KEY", default=None, help="API key for a Qdrant server. Env: QDRANT_API_KEY.")
+@click.option("--api-key", envvar="QDRANT_API_KEY", default=None,
+              help="API key for a Qdrant server. Env: QDRANT_API_KEY.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the query path does (fallbacks, gating).")
 @click.pass_context
 def main(ctx: click.Context, store: str, api_key: str | None, verbose: bool) -> None:
@@ -397,14 +397,16 @@ def ingest_command(ctx: click.Context, collection: str, keys_path: str, distance
     """
     keys = load_vectors(keys_path, "KEYS")
     if scalar_quantization and quantization not in ("none", "int8"):
-        raise InputError(f"--scalar-quantization is --quantization int8; it cannot go with --quantization {quantization}")
+        raise InputError(f"--scalar-quantization is --quantization int8; "
+                         f"it cannot go with --quantization {quantization}")
     ingested = collection_ops.ingest(_store(ctx), collection, keys, distance, shards, replication_factor,
                                      "int8" if scalar_quantization else quantization, on_disk=on_disk,
                                      ids=load_ids(ids_path) if ids_path else None,
                                      payloads=load_payloads(payload_path) if payload_path else None, upsert=upsert,
                                      progress=not quiet)
     ids = ingested.ids
-    span = f"ids {ids[0]}..{ids[-1]}" if not point_ids.is_text(ids) and np.all(np.diff(ids) == 1) else f"{len(ids):,} ids"
+    span = (f"ids {ids[0]}..{ids[-1]}" if not point_ids.is_text(ids) and np.all(np.diff(ids) == 1)
+            else f"{len(ids):,} ids")
     resumed = ("" if ingested.resumed is None else
                f"; an interrupted run of this ingest had written {ingested.resumed:,} of them, now finished")
     click.echo(f"{collection}: {'created with' if ingested.created else 'appended'} {len(keys):,} points "
@@ -441,7 +443,8 @@ def train_command(ctx: click.Context, collection: str, queries_path: str, config
 @using_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: one object for a COLLECTION with one vector (or --using), else a list.")
-@click.option("--no-verify", is_flag=True, help="Skip recomputing the keys' fingerprint (faster; trusts the stale flag).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip recomputing the keys' fingerprint (faster; trusts the stale flag).")
 @click.option("--clean", is_flag=True,
               help="Remove the leftovers listed: files of writes interrupted (kill -9, power loss) over a minute "
                    "ago and model blobs no manifest names. Never a file a reader or a live writer uses. Edge only.")
@@ -646,7 +649,7 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
 
     Searches with `--candidates-from pq` then take their candidates from it and rescore them exactly.
     """
-    manifest = pq_store.build(_store(ctx), collection, subspaces, threshold, progress=not quiet)
+    manifest = pq_build.build(_store(ctx), collection, subspaces, threshold, progress=not quiet)
     ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
     click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
                f"{manifest['bytes']:,} bytes ({ratio:.1%} of the fp32 keys)")
@@ -675,7 +678,7 @@ def route_build_command(ctx: click.Context, collection: str, queries_path: str, 
     --candidates P` then scan the P best-ranked fine lists and rescore their keys exactly.
     """
     queries = load_vectors(queries_path, "QUERIES")
-    manifest = router_store.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
+    manifest = route_build.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
                                   RouterTraining(steps=steps), progress=not quiet)
     click.echo(f"{collection}: routed list index v{manifest['version']}, {manifest['lists']} × {manifest['sublists']} "
                f"lists, {manifest['bytes']:,} bytes")
@@ -702,7 +705,8 @@ def export_command(ctx: click.Context, collection: str, output: str) -> None:
 @_friendly_errors
 def import_command(ctx: click.Context, collection: str, model_path: str) -> None:
     """Store MODEL.amips as COLLECTION's model; stale at once if it was trained on other keys."""
-    manifest = collection_ops.import_model(_store(ctx), collection, _model_file(regular_file(model_path, "MODEL.amips")))
+    manifest = collection_ops.import_model(_store(ctx), collection,
+                                           _model_file(regular_file(model_path, "MODEL.amips")))
     stale = manifest["stale"]
     click.echo(f"{collection}: imported as model version {manifest['version']}"
                + (" — STALE: it was trained on other keys; run amips train" if stale else ""))
@@ -830,7 +834,8 @@ def advise_command(ctx: click.Context, collection: str, queries_path: str, targe
 @click.argument("collection")
 @using_option
 @click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
-              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); three quarters (at most half of a small sample) are held out for calibration.")
+              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); three quarters "
+                   "(at most half of a small sample) are held out for calibration.")
 @click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
               help="Declared recall@1 (of the exact argmax) the policy must meet on held-out queries.")
 @click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")

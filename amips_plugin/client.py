@@ -15,8 +15,8 @@ query path (`rewriting.QueryRewriter`, the code the CLI and the benchmarks run):
 to every prefetch and to the final query; `score_threshold` and `offset` apply to the final, exactly
 rescored ranking, as in Qdrant; `using` picks a named vector (each has its own model). Anything amips
 does not rewrite — other query kinds, user prefetches, `lookup_from`, a sparse or multivector `using` —
-goes to the wrapped QdrantClient untouched (on Edge, where there is none, it is an InputError). Any other attribute is the wrapped client's, so the object can
-stand in for it.
+goes to the wrapped QdrantClient untouched (on Edge, where there is none, it is an InputError). Any
+other attribute is the wrapped client's, so the object can stand in for it.
 
 Refreshing a model without stopping: `client.train(...)` / `client.build_index(...)` publish with
 the same compare-and-swap as the CLI; queries are served by the old model until the new one commits,
@@ -38,18 +38,18 @@ from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_i
 from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 from amips_plugin.adapters.vector_view import for_vector
 
-from . import collections as collection_ops
 from .core.errors import InputError, InvalidRequestError
 from .core.limits import MAX_LIMIT
 from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
-from .training import TrainConfig
 
 if TYPE_CHECKING:
+    from .training import TrainConfig
     from .tuning import TuneReport
 
-POINT_WRITES = frozenset({"upsert", "delete", "update_vectors", "delete_vectors", "batch_update_points", "upload_points",
-                          "upload_collection"})  # QdrantClient calls that change which vectors a collection holds
+# QdrantClient calls that change which vectors a collection holds
+POINT_WRITES = frozenset({"upsert", "delete", "update_vectors", "delete_vectors", "batch_update_points",
+                          "upload_points", "upload_collection"})
 DEFAULT_MODE = "auto"  # the collection's tuned serving policy (`amips tune`); plain search until there is one
 _REWRITABLE = (list, tuple, np.ndarray)
 
@@ -159,7 +159,8 @@ class AmipsClient:
         payload, exclude = _payload_selector(with_payload)
         found = self.store.records(collection, np.unique(ids), payload, with_vectors if with_vectors else False)
         if exclude:
-            found = {i: ({k: v for k, v in (p or {}).items() if k not in exclude}, vec) for i, (p, vec) in found.items()}
+            found = {i: ({k: v for k, v in (p or {}).items() if k not in exclude}, vec)
+                     for i, (p, vec) in found.items()}
         return found
 
     def _pass_through(self, collection: str, request: models.QueryRequest, **kwargs: Any) -> QueryResponse:
@@ -185,14 +186,17 @@ class AmipsClient:
         return tune(for_vector(self.store, using), collection_name, np.asarray(queries), target_recall, limit,
                     progress=shown)
 
-    def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig = TrainConfig(),
+    def train(self, collection_name: str, queries: np.ndarray, config: TrainConfig | None = None,
               using: str | None = None, progress: bool | None = None) -> dict[str, Any]:
         """Train and publish the model of a collection's vector while this client keeps serving; returns
-        the manifest. Training is bounded by `config.time_budget` (five minutes by default); `progress`:
+        the manifest. `config`: TrainConfig() by default, bounded by its `time_budget` (five minutes); `progress`:
         a progress bar on stderr (None: when stderr is a terminal)."""
+        from . import collection_ops  # training code, kept off the query path
+        from .training import TrainConfig
+
         shown = sys.stderr.isatty() if progress is None else progress
-        return collection_ops.train(for_vector(self.store, using), collection_name, np.asarray(queries), config,
-                                    progress=shown).manifest
+        return collection_ops.train(for_vector(self.store, using), collection_name, np.asarray(queries),
+                                    config or TrainConfig(), progress=shown).manifest
 
     def build_index(self, collection_name: str, kind: str, queries: np.ndarray | None = None,
                     using: str | None = None, **options: Any) -> dict[str, Any]:
@@ -242,7 +246,8 @@ def _rewritable(request: models.QueryRequest) -> bool:
     query = request.query
     if isinstance(query, models.NearestQuery):
         query = query.nearest if query.mmr is None else None
-    return isinstance(query, _REWRITABLE) and _numbers(query) and request.prefetch is None and request.lookup_from is None and request.shard_key is None
+    return (isinstance(query, _REWRITABLE) and _numbers(query) and request.prefetch is None
+            and request.lookup_from is None and request.shard_key is None)
 
 
 def _numbers(vector: Any) -> bool:

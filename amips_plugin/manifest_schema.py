@@ -270,10 +270,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> dict[str, Any] | None:
-    """A manifest read from a file: bounded, parsed as strict JSON (no NaN / Infinity), then validated like any other."""
+    """A manifest read from a file: bounded, parsed as strict JSON (no NaN / Infinity), then validated like
+    any other."""
     if len(text) > limits.MAX_MANIFEST_BYTES:
         raise ManifestError(f"the {slot} manifest of {collection!r} is {len(text):,} bytes, over the "
-                            f"{limits.MAX_MANIFEST_BYTES:,}-byte limit; clear it with `{fix_command(slot, collection)}`")
+                            f"{limits.MAX_MANIFEST_BYTES:,}-byte limit; "
+                            f"clear it with `{fix_command(slot, collection)}`")
     try:
         raw = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits

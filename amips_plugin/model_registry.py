@@ -79,7 +79,8 @@ def identity(manifest: dict[str, Any] | BrokenManifest | None) -> tuple[Any, Any
     return None if not manifest else (manifest.get("version"), manifest.get("blob", manifest.get("id")))
 
 
-def read_for_replace(store: VectorStore, collection: str, slot: str = "model") -> dict[str, Any] | BrokenManifest | None:
+def read_for_replace(store: VectorStore, collection: str,
+                     slot: str = "model") -> dict[str, Any] | BrokenManifest | None:
     """The slot's manifest as a writer sees it: a broken one is something to replace, not an error."""
     try:
         return store.read_manifest(collection, slot)

@@ -48,7 +48,8 @@ class PendingWrite:
             return None
         sha256, count, first_id = raw.get("sha256"), raw.get("count"), raw.get("first_id")
         if (not isinstance(sha256, str) or not _HEX64.fullmatch(sha256) or type(count) is not int
-                or not 1 <= count < 2**62 or not (first_id is None or (type(first_id) is int and 0 <= first_id < 2**63))):
+                or not 1 <= count < 2**62
+                or not (first_id is None or (type(first_id) is int and 0 <= first_id < 2**63))):
             return None
         return cls(sha256, count, first_id)
 

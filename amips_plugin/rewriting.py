@@ -172,7 +172,8 @@ class QueryRewriter:
         stored, problem = self._cached_load(collection, "model", manifest,
                                             lambda: model_registry.load(self.store, collection))
         if stored is None:
-            return None, None, f"the model cannot be loaded: {problem}" if problem else "no model trained for this collection"
+            return None, None, (f"the model cannot be loaded: {problem}" if problem
+                                else "no model trained for this collection")
         if stored.manifest["sha256"] != manifest["sha256"]:  # replaced between the two reads: check the new one
             reason = _unusable(stored.manifest, dim, count, stamp)
             if reason:
@@ -219,7 +220,8 @@ class QueryRewriter:
                 finite = np.isfinite(predicted).all(axis=1)
                 if not finite.all():  # never send a NaN rewrite to the store
                     confident = confident & finite
-                    report.notes.append(f"{int((~finite).sum())} rewrite(s) were not finite; those queries got plain search")
+                    report.notes.append(
+                        f"{int((~finite).sum())} rewrite(s) were not finite; those queries got plain search")
         report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
 
         result = SearchResult.empty(len(queries), limit)
@@ -243,8 +245,9 @@ class QueryRewriter:
         report = SearchReport(mode="auto", plain=len(queries))
         tokens = (self._token(collection, serving_policy.SLOT), self._token(collection), dim, count,
                   self._stamp(collection))
-        policy, model, reason = self._kept(collection, serving_policy.SLOT, tokens, lambda: serving_policy.stored_policy(
-            self.store, collection, dim, count, self.model_for))
+        policy, model, reason = self._kept(
+            collection, serving_policy.SLOT, tokens,
+            lambda: serving_policy.stored_policy(self.store, collection, dim, count, self.model_for))
         if policy is None:
             self._warn_once(f"amips: plain search for {collection!r}: {reason}")
             report.fallback_reason = reason
@@ -269,8 +272,9 @@ class QueryRewriter:
                 f"{guard.answered_plain - guarded_before} of {len(queries)} queries got plain search at "
                 f"{plain.describe()}: the policy escalated {guard.share:.0%} of the recent queries, above the "
                 f"{guard.limit:.0%} it pays for and was calibrated near (queries unlike those it was tuned on)")
-            self._warn_once(f"amips: plain search for part of the queries to {collection!r}: they are escalated more often "
-                            "than the tuned policy pays for (new topics?); re-run `amips tune` on such queries")
+            self._warn_once(f"amips: plain search for part of the queries to {collection!r}: "
+                            "they are escalated more often than the tuned policy pays for (new topics?); "
+                            "re-run `amips tune` on such queries")
         return result, report
 
     def _shift_guard(self, collection: str, policy: serving_policy.Policy) -> serving_policy.ShiftGuard | None:
@@ -343,9 +347,11 @@ class QueryRewriter:
                 loaded, problem = self._cached_load(collection, kind.slot, manifest,
                                                     lambda: kind.load(self.store, collection))
                 if loaded is None:
-                    reason = f"the {name} cannot be loaded: {problem}" if problem else f"no {name} (run `amips {command}`)"
+                    reason = (f"the {name} cannot be loaded: {problem}" if problem
+                              else f"no {name} (run `amips {command}`)")
                 elif loaded[0].dim != dim:
-                    reason = f"the {name} expects dimension {loaded[0].dim}, the collection has {dim}; run `amips {command}`"
+                    reason = (f"the {name} expects dimension {loaded[0].dim}, the collection has {dim}; "
+                              f"run `amips {command}`")
         if reason:
             self._warn_once(f"amips: engine candidates for {collection!r}: {reason}")
             report.notes.append(reason)

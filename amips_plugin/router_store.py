@@ -12,7 +12,6 @@ to no list; searches then use the engine.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,17 +23,14 @@ from amips_plugin.compression.artifact import pack, unpack
 from amips_plugin.compression.quantization import encode_exact
 
 from . import model_registry
-from .collections import Built, build_and_publish
-from .core.errors import ArtifactError, InputError
+from .core.errors import ArtifactError
 from .fingerprint import check_ids_cover
-from .routing import ListRanker, PointRouter, RouterTraining, TwoLevelPartition, fit_router
+from .routing import ListRanker
 
 KIND = "amips-router"
 SLOT = "router"
 DESCRIPTION = "routed list index"  # how searches and `status` name it
 BUILD_COMMAND = "route-build"
-DEFAULT_SUBLISTS = 8
-DEFAULT_COARSE_CANDIDATES = 16
 
 
 @dataclass(frozen=True)
@@ -91,42 +87,10 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     lists_in_range = not len(assignment) or 0 <= assignment.min() <= assignment.max() < lists
     if (points.shape != (lists, coarse.shape[1]) or anchor.shape != points.shape or bias.shape != (lists,)
             or ids.shape != assignment.shape or not lists_in_range or np.any(np.diff(assignment) < 0)
-            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids) or not point_ids.all_valid(ids)):
+            or coarse_candidates < 1 or coarse.ndim != 2 or 0 in coarse.shape or not len(ids)
+            or not point_ids.all_valid(ids)):
         raise ArtifactError("routed list index's lists, points and ids do not fit together")
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
-
-
-def max_sublists(keys: int, lists: int) -> int:
-    """The most fine lists per coarse list: the keys a coarse list holds on average (DEFAULT_SUBLISTS at least),
-    so the fine lists' points and biases grow with the key count, never past it by more than a constant."""
-    return max(DEFAULT_SUBLISTS, math.ceil(keys / lists))
-
-
-def build(store: VectorStore, collection: str, queries: np.ndarray, lists: int | None = None,
-          sublists: int = DEFAULT_SUBLISTS, coarse_candidates: int = DEFAULT_COARSE_CANDIDATES,
-          training: RouterTraining = RouterTraining(), progress: bool = False) -> dict[str, Any]:
-    """Partition the collection's keys (c = `lists`, default √N), train the router on `queries`
-    (a sample of the collection's query distribution), and publish it alongside; returns the manifest."""
-
-    def route(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
-        if queries.ndim != 2 or queries.shape[1] != keys.shape[1]:
-            raise InputError(f"queries have dimension {queries.shape[-1]}, the collection has {keys.shape[1]}")
-        count = lists or max(1, round(math.sqrt(len(keys))))
-        if not 1 <= count <= len(keys):
-            raise InputError(f"--lists must lie in [1, {len(keys)}] for {len(keys)} keys, got {count}")
-        most = max_sublists(len(keys), count)
-        if not 1 <= sublists <= most:
-            raise InputError(f"--sublists must lie in [1, {most:,}] for {len(keys):,} keys in {count:,} coarse lists "
-                             f"(more fine lists than a coarse list holds keys stay empty), got {sublists:,}")
-        partition = TwoLevelPartition.build(keys, count, sublists)
-        router = PointRouter(partition)
-        fit_router(router, keys, queries, partition.assignment, training, progress)
-        routed = RoutedLists.from_assignment(router.freeze(), ids, partition.assignment, coarse_candidates)
-        fields = {"lists": count, "sublists": sublists, "coarse_candidates": coarse_candidates,
-                  "router_steps": training.steps}
-        return Built(encode_routed_lists(routed, {**fields, "fingerprint": fingerprint}), fields)
-
-    return build_and_publish(store, collection, SLOT, route)[0]
 
 
 def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, Any]] | None:

@@ -41,11 +41,8 @@ import faiss
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .data import augment, is_unit_norm
 from .models import ModelConfig, build_model
-from .targets import exact_top1
 
 INITIAL_LOGIT_SCALE = 20.0
 DEFAULT_ANCHOR = 1e-3
@@ -269,37 +266,3 @@ class CorrectedModelRouter(nn.Module):
 
     def routing_ipe(self) -> float:
         return len(self.centroids) + self.model.flops_per_query() / (2 * self.centroids.shape[1])
-
-
-@dataclass(frozen=True)
-class RouterTraining:
-    """Settings for fitting a router on a collection's query sample."""
-
-    steps: int = 3000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    noise_copies: int = 4
-    noise_std: float = 0.02
-    anchor: float = DEFAULT_ANCHOR
-    seed: int = 0
-
-
-def fit_router(router: PointRouter | CorrectedModelRouter, keys: np.ndarray, queries: np.ndarray,
-               list_of_key: np.ndarray, settings: RouterTraining = RouterTraining(), progress: bool = False) -> None:
-    """Train `router` in place: cross-entropy on the list holding each query's exact argmax key
-    (`list_of_key` maps key index → list id: fine lists for a PointRouter, coarse for a model)."""
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    sample = augment(queries, settings.noise_copies, settings.noise_std, is_unit_norm(keys), rng)
-    targets = torch.from_numpy(list_of_key[exact_top1(keys, sample).index])
-    x = torch.from_numpy(sample)
-    optimiser = torch.optim.Adam(router.parameters(), lr=settings.learning_rate)
-    generator = torch.Generator().manual_seed(settings.seed)
-    router.train()
-    for _ in tqdm(range(settings.steps), desc="router training", unit="step", disable=not progress):
-        batch = torch.randint(0, len(x), (settings.batch_size,), generator=generator)
-        loss = router.training_loss(x[batch], targets[batch], settings.anchor)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    router.eval()

@@ -335,7 +335,8 @@ def _value_problem(policy: Policy) -> str | None:
              (policy.fallback is None or not policy.fallback.below(policy.first),
               f"the fallback ({policy.fallback.describe() if policy.fallback else ''}) is below the first pass "
               f"({policy.first.describe()})"),
-             (policy.break_even is None or 0 <= policy.break_even <= 1, f"break_even {policy.break_even} is not in [0, 1]"),
+             (policy.break_even is None or 0 <= policy.break_even <= 1,
+              f"break_even {policy.break_even} is not in [0, 1]"),
              (classifier is None or min(classifier.scale) > 0, "a classifier scale is not positive"),
              (all(a <= b for a, b in zip(low, high)), "guard_low exceeds guard_high"))
     return next((reason for ok, reason in rules if not ok), None) or _threshold_problem(policy)

@@ -1,17 +1,20 @@
 """The side indexes kept alongside a collection, behind one protocol and one registry.
 
-A side index is built from the collection's keys (`collections.build_and_publish`, like the model),
+A side index is built from the collection's keys (`collection_ops.build_and_publish`, like the model),
 kept in its own manifest slot, marked stale by appends, and at query time proposes candidate point ids
 per probe vector, which the query path (`rewriting`) rescores exactly with the query:
 
-    pq     the compressed key store: the top candidates by asymmetric PQ score (compression/pq_store.py)
-    route  the routed lists: the keys of the best-ranked fine lists (router_store.py)
+    pq     the compressed key store: the top candidates by asymmetric PQ score (compression/pq_store.py;
+           built by pq_build.py)
+    route  the routed lists: the keys of the best-ranked fine lists (router_store.py; route_build.py)
 
 Everything that names a side index — search's `--candidates-from`, `drop-index`, `status`, the client's
-`build_index` — reads this registry.
+`build_index` — reads this registry. Each entry names its builder as a module, imported only when
+something is built: the query path loads side indexes and imports no training or building code.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -43,13 +46,18 @@ class SideIndexKind:
     slot: str  # its manifest slot
     description: str  # how searches and `status` name it
     build_command: str  # the CLI command that (re)builds it
-    build: Callable[..., dict[str, Any]]  # (store, collection, **options) -> the published manifest
+    builder: str  # the module whose build(store, collection, **options) publishes it and returns the manifest
     load: Callable[[VectorStore, str], tuple[CandidateIndex, dict[str, Any]] | None]
+
+    def build(self, store: VectorStore, collection: str, **options: Any) -> dict[str, Any]:
+        """Build and publish the index (tune-time: its builder is imported here, not on the query path)."""
+        return importlib.import_module(self.builder).build(store, collection, **options)
 
 
 SIDE_INDEXES: dict[str, SideIndexKind] = {kind.name: kind for kind in (
-    SideIndexKind("pq", pq_store.SLOT, pq_store.DESCRIPTION, pq_store.BUILD_COMMAND, pq_store.build, pq_store.load),
+    SideIndexKind("pq", pq_store.SLOT, pq_store.DESCRIPTION, pq_store.BUILD_COMMAND, "amips_plugin.pq_build",
+                  pq_store.load),
     SideIndexKind("route", router_store.SLOT, router_store.DESCRIPTION, router_store.BUILD_COMMAND,
-                  router_store.build, router_store.load),
+                  "amips_plugin.route_build", router_store.load),
 )}
 BY_SLOT: dict[str, SideIndexKind] = {kind.slot: kind for kind in SIDE_INDEXES.values()}

@@ -142,7 +142,7 @@ def _seed_everything(seed: int) -> None:
 
 def _validate(model: MIPSModel, keys: np.ndarray, validation: TargetedQueries) -> Quality:
     queries = validation.queries.cpu().numpy()
-    predicted = predict_keys(model, queries, batch_size=rows_per_chunk(model, DEFAULT_BATCH))
+    predicted = predict_keys(model, queries, batch_size=rows_per_chunk(model, DEFAULT_BATCH, SCORE_BUDGET))
     return evaluate_predictions(keys, queries, predicted, validation.target_index.cpu().numpy())
 
 
@@ -165,7 +165,7 @@ def calibrate_gate(model: SmoothMaxSupportNet, keys_t: torch.Tensor, validation:
     the validation queries' own confidences from low to high, the first threshold that reaches
     the target sends the fewest queries to the fallback.
     """
-    step = max(1, min(rows_per_chunk(model, len(validation)), SCORE_BUDGET // len(keys_t)))
+    step = max(1, min(rows_per_chunk(model, len(validation), SCORE_BUDGET), SCORE_BUDGET // len(keys_t)))
     hits_key, hits_radial, confidences = [], [], []
     for start in range(0, len(validation), step):  # row chunks: no M×n or M×N matrix is ever whole
         part = slice(start, start + step)
@@ -247,7 +247,7 @@ def fit(
     evals_without_gain = 0
     history: list[dict[str, float]] = []
     order = torch.randperm(len(train), generator=generator)
-    micro_batch = rows_per_chunk(model, config.batch_size)
+    micro_batch = rows_per_chunk(model, config.batch_size, SCORE_BUDGET)
     cursor = 0
     loop_started = time.perf_counter()
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True, leave=False)

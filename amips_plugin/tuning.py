@@ -42,7 +42,7 @@ from amips_plugin.adapters.base import SearchParams, VectorStore, WriteStamp
 
 from . import model_registry
 from .arrays import check_vectors
-from .collections import read_keys
+from .collection_ops import read_keys
 from .core.errors import ArtifactError, InputError
 from .core.timing import best_times
 from .freshness import storage_key
@@ -197,7 +197,8 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         row.qps = len(held) / measured[row.name]
         result, escalated = serve(store, collection, held_queries, limit, row.policy, model, params)
         k = int(np.sum(result.ids[:, 0] == truth[held]))
-        row.recall, row.lower_bound, row.escalated = k / len(held), wilson_lower_bound(k, len(held)), float(escalated.mean())
+        row.recall, row.lower_bound, row.escalated = (k / len(held), wilson_lower_bound(k, len(held)),
+                                                      float(escalated.mean()))
     chosen = choose(plain, candidates[1:], target)
     report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:],
                         notes=notes)
@@ -340,7 +341,8 @@ def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerpr
     path would refuse (Policy.problem)."""
     problem = policy.problem()
     if problem:
-        raise ArtifactError(f"refusing to store a serving policy of {collection!r} that would not read back ({problem})")
+        raise ArtifactError(f"refusing to store a serving policy of {collection!r} "
+                            f"that would not read back ({problem})")
     if bound_to is model_registry.READ_NOW:
         bound_to = store.write_stamp(collection, create=True)
     stored_as = store.storage(collection)
@@ -352,7 +354,8 @@ def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerpr
 def format_frontier(report: TuneReport) -> str:
     """The frontier as a text table, the chosen policy marked, and the verdict."""
     lines = [f"held-out queries: {report.held_out}; target recall@1 ≥ {report.target} (Wilson lower bound, 95%)",
-             f"{'policy':<34} {'recall@1':>9} {'lower b.':>9} {'escalated':>9} {'q/s measured':>13} {'q/s predicted':>14}"]
+             f"{'policy':<34} {'recall@1':>9} {'lower b.':>9} {'escalated':>9} "
+             f"{'q/s measured':>13} {'q/s predicted':>14}"]
     for row in report.rows:
         mark = " *" if row is report.chosen else ""
         measured = f"{row.qps:,.0f}" if row.qps else "-"

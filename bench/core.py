@@ -17,7 +17,8 @@ import torch
 from bench.datasets import load_dataset
 from bench.sweep_core import train_and_test, trivial_baselines
 
-COLUMNS = ("model", "params", "rho", "test_match_rate", "test_mrr", "test_recall@10", "test_e_rel", "seconds", "steps_run")
+COLUMNS = ("model", "params", "rho", "test_match_rate", "test_mrr", "test_recall@10", "test_e_rel", "seconds",
+           "steps_run")
 
 
 def main() -> None:
@@ -31,7 +32,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
 
-    print(f"# {data.name}: {len(data.keys)} keys, {len(data.train_queries)} train / {len(data.test_queries)} test queries")
+    print(f"# {data.name}: {len(data.keys)} keys, {len(data.train_queries)} train / "
+          f"{len(data.test_queries)} test queries")
     print(" | ".join(f"{c:>15}" for c in COLUMNS))
     rows = []
     for name, quality in trivial_baselines(data.keys, data.test_queries, data.test_argmax).items():

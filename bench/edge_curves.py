@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.cost_curves import CurvePoint, Rewriter, measure
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.compression.artifact import encode_model

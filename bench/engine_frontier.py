@@ -1,7 +1,7 @@
 """The whole engine as a user could configure it by hand, against amips' tuned policy on it (issue 23).
 
     nice python -m bench.engine_frontier [--datasets squad-train squad-sentences] [--target 0.99] \
-        [--storages none int8 turbo4 turbo2 bq2 bq1]
+        [--storages none int8 turbo4 turbo2 bq2 bq1 turbo4+disk pq16+disk] [--amips-pq 48 96 192]
 
 Per dataset, one Edge shard of the same keys per storage (adapters/storage.py; cached under --root).
 `tuning.tune` — the code `amips tune` runs — tunes each for --target on the first --tune-sample training
@@ -29,10 +29,12 @@ import numpy as np
 from bench.datasets import load_dataset
 from bench.policy_bench import interpolated_plain_qps
 
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import tuning
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin.adapters.storage import QUANTIZATIONS
+from amips_plugin.advise import parse_configuration
+from amips_plugin import pq_build
 from amips_plugin.core.errors import InputError, UnknownCollectionError
 from amips_plugin.core.timing import best_times
 from amips_plugin.rewriting import QueryRewriter
@@ -40,19 +42,22 @@ from amips_plugin.rewriting import QueryRewriter
 LIMIT = 10
 GRID = (16, 32, 48, 64, 96, 128, 192, 256)
 OVERSAMPLING = (1.0, 2.0, 4.0)
+PQ_CANDIDATES = (10, 20, 50, 100, 200, 400)
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def collection_for(store, name: str, keys: np.ndarray, quantization: str) -> str:
-    collection = name.replace("-", "_") + ("_f32" if quantization == "none" else f"_{quantization}")
+def collection_for(store, name: str, keys: np.ndarray, configuration: str) -> str:
+    quantization, on_disk = parse_configuration(configuration)
+    collection = (name.replace("-", "_") + ("_f32" if quantization == "none" else f"_{quantization}")
+                  + ("_disk" if on_disk else ""))
     try:
         store.info(collection)
     except UnknownCollectionError:
         started = time.perf_counter()
-        collection_ops.ingest(store, collection, keys, quantization=quantization)
+        collection_ops.ingest(store, collection, keys, quantization=quantization, on_disk=on_disk)
         log(f"{collection}: ingested and indexed {len(keys):,} keys in {time.perf_counter() - started:.0f}s")
     return collection
 
@@ -78,7 +83,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         queries, truth = data.test_queries[: args.test_queries], data.test_argmax[: args.test_queries]
         settings = {}
         for quantization, collection in collections.items():
-            factors = (None,) if quantization == "none" else OVERSAMPLING
+            factors = (None,) if parse_configuration(quantization)[0] == "none" else OVERSAMPLING
             settings |= {_label(quantization, ef, factor): (collection, SearchParams(hnsw_ef=ef, oversampling=factor))
                          for ef in GRID for factor in factors}
         rewriter = QueryRewriter(store)
@@ -94,14 +99,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         policies = {}
         for quantization, collection in collections.items():
             if quantization not in tuned:
-                policies[quantization] = {"bytes_per_key": QUANTIZATIONS[quantization].ram_bytes_per_key(dim),
-                                          "tuned": None}
+                policies[quantization] = {"bytes_per_key": _bytes_per_key(quantization, dim), "tuned": None}
                 continue
             result, served = rewriter.search(collection, queries, LIMIT, "auto")
             auto = {"recall": float(np.mean(result.ids[:, 0] == truth)),
                     "qps": len(queries) / seconds[f"amips auto ({quantization})"],
                     "policy": served.notes[0] if served.notes else served.fallback_reason,
-                    "bytes_per_key": QUANTIZATIONS[quantization].ram_bytes_per_key(dim), "tuned": tuned[quantization]}
+                    "bytes_per_key": _bytes_per_key(quantization, dim), "tuned": tuned[quantization]}
             for scope, prefix in (("float32", "none "), ("same storage", f"{quantization} "), ("any storage", "")):
                 at_recall = {label: row for label, row in rows.items() if label.startswith(prefix)}
                 meeting = {label: row for label, row in at_recall.items() if row["recall"] >= auto["recall"]}
@@ -116,11 +120,38 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                     f"{scope}: {v['setting']} {v['ratio']:.2f}× ({(v['interpolated_ratio'] or 0):.2f}× interpolated)"
                     for scope in ("float32", "same storage", "any storage")
                     if (v := auto[f"vs best plain, {scope}"])))
+        key_store = amips_key_store(store, collections.get("none") or collection_for(store, name, data.keys, "none"),
+                                    queries, truth, args) if args.amips_pq else {}
         return {"dataset": name, "keys": len(data.keys), "dim": dim, "test_queries": len(queries),
                 "target": args.target, "tune_sample": min(args.tune_sample, len(data.train_queries)),
-                "rows": rows, "policies": policies}
+                "rows": rows, "policies": policies, "amips_pq": key_store}
     finally:
         store.close()
+
+
+def amips_key_store(store, collection: str, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> dict:
+    """The anisotropic PQ side index at each --amips-pq M, served through the query path at every L."""
+    rewriter, out = QueryRewriter(store), {}
+    for subspaces in args.amips_pq:
+        started = time.perf_counter()
+        pq_build.build(store, collection, subspaces)
+        log(f"{collection}: amips PQ with {subspaces} codes a key built in {time.perf_counter() - started:.0f}s")
+        tasks = {L: partial(rewriter.search, collection, queries, LIMIT, "off", L, SearchParams(), "pq")
+                 for L in PQ_CANDIDATES}
+        seconds = best_times(tasks, args.repeats)
+        rows = {}
+        for L in PQ_CANDIDATES:
+            result, report = rewriter.search(collection, queries, LIMIT, "off", L, SearchParams(), "pq")
+            assert not report.notes, report.notes  # the side index answered, not engine candidates
+            rows[str(L)] = {"recall": float(np.mean(result.ids[:, 0] == truth)), "qps": len(queries) / seconds[L]}
+            log(f"  amips PQ M={subspaces} L={L}: {rows[str(L)]['recall']:.4f} at {rows[str(L)]['qps']:,.0f} q/s")
+        out[str(subspaces)] = {"bytes_per_key": subspaces, "candidates": rows}
+    return out
+
+
+def _bytes_per_key(configuration: str, dim: int) -> float:
+    quantization, on_disk = parse_configuration(configuration)
+    return QUANTIZATIONS[quantization].ram_bytes_per_key(dim, on_disk)
 
 
 def _label(quantization: str, ef: int, factor: float | None) -> str:
@@ -132,7 +163,10 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["squad-train", "squad-sentences"])
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--storages", nargs="+", default=["none", "int8", "turbo4", "turbo2", "bq2", "bq1"],
-                        choices=list(QUANTIZATIONS), help="Quantizations to build and compare (none: float32).")
+                        help="Storages to build and compare: " + ", ".join(QUANTIZATIONS) + " (none: float32), each "
+                             "optionally NAME+disk (originals on disk).")
+    parser.add_argument("--amips-pq", nargs="*", type=int, default=[],
+                        help="Subspaces (one-byte codes per key) of amips' anisotropic PQ key store to measure too.")
     parser.add_argument("--root", type=Path, default=Path("bench/results/engine/edge"))
     parser.add_argument("--tune-sample", type=int, default=8000)
     parser.add_argument("--test-queries", type=int, default=4000)

@@ -127,7 +127,8 @@ def truncated(run: Runner) -> dict[str, Any]:
     os.truncate(matrix, matrix.stat().st_size // 3)
     status = run("status", "c", "--no-verify")
     return {"status": {"exit": status.returncode, "says": _last_line(status)},
-            "search": run.search("c", "--queries", "test.npy", "--truth", "truth.npy", "--mode", "off", "-o", "ids.npy")}
+            "search": run.search("c", "--queries", "test.npy", "--truth", "truth.npy", "--mode", "off",
+                                 "-o", "ids.npy")}
 
 
 def killed(run: Runner) -> dict[str, Any]:

@@ -63,8 +63,9 @@ def local_collection(root: Path, keys: np.ndarray, ids: list[str], payloads: lis
     qdrant.create_collection("docs", vectors_config={"text": models.VectorParams(size=keys.shape[1],
                                                                                  distance=models.Distance.COSINE)})
     for start in range(0, len(keys), 1024):
-        qdrant.upsert("docs", points=[models.PointStruct(id=i, vector={"text": v.tolist()}, payload=p) for i, v, p in
-                                      zip(ids[start:start + 1024], keys[start:start + 1024], payloads[start:start + 1024])])
+        part = slice(start, start + 1024)
+        qdrant.upsert("docs", points=[models.PointStruct(id=i, vector={"text": v.tolist()}, payload=p)
+                                      for i, v, p in zip(ids[part], keys[part], payloads[part])])
     return qdrant
 
 

@@ -20,7 +20,7 @@ import torch
 from bench.datasets import load_dataset
 
 from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
-from amips_plugin.collections import read_keys  # noqa: E402
+from amips_plugin.collection_ops import read_keys  # noqa: E402
 from amips_plugin.rewriting import QueryRewriter  # noqa: E402
 
 LIMIT = 10

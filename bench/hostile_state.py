@@ -6,7 +6,8 @@ Cases: a checksum-valid artifact of a few hundred bytes declaring a keynet of --
 (default 65536 × 64: 275 G parameters); a checksum-valid model artifact followed, in the same zstd
 frame, by --bomb-gib GiB of zeros (the frame declaring its size, and not); a `.npy` header
 declaring --npy-gib GiB. For each: the growth of peak RSS (ru_maxrss) over the process's baseline
-(imports done, one valid artifact decoded, the hostile bytes in memory) and the seconds to refuse. Then the query path with
+(imports done, one valid artifact decoded, the hostile bytes in memory) and the seconds to refuse. \
+Then the query path with
 such an artifact planted as a collection's model (Edge, 300 keys × 16): searches of one query
 each, against plain searches (mode off) on the same store in the same run.
 """
@@ -30,13 +31,15 @@ _CASE = textwrap.dedent("""
     from amips_plugin.core.errors import AmipsError
     case, folder = {case!r}, Path({folder!r})
     if case == "huge-model":
-        blob = h.huge_model_artifact(dim={dim}, width={width}, depth={depth}); refuse = lambda: h.decode_model(blob); size = len(blob)
+        blob = h.huge_model_artifact(dim={dim}, width={width}, depth={depth})
+        refuse = lambda: h.decode_model(blob); size = len(blob)
     elif case == "zstd-bomb":
         blob = h.bomb_artifact(gib={bomb}, declare_size=True); refuse = lambda: h.decode_model(blob); size = len(blob)
     elif case == "zstd-bomb-undeclared":
         blob = h.bomb_artifact(gib={bomb}); refuse = lambda: h.decode_model(blob); size = len(blob)
     else:
-        path = h.huge_npy(folder / "huge.npy", gib={npy}); refuse = lambda: h.load_vectors(path); size = path.stat().st_size
+        path = h.huge_npy(folder / "huge.npy", gib={npy})
+        refuse = lambda: h.load_vectors(path); size = path.stat().st_size
     h.decode_model(h.VALID)  # warm-up: torch's lazy imports are not the refusal's cost
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -59,7 +62,7 @@ _QUERY_PATH = textwrap.dedent("""
     torch.set_num_threads(1)
     import test_hostile_files as h
     from amips_plugin.adapters import SearchParams, open_store
-    from amips_plugin import collections as ops
+    from amips_plugin import collection_ops as ops
     from amips_plugin.rewriting import QueryRewriter
     from amips_plugin.synthetic import gaussian_mixture
     keys, queries = gaussian_mixture(num_keys=300, num_queries={queries}, dim=16, clusters=8, seed=13)

@@ -35,7 +35,7 @@ import numpy as np
 from bench.datasets import load_dataset
 
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import serving_policy, tuning
 from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import UnknownCollectionError
@@ -150,7 +150,8 @@ def run_target(store, collection: str, path: QueryRewriter, model, sample: np.nd
         lambda q: path.search(collection, q, LIMIT, mode="off", params=SearchParams(hnsw_ef=ef)),
         single)[1]) if ef else (None, None)
     entry["auto"] = {"describe": stored.describe(), **auto_row,
-                     "fallback_ef": stored.fallback_ef if stored.kind == "two-pass" else stored.ef, "escalated": auto_report.escalated / len(queries),
+                     "fallback_ef": stored.fallback_ef if stored.kind == "two-pass" else stored.ef,
+                     "escalated": auto_report.escalated / len(queries),
                      "notes": auto_report.notes, "fallback_reason": auto_report.fallback_reason,
                      "p50_ms": p50, "p99_ms": p99, "plain_p50_ms": plain_p50, "plain_p99_ms": plain_p99}
     log(f"{name}: auto @ {target}: {entry['auto']}")
@@ -185,7 +186,9 @@ def new_topics(store, collection: str, keys: np.ndarray, fallback_ef: int | None
     seconds = {name: float(times.mean()) for name, times in round_times(tasks, rounds).items()}
     qps = len(queries) / seconds["auto"]
     plain = {ef: {"recall": float(np.mean(store.search(collection, queries, LIMIT, SearchParams(hnsw_ef=ef)).ids[:, 0]
-                                          == truth)), "qps": len(queries) / seconds[f"plain {ef}"]} for ef in PLAIN_GRID}
+                                          == truth)),
+                  "qps": len(queries) / seconds[f"plain {ef}"]}
+             for ef in PLAIN_GRID}
     at_fallback = plain.get(fallback_ef) if fallback_ef is not None else None
     return {"queries": len(queries), "rounds": rounds, "recall": float(np.mean(recalls)), "qps": qps,
             "escalated": escalated / (rounds * len(queries)), "notes": notes,
@@ -213,11 +216,13 @@ def write_table(results: list[dict], out: Path) -> None:
     for r in results:
         for target, entry in r["targets"].items():
             a = entry["auto"]
-            lines.append(f"| {r['dataset']} | {target} | {a['describe']} | {a['recall']:.4f} | {a['qps']:,.0f} | "
-                         f"{a['escalated']:.1%} | ef {a['plain_ef']} ({_f(a['plain_recall'])}) | {_q(a['plain_qps'])} | "
-                         f"{_x(a['ratio'])} | {_x(a['ratio_interpolated'])} | {_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
+            lines.append(f"| {r['dataset']} | {target} | {a['describe']} | {a['recall']:.4f} | "
+                         f"{a['qps']:,.0f} | {a['escalated']:.1%} | ef {a['plain_ef']} ({_f(a['plain_recall'])}) | "
+                         f"{_q(a['plain_qps'])} | {_x(a['ratio'])} | {_x(a['ratio_interpolated'])} | "
+                         f"{_f(a['p50_ms'], 3)} / {_f(a['p99_ms'], 3)} | "
                          f"{_f(a['plain_p50_ms'], 3)} / {_f(a['plain_p99_ms'], 3)} |")
-    lines += ["", "| set | target | plan served directly | recall@1 | q/s | escalated | cheapest plain at that recall | "
+    lines += ["",
+              "| set | target | plan served directly | recall@1 | q/s | escalated | cheapest plain at that recall | "
               "q/s | ratio | ratio at equal recall (interpolated) |", "|" + "---|" * 10]
     for r in results:
         for target, entry in r["targets"].items():

@@ -54,7 +54,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         cheapest[str(target)] = max(meeting, key=lambda r: r["qps"]) if meeting else None
     print(f"{name}: {leaves} leaves, built in {build_seconds:.0f} s", flush=True)
     for r in rows:
-        print(f"  leaves_to_search {r['leaves_to_search']:>4}: recall@1 {r['recall']:.4f}, {r['qps']:,.0f} q/s", flush=True)
+        print(f"  leaves_to_search {r['leaves_to_search']:>4}: recall@1 {r['recall']:.4f}, {r['qps']:,.0f} q/s",
+              flush=True)
     return {"dataset": name, "keys": len(keys), "test_queries": len(queries), "leaves": leaves,
             "reorder": args.reorder, "build_seconds": build_seconds, "rows": rows, "cheapest": cheapest}
 

@@ -36,14 +36,8 @@ from bench.datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_data
 
 from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
 from amips_plugin.compression.artifact import load_model, save_model
-from amips_plugin.routing import (
-    CorrectedModelRouter,
-    PointRouter,
-    RouterTraining,
-    TwoLevelPartition,
-    fit_router,
-    rank_by_centroids,
-)
+from amips_plugin.router_training import RouterTraining, fit_router
+from amips_plugin.routing import CorrectedModelRouter, PointRouter, TwoLevelPartition, rank_by_centroids
 from amips_plugin.training import TrainConfig, fit
 
 LIMIT = 10  # candidates rescored with x in replace / hybrid
@@ -138,7 +132,8 @@ def train_rewriters(work: Workload, preset: Preset, cache: Path) -> list[Rewrite
     plan = [("keynet", rho) for rho in preset.keynet_rho] + [("smoothmax", rho) for rho in preset.smoothmax_rho]
     for kind, rho in plan:
         if rho * keys.size > preset.max_model_params:
-            log(f"  skip {kind} ρ={rho}: {rho * keys.size:,.0f} parameters exceed the preset's {preset.max_model_params:,}")
+            log(f"  skip {kind} ρ={rho}: {rho * keys.size:,.0f} parameters exceed the preset's "
+                f"{preset.max_model_params:,}")
             continue
         config = TrainConfig(model=kind, params_fraction=rho, steps=preset.train_steps,
                              noise_copies=work.noise_copies, device="cpu")
@@ -261,7 +256,8 @@ def headline(points: list[CurvePoint]) -> str:
             curves: dict[tuple[str, str], list[CurvePoint]] = {}
             for p in points:
                 if p.dataset == dataset and p.index == index:
-                    curves.setdefault((p.mode, p.model.split(" M=")[0] if p.mode.startswith("route") else p.model), []).append(p)
+                    curves.setdefault((p.mode, p.model.split(" M=")[0] if p.mode.startswith("route") else p.model),
+                                      []).append(p)
             best = {t: {} for t in TARGETS}
             for (mode, model), curve in curves.items():
                 cells = []

@@ -22,7 +22,7 @@ import torch
 from bench.datasets import load_dataset
 
 from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
-from amips_plugin import collections as collection_ops  # noqa: E402
+from amips_plugin import collection_ops  # noqa: E402
 from amips_plugin.freshness import stale_reason  # noqa: E402
 from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed  # noqa: E402
@@ -81,8 +81,8 @@ def main() -> None:
                    "latency_ms_p50": p50, "latency_ms_p99": p99,
                    "batch_qps": len(queries) / batch_seconds, "rewritten": report.rewritten}
             rows.append(row)
-            print(f"{ef:>7} {mode:>8} {row['recall@1']:>9.4f} {row['latency_ms_p50']:>8.3f} {row['latency_ms_p99']:>8.3f} "
-                  f"{row['batch_qps']:>10.0f} {report.rewritten:>9}", flush=True)
+            print(f"{ef:>7} {mode:>8} {row['recall@1']:>9.4f} {row['latency_ms_p50']:>8.3f} "
+                  f"{row['latency_ms_p99']:>8.3f} {row['batch_qps']:>10.0f} {report.rewritten:>9}", flush=True)
     store.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))

@@ -58,7 +58,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    print(json.dumps({"dataset": data.name, "baselines": trivial_baselines(data.keys, data.test_queries, data.test_argmax)}))
+    print(json.dumps({"dataset": data.name,
+                      "baselines": trivial_baselines(data.keys, data.test_queries, data.test_argmax)}))
     for override in args.overrides:
         row = train_and_test(data, json.loads(override))
         print(json.dumps(row), flush=True)

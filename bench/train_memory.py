@@ -150,17 +150,21 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     keys_mib = report["keys_mib"]
-    report.update(keys=args.keys, dim=args.dim, queries=args.queries, config=config, generate_seconds=round(generated, 1),
+    report.update(keys=args.keys, dim=args.dim, queries=args.queries, config=config,
+                  generate_seconds=round(generated, 1),
                   peak_over_keys=round(report["peak_mib"] / keys_mib, 2),
                   above_base_over_keys=round((report["peak_mib"] - report["base_mib"]) / keys_mib, 2))
-    print(f"{args.keys:,} keys × {args.dim} ({keys_mib:,.0f} MiB), {args.queries:,} queries ({report['queries_mib']:,.0f} MiB), "
+    print(f"{args.keys:,} keys × {args.dim} ({keys_mib:,.0f} MiB), "
+          f"{args.queries:,} queries ({report['queries_mib']:,.0f} MiB), "
           f"{report['model']} with {report['points']:,} points, rank/width {report['width']}, "
           f"{report['params']:,} parameters; {report['steps_run']} steps in {report['fit_seconds']}s")
-    print(f"RSS after importing torch {report['imported_mib']:,.0f} MiB, after loading the arrays {report['base_mib']:,.0f} MiB; "
+    print(f"RSS after importing torch {report['imported_mib']:,.0f} MiB, "
+          f"after loading the arrays {report['base_mib']:,.0f} MiB; "
           f"peak {report['peak_mib']:,.0f} MiB = {report['peak_over_keys']}× the keys "
           f"({report['above_base_over_keys']}× above base)")
     for phase in report["phases"]:
-        print(f"  {phase['phase']:<34} peak {phase['peak_mib']:>8,.0f} MiB  ({(phase['peak_mib'] - report['base_mib']) / keys_mib:5.2f}× keys "
+        print(f"  {phase['phase']:<34} peak {phase['peak_mib']:>8,.0f} MiB  "
+              f"({(phase['peak_mib'] - report['base_mib']) / keys_mib:5.2f}× keys "
               f"above base){'  ' + str(phase['seconds']) + 's' if 'seconds' in phase else ''}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,10 @@ import numpy as np
 from amips_plugin.adapters import point_ids
 from amips_plugin.adapters.base import VectorStore
 from amips_plugin import model_registry
-from amips_plugin.collections import Built, build_and_publish
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.fingerprint import check_ids_cover
 
-from .anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, ProductCodes, anisotropic_pq, score_threshold
+from .anisotropic_pq import ProductCodes
 from .artifact import pack, unpack
 from .quantization import encode_exact
 
@@ -66,24 +65,6 @@ def decode_key_store(blob: bytes) -> KeyStore:
     if not len(ids) or not point_ids.all_valid(ids) or 0 in codebooks.shape:
         raise ArtifactError("compressed key store holds no keys, or negative point ids")
     return KeyStore(ProductCodes(codebooks, codes), ids)
-
-
-def build(store: VectorStore, collection: str, subspaces: int,
-          relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD, progress: bool = False) -> dict[str, Any]:
-    """Quantize the collection's keys and publish the codes alongside it; returns the manifest.
-
-    relative_threshold τ sets the anisotropic threshold T = τ·max‖x‖ (for unit queries); the
-    manifest records both.
-    """
-
-    def quantize(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
-        scored, _ = anisotropic_pq(keys, subspaces, relative_threshold, progress=progress)
-        fields = {"subspaces": subspaces, "bits_per_key": scored.bits_per_key,
-                  "relative_threshold": relative_threshold, "score_threshold": score_threshold(keys, relative_threshold),
-                  "keys_fp32_bytes": int(keys.nbytes)}
-        return Built(encode_key_store(KeyStore(scored, ids), {**fields, "fingerprint": fingerprint}), fields)
-
-    return build_and_publish(store, collection, SLOT, quantize)[0]
 
 
 def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]] | None:

@@ -34,7 +34,8 @@ from math import prod
 import numpy as np
 
 STORAGE_DTYPES = ("fp32", "fp16", "int8")  # what model weights may be stored as
-RAW_DTYPES: dict[str, np.dtype] = {"uint8": np.dtype("u1"), "int64": np.dtype("<i8")}  # exact integer arrays (codes, ids)
+# exact integer arrays (codes, ids)
+RAW_DTYPES: dict[str, np.dtype] = {"uint8": np.dtype("u1"), "int64": np.dtype("<i8")}
 _NUMPY: dict[str, np.dtype] = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2"), "int8": np.dtype("i1"), **RAW_DTYPES}
 CONTAINER_DTYPES = tuple(_NUMPY)
 
@@ -46,7 +47,8 @@ ROW, COLUMN = 0, 1  # the axis int8 scales follow
 
 @dataclass(frozen=True)
 class EncodedTensor:
-    """One tensor's bytes: `data` in `dtype`, plus for int8 fp32 `scales` along `scale_axis` in groups of `scale_group`."""
+    """One tensor's bytes: `data` in `dtype`, plus for int8 fp32 `scales` along `scale_axis` in groups of
+    `scale_group`."""
 
     dtype: str
     shape: tuple[int, ...]

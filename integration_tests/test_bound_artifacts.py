@@ -12,10 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-from amips_plugin import collections as ops
+from amips_plugin import collection_ops as ops
 from amips_plugin import model_registry, serving_policy, tuning
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin.compression import pq_store
+from amips_plugin import pq_build
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
@@ -35,7 +35,7 @@ def _with_artifacts(store, name, keys, train_queries) -> None:
     """`name` with a model, a compressed key store and a plain serving policy, all fresh."""
     ops.ingest(store, name, keys)
     ops.train(store, name, train_queries, QUICK, progress=False)
-    pq_store.build(store, name, subspaces=4)
+    pq_build.build(store, name, subspaces=4)
     tuning.publish_policy(store, name, serving_policy.Policy("plain", 32, key_count=N), ops.read_keys(store, name)[2],
                           None)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.adapters import open_store
 from amips_plugin.cli import _status_line
@@ -91,7 +91,8 @@ def test_client_query_arguments_out_of_range_are_refused_like_qdrant_client(stor
     with pytest.raises(InvalidRequestError, match=expected) as raised:
         client.query_points("c", query=_keys(1)[0].tolist(), **kwargs)
     assert isinstance(raised.value, ValueError) and isinstance(raised.value, InputError)
-    assert len(client.query_points("c", query=_keys(1)[0].tolist(), limit=3, offset=2, score_threshold=-1e9).points) == 3
+    assert len(client.query_points("c", query=_keys(1)[0].tolist(), limit=3, offset=2,
+                                   score_threshold=-1e9).points) == 3
 
 
 def test_an_edge_shard_that_fails_to_open_blames_another_process_only_for_its_lock(tmp_path):

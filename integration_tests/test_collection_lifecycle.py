@@ -55,7 +55,8 @@ def test_full_lifecycle(store_spec, collection_name, files, tmp_path):
 
     before = search(store_spec, c, files["test"], files["truth"], "--mode", "hybrid")
     assert before["fallback_reason"] == "no model trained for this collection"
-    assert before["recall@1"] == pytest.approx(search(store_spec, c, files["test"], files["truth"], "--mode", "off")["recall@1"])
+    assert before["recall@1"] == pytest.approx(
+        search(store_spec, c, files["test"], files["truth"], "--mode", "off")["recall@1"])
 
     amips(store_spec, "train", c, "--queries", files["train"], *TRAIN)
     fresh = status(store_spec, c)
@@ -64,7 +65,8 @@ def test_full_lifecycle(store_spec, collection_name, files, tmp_path):
 
     # hybrid ⊇ plain holds when its x prefetch is plain search itself: the same limit, so the same HNSW
     # beam (a prefetch of 10 is a different approximate search and need not contain plain's top 5)
-    hybrid = search(store_spec, c, files["test"], files["truth"], "--mode", "hybrid", "--limit", "5", "--candidates", "5")
+    hybrid = search(store_spec, c, files["test"], files["truth"], "--mode", "hybrid", "--limit", "5",
+                    "--candidates", "5")
     plain = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--limit", "5")
     assert hybrid["fallback_reason"] is None and hybrid["rewritten"] > 0
     assert hybrid["recall@1"] >= plain["recall@1"]
@@ -166,7 +168,8 @@ def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collecti
     assert pq["recall@1"] >= 0.95  # 64-bit codes find the best key among 20 candidates, rescored exactly
     # appended keys are not coded: fall back to the engine
     _append_and_expect_engine_fallback(store_spec, c, files, "pq",
-                                       "the compressed key store is stale (the keys changed since it was built); run `amips pq-build`")
+                                       "the compressed key store is stale (the keys changed since it was built); "
+                                       "run `amips pq-build`")
 
 
 def _append_and_expect_engine_fallback(store_spec, c, files, source, note):
@@ -212,4 +215,5 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
     assert (np.load(one_list) == -1).any(axis=1).mean() > 0.5  # one list of ~12 keys: most rows come up short
     # appended keys belong to no list: fall back to the engine
     _append_and_expect_engine_fallback(store_spec, c, files, "route",
-                                       "the routed list index is stale (the keys changed since it was built); run `amips route-build`")
+                                       "the routed list index is stale (the keys changed since it was built); "
+                                       "run `amips route-build`")

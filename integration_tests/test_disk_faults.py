@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from amips_plugin import collections as ops
+from amips_plugin import collection_ops as ops
 from amips_plugin.adapters import open_store
 from amips_plugin.cli import main
 from amips_plugin.core.errors import StoreError
@@ -173,7 +173,8 @@ def test_a_nearly_full_disk_is_one_line_everywhere_never_a_crash(tmp_path):
         from amips_plugin.cli import main
         main(sys.argv[1:])
     """)
-    for args in (["ingest", "c", tmp_path / "q.npy"], ["status", "c"], ["search", "c", "--queries", tmp_path / "q.npy"]):
+    for args in (["ingest", "c", tmp_path / "q.npy"], ["status", "c"],
+                 ["search", "c", "--queries", tmp_path / "q.npy"]):
         run = subprocess.run([sys.executable, "-c", code, "--store", spec, *map(str, args)], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 1, (args, run.stdout, run.stderr)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from qdrant_client import QdrantClient, models
 
 from amips_plugin.adapters import open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin.cli import main
 from amips_plugin.core.errors import InputError
 from amips_plugin.rewriting import QueryRewriter
@@ -135,11 +135,11 @@ def test_uuid_collection_trains_searches_and_serves_side_indexes(backend, tmp_pa
     report = collection_ops.status(store, "docs")
     assert report["model"]["stale"] is False
 
-    from amips_plugin import router_store
-    from amips_plugin.routing import RouterTraining
-    from amips_plugin.compression import pq_store
-    pq_store.build(store, "docs", subspaces=8)
-    router_store.build(store, "docs", train, lists=6, training=RouterTraining(steps=50))
+    from amips_plugin import route_build
+    from amips_plugin.router_training import RouterTraining
+    from amips_plugin import pq_build
+    pq_build.build(store, "docs", subspaces=8)
+    route_build.build(store, "docs", train, lists=6, training=RouterTraining(steps=50))
     for source in ("pq", "route"):
         result, report = path.search("docs", test, 5, "off", 10_000, candidate_source=source)
         assert not report.notes, report.notes
@@ -157,8 +157,8 @@ def test_side_indexes_notice_points_added_by_other_clients(backend, tmp_path, mi
     keys, train, test = mixture
     spec = _make_user_collection(backend, tmp_path, "docs", list(range(len(keys))), keys, [{}] * len(keys))
     store = open_store(spec)
-    from amips_plugin.compression import pq_store
-    pq_store.build(store, "docs", subspaces=8)
+    from amips_plugin import pq_build
+    pq_build.build(store, "docs", subspaces=8)
     path = QueryRewriter(store)
     _, report = path.search("docs", test[:5], 3, "off", 50, candidate_source="pq")
     assert report.notes == []
@@ -289,7 +289,8 @@ def test_named_vectors_each_get_their_own_model(backend, tmp_path, mixture):
     # side indexes of the named vector, then an append that stales them and the model, then a retrain
     client.build_index("docs", "pq", using="text", subspaces=8)
     client.build_index("docs", "route", queries=train, using="text", lists=6,
-                       training=__import__("amips_plugin.routing", fromlist=["RouterTraining"]).RouterTraining(steps=50))
+                       training=__import__("amips_plugin.router_training",
+                                           fromlist=["RouterTraining"]).RouterTraining(steps=50))
     text = client.rewriter("text")
     for source in ("pq", "route"):
         result, report = text.search("docs", test, 5, "off", 10_000, candidate_source=source)

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.cli import main
 from amips_plugin.core.errors import StoreError
@@ -126,7 +126,8 @@ def _last_line(stderr: str) -> str:
 def _blob_ids(store, collection: str = "c") -> set[int]:
     """Every blob the store holds for the collection, referenced by a manifest or not."""
     if hasattr(store, "root"):  # Edge: files, the temporary ones of interrupted writes included
-        names = [p.name for p in (store.root / collection / "amips").iterdir() if p.name.startswith(("blob-", ".blob-"))]
+        names = [p.name for p in (store.root / collection / "amips").iterdir()
+                 if p.name.startswith(("blob-", ".blob-"))]
         return {int(n.split("-")[1].split(".")[0]) for n in names}
     if not store.client.collection_exists(f"{collection}__amips"):
         return set()
@@ -150,7 +151,8 @@ def _snapshot(spec: str, test: np.ndarray) -> tuple[dict, np.ndarray, set[int]]:
         store.close()
 
 
-INTERRUPTED = "Error: interrupted; a model is only replaced once it is complete, so the previous one (if any) still serves"
+INTERRUPTED = ("Error: interrupted; a model is only replaced once it is complete, "
+               "so the previous one (if any) still serves")
 RACERS = {  # process → (backend, how it ends)
     "kill local-dir": ("local-dir", signal.SIGKILL),
     "kill edge": ("edge", signal.SIGKILL),
@@ -169,7 +171,8 @@ def test_trainer_processes_killed_interrupted_or_raced(tmp_path, trained):
     publish version 2. (Readers *during* a model swap are threads of one process: test_races.py.)"""
     paths, _ = trained
     test = np.load(paths["test"])
-    specs = {name: _prepare(backend, tmp_path / name.replace(" ", "-"), trained) for name, (backend, _) in RACERS.items()}
+    specs = {name: _prepare(backend, tmp_path / name.replace(" ", "-"), trained)
+             for name, (backend, _) in RACERS.items()}
     before = {name: _snapshot(spec, test) for name, spec in specs.items()}
     # the two left to finish run 500 steps (about half a second flat out) and are frozen as soon as they start
     procs = {name: _amips(spec, "train", "c", "--queries", paths["train"], "--noise-copies", "0", "--device", "cpu",
@@ -180,7 +183,8 @@ def test_trainer_processes_killed_interrupted_or_raced(tmp_path, trained):
         others = {(name, "second trainer"): _amips(specs[name], "train", "c", "--queries", paths["train"], "--steps",
                                                    "40", "--quiet", "--device", "cpu")
                   for name in ("finish local-dir", "finish edge")}
-        others["finish edge", "reader"] = _amips(specs["finish edge"], "search", "c", "--queries", paths["test"], "--json")
+        others["finish edge", "reader"] = _amips(specs["finish edge"], "search", "c", "--queries", paths["test"],
+                                                 "--json")
         for name, proc in procs.items():
             if RACERS[name][1]:
                 proc.send_signal(RACERS[name][1])

@@ -73,7 +73,7 @@ def test_a_sample_too_small_for_the_target_is_refused_with_the_size_it_needs(tmp
     """Issue 24.4: 807 queries hold out 404; a 0.99 policy tuned on them reached 0.9832 on unseen queries."""
     import pytest
 
-    from amips_plugin import collections as ops
+    from amips_plugin import collection_ops as ops
     from amips_plugin import tuning
     from amips_plugin.adapters import open_store
     from amips_plugin.core.errors import InputError
@@ -98,7 +98,7 @@ def test_truth_of_row_numbers_on_a_uuid_collection_is_refused_and_show_prints_pa
 
     from click.testing import CliRunner
 
-    from amips_plugin import collections as ops
+    from amips_plugin import collection_ops as ops
     from amips_plugin.adapters import open_store
     from amips_plugin.cli import main
 
@@ -162,7 +162,7 @@ def test_a_write_through_amips_client_makes_what_was_built_before_it_stale(tmp_p
 
 def test_filtered_queries_under_auto_get_the_plain_setting_that_met_the_target(tmp_path):
     """Issue 24.3: the two-pass certificate is calibrated without filters (filtered recall fell 0.983 → 0.953)."""
-    from amips_plugin import collections as ops
+    from amips_plugin import collection_ops as ops
     from amips_plugin import serving_policy as sp
     from amips_plugin import tuning
     from amips_plugin.adapters import SearchParams, open_store
@@ -191,7 +191,7 @@ def test_scored_points_carry_the_engines_point_version(tmp_path):
     """Issue 24.8: `ScoredPoint.version` was always 0. Qdrant numbers points by the write that last touched
     them, so points written again carry later versions than the rest; through the two-pass policy
     (first pass, escalated second pass, merge) each hit keeps its own, as plain Edge search reports it."""
-    from amips_plugin import collections as ops
+    from amips_plugin import collection_ops as ops
     from amips_plugin import serving_policy as sp
     from amips_plugin import tuning
 
@@ -206,7 +206,8 @@ def test_scored_points_carry_the_engines_point_version(tmp_path):
         tuning.publish_policy(client.store, "c", policy, ops.read_keys(client.store, "c")[2], None)
         queries = keys[:40] + 0.1 * rng.standard_normal((40, 32)).astype(np.float32)
         for batch in ([queries[:1]], [queries]):
-            responses = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=8) for q in batch[0]])
+            requests = [models.QueryRequest(query=q.tolist(), limit=8) for q in batch[0]]
+            responses = client.query_batch_points("c", requests)
             assert "queries escalated" in client.last_report.notes[-1]
             points = [p for r in responses for p in r.points]
             again, once = {p.version for p in points if p.id % 2 == 0}, {p.version for p in points if p.id % 2 == 1}
@@ -228,7 +229,7 @@ def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, mon
     from amips_plugin import tuning
     from amips_plugin.adapters import edge_store
     from amips_plugin.adapters.vector_view import for_vector
-    from amips_plugin.collections import read_keys
+    from amips_plugin.collection_ops import read_keys
 
     rng = np.random.default_rng(3)
     keys, queries = rng.standard_normal((800, 16)).astype(np.float32), rng.standard_normal((20, 16)).astype(np.float32)
@@ -251,7 +252,8 @@ def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, mon
                             staticmethod(lambda *a: reads.update(["read"]) or real(*a)))
         for query in queries:
             client.query_points("docs", query=query, using=using, limit=5)
-        assert client.last_report.fallback_reason is None and "plain search at hnsw_ef 32" in client.last_report.notes[0]
+        report = client.last_report
+        assert report.fallback_reason is None and "plain search at hnsw_ef 32" in report.notes[0]
         assert reads["read"] == 0
     finally:
         client.close()

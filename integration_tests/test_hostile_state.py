@@ -15,16 +15,16 @@ from hypothesis import strategies as st
 from qdrant_client import models
 
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError, InputError, StoreError
 from amips_plugin.rewriting import QueryRewriter
-from amips_plugin.routing import RouterTraining
+from amips_plugin.router_training import RouterTraining
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
 from amips_plugin.compression import pq_store
-from amips_plugin import router_store
+from amips_plugin import pq_build, route_build, router_store
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 
@@ -56,8 +56,8 @@ def template(tmp_path_factory):
             blob = model_registry.read_blob(store, "c")
         else:
             model_registry.publish(store, "c", blob, model_registry.current_fingerprint(store, "c"))
-        pq_store.build(store, "c", subspaces=4)
-        router_store.build(store, "c", queries[:600], lists=4, sublists=2, coarse_candidates=4,
+        pq_build.build(store, "c", subspaces=4)
+        route_build.build(store, "c", queries[:600], lists=4, sublists=2, coarse_candidates=4,
                            training=RouterTraining(steps=20))
         store.close()
     return folder, queries[600:]
@@ -107,7 +107,8 @@ def _hostile_manifests(good: dict, slot: str) -> list:
         return common + [{**good, "model": "smoothmax"}, {**good, "model": {**good["model"], "dim": 2 ** 40}},
                          {**good, "metrics": {"m": "high"}}, {**good, "dtype": "fp64"}]
     if slot == "pq":
-        return common + [{**good, "subspaces": "4"}, {**good, "subspaces": 0}, {**good, "score_threshold": float("inf")}]
+        return common + [{**good, "subspaces": "4"}, {**good, "subspaces": 0},
+                         {**good, "score_threshold": float("inf")}]
     return common + [{**good, "lists": 2 ** 70}, {**good, "coarse_candidates": None}, {**good, "sublists": 1.5}]
 
 
@@ -185,7 +186,8 @@ def test_status_lists_every_collection_and_drop_and_train_recover_through_the_cl
     assert "model UNUSABLE" in lines[0] and "drop-model c" in lines[0] and "drop-index c pq" in lines[0]
     queries = Path(spec.removeprefix("edge:")).parent / "queries.npy"
     np.save(queries, test)
-    searched = _amips(spec, "search", "c", "--queries", queries, "--json", "--candidates-from", "pq", "--mode", "hybrid")
+    searched = _amips(spec, "search", "c", "--queries", queries, "--json", "--candidates-from", "pq",
+                      "--mode", "hybrid")
     assert searched.exit_code == 0, searched.output
     summary = json.loads(searched.output.splitlines()[-1])
     assert "drop-model c" in summary["fallback_reason"] and "drop-index c pq" in summary["notes"][0]
@@ -197,7 +199,8 @@ def test_status_lists_every_collection_and_drop_and_train_recover_through_the_cl
     assert _amips(spec, "drop-model", "c").exit_code == 0
     after = _amips(spec, "status", "c", "--json", "--no-verify")
     report = json.loads(after.output)
-    assert report["model"] is None and "pq" not in report["side_indexes"] and not report["side_indexes"]["router"].get("error")
+    assert (report["model"] is None and "pq" not in report["side_indexes"]
+            and not report["side_indexes"]["router"].get("error"))
 
 
 def test_train_and_ingest_work_over_a_broken_manifest(hostile):
@@ -306,7 +309,8 @@ def test_malformed_sidecar_chunks_mean_plain_search(hostile):
     chunk_id = manifest["blob"] << 20
     good = store.client.retrieve("c__amips", [chunk_id], with_payload=True)[0].payload
     for payload in ({**good, "total": "1"}, {**good, "total": 0}, {**good, "total": 10 ** 9}, {**good, "total": -3},
-                    {**good, "data": "!!not base64!!"}, {**good, "data": "QUJD!!"}, {**good, "data": 7}, {**good, "index": 5}, {"total": 1}):
+                    {**good, "data": "!!not base64!!"}, {**good, "data": "QUJD!!"}, {**good, "data": 7},
+                    {**good, "index": 5}, {"total": 1}):
         store.client.upsert("c__amips", points=[models.PointStruct(id=chunk_id, vector={}, payload=payload)], wait=True)
         with pytest.raises(ArtifactError, match="malformed|incomplete"):
             store.read_blob("c", manifest["blob"])
@@ -320,7 +324,8 @@ def test_malformed_sidecar_chunks_mean_plain_search(hostile):
 def test_a_model_manifest_naming_the_pq_blob_cannot_get_it_deleted(hostile):
     spec, store, test = hostile
     pq = store.read_manifest("c", "pq")
-    _plant(store, "model", {**store.read_manifest("c"), "blob": pq["blob"], "sha256": pq["sha256"], "bytes": pq["bytes"]})
+    _plant(store, "model", {**store.read_manifest("c"), "blob": pq["blob"], "sha256": pq["sha256"],
+                            "bytes": pq["bytes"]})
     assert model_registry.drop(store, "c")
     assert model_registry.read_verified_blob(store, "c", pq)  # still there
     _, report = QueryRewriter(store).search("c", test, 5, "off", params=EXACT, candidate_source="pq")
@@ -367,8 +372,10 @@ def test_a_foreign_collection_with_the_sidecar_name_is_never_written(tmp_path):
     store = open_store(str(tmp_path / "local"))
     keys = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     collection_ops.ingest(store, "foo", keys)
-    store.client.create_collection("foo__amips", vectors_config=models.VectorParams(size=8, distance=models.Distance.DOT))
-    store.client.upsert("foo__amips", points=[models.PointStruct(id=1, vector=[1.0] * 8, payload={"mine": True})], wait=True)
+    store.client.create_collection("foo__amips",
+                                   vectors_config=models.VectorParams(size=8, distance=models.Distance.DOT))
+    store.client.upsert("foo__amips", points=[models.PointStruct(id=1, vector=[1.0] * 8, payload={"mine": True})],
+                        wait=True)
     with pytest.raises(StoreError, match="not amips's sidecar"):
         model_registry.publish_blob(store, "foo", b"x" * 10, {})
     with pytest.raises(StoreError, match="not amips's sidecar"):
@@ -412,7 +419,8 @@ def test_queries_whose_norm_float32_cannot_square_are_refused_and_no_nan_reaches
         QueryRewriter(store).search("c", huge, 5, params=EXACT)
     sent = []
     original = store.search_prefetched
-    monkeypatch.setattr(store, "search_prefetched", lambda c, q, probes, *a: sent.append(probes) or original(c, q, probes, *a))
+    monkeypatch.setattr(store, "search_prefetched",
+                        lambda c, q, probes, *a: sent.append(probes) or original(c, q, probes, *a))
     rewriter = QueryRewriter(store)
     model, _, _ = rewriter.model_for("c", 16)
 
@@ -456,7 +464,8 @@ def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_
     plain = _plain(store, test)
     rng = np.random.default_rng(0)
     fields = {"subspaces": 2, "fingerprint": store.read_manifest("c", "pq")["fingerprint"]}
-    for dim, ids, expected in ((8, np.arange(300), "expects dimension 8"), (16, -np.arange(1, 301), "negative point ids")):
+    for dim, ids, expected in ((8, np.arange(300), "expects dimension 8"),
+                               (16, -np.arange(1, 301), "negative point ids")):
         codes = ProductCodes(rng.normal(size=(2, 256, dim // 2)).astype(np.float32),
                              rng.integers(0, 256, size=(300, 2)).astype(np.uint8))
         blob = pq_store.encode_key_store(pq_store.KeyStore(codes, ids.astype(np.int64)), fields)
@@ -510,7 +519,8 @@ def _build_fields(store, slot: str) -> dict:
     return {k: v for k, v in store.read_manifest("c", slot).items() if k not in published}
 
 
-@pytest.mark.parametrize("source, slot, tiled", [("pq", "pq", _tiled_key_store), ("route", "router", _tiled_routed_lists)])
+@pytest.mark.parametrize("source, slot, tiled", [("pq", "pq", _tiled_key_store),
+                                                 ("route", "router", _tiled_routed_lists)])
 def test_side_indexes_naming_more_ids_than_their_keys_mean_engine_candidates(hostile, source, slot, tiled):
     """The real index tiled 10× (3,000 ids, all in the collection), or with one id twice: published like a real
     one under the manifest's fingerprint (300 keys), it is refused at load; searches note why."""

@@ -88,7 +88,8 @@ def test_model_of_another_dimension_falls_back_and_bad_queries_raise(store):
         QueryRewriter(store).search("c", queries, 0, "hybrid")
 
 
-@pytest.mark.parametrize("manifest", [{"version": 3}, {"version": 1, "blob": "x", "sha256": None}, {"version": 1, "blob": 7}])
+@pytest.mark.parametrize("manifest", [{"version": 3}, {"version": 1, "blob": "x", "sha256": None},
+                                      {"version": 1, "blob": 7}])
 def test_malformed_or_foreign_manifests_fall_back_to_plain_search(store, manifest):
     store.write_manifest("c", manifest)
     queries = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)

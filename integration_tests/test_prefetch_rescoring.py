@@ -54,7 +54,7 @@ def test_prefetch_rows_are_full_and_contain_plain_search(tmp_path, backend, n, d
 
 def test_hybrid_through_the_query_path_never_loses_plain_search(tmp_path):
     """The query path's hybrid mode on Edge, with a model that predicts poorly: full rows, plain's hits kept."""
-    from amips_plugin import collections as collection_ops
+    from amips_plugin import collection_ops
     from amips_plugin.training import TrainConfig
 
     keys, queries = _keys_and_queries(6000, 64, "normal")

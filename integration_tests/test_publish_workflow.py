@@ -1,14 +1,13 @@
-"""The one publish workflow (collections.build_and_publish) behind `train`, `pq-build` and `route-build`:
+"""The one publish workflow (collection_ops.build_and_publish) behind `train`, `pq-build` and `route-build`:
 points added while a build runs make what it publishes stale, for each of the three."""
 import numpy as np
 import pytest
 
 from amips_plugin.adapters import open_store
-from amips_plugin import collections as collection_ops
-from amips_plugin import router_store
-from amips_plugin.routing import RouterTraining
+from amips_plugin import collection_ops
+from amips_plugin import pq_build, route_build
+from amips_plugin.router_training import RouterTraining
 from amips_plugin.training import TrainConfig
-from amips_plugin.compression import pq_store
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 
@@ -19,16 +18,16 @@ def _train(store, queries):
 
 
 def _pq(store, queries):
-    return pq_store.build(store, "c", subspaces=4)
+    return pq_build.build(store, "c", subspaces=4)
 
 
 def _route(store, queries):
-    return router_store.build(store, "c", queries, lists=4, training=RouterTraining(steps=10))
+    return route_build.build(store, "c", queries, lists=4, training=RouterTraining(steps=10))
 
 
 # each builder's expensive step, which an append will overlap
-BUILDERS = {"train": (_train, collection_ops, "fit"), "pq": (_pq, pq_store, "anisotropic_pq"),
-            "route": (_route, router_store, "fit_router")}
+BUILDERS = {"train": (_train, collection_ops, "fit"), "pq": (_pq, pq_build, "anisotropic_pq"),
+            "route": (_route, route_build, "fit_router")}
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

@@ -5,7 +5,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from amips_plugin.adapters import open_store
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin.client import AmipsClient
 from amips_plugin.training import TrainConfig
 
@@ -31,17 +31,16 @@ def test_query_points_rewrites_and_ranks_by_the_true_inner_product(store, mixtur
     collection_ops.train(store, "docs", train, TrainConfig(steps=300, noise_copies=1, device="cpu"), progress=False)
     client = AmipsClient(store, mode="hybrid")
 
-    exact = models.SearchParams(exact=True)
-    response = client.query_points("docs", query=test[0], limit=5, search_params=exact)
-    assert [p.id for p in response.points] == list(exact_top(keys, test[:1], 5)[0])
-    scores = [p.score for p in response.points]
-    assert scores == sorted(scores, reverse=True)
-    np.testing.assert_allclose(scores, keys[[p.id for p in response.points]] @ test[0], rtol=1e-4)
-
-    batch = client.query_batch_points("docs", [models.QueryRequest(query=q.tolist(), limit=3, params=exact)
-                                               for q in test[:50]])
-    assert client.last_report.rewritten + client.last_report.plain == 50
-    assert all([p.id for p in r.points] == list(t) for r, t in zip(batch, exact_top(keys, test[:50], 3)))
+    batch = client.query_batch_points("docs", [models.QueryRequest(query=q.tolist(), limit=5) for q in test[:50]])
+    report = client.last_report
+    assert report.mode == "hybrid" and report.model_version == 1 and report.fallback_reason is None
+    assert report.rewritten >= 25  # the model answered (its confidence gate sends the unsure rest to plain search)
+    for response, query in zip(batch, test[:50]):
+        ids, scores = [p.id for p in response.points], [p.score for p in response.points]
+        assert len(ids) == 5 and scores == sorted(scores, reverse=True)
+        np.testing.assert_allclose(scores, keys[ids] @ query, rtol=1e-4)  # rescored by <x, y>, not by <ŷ, y>
+    top1 = np.mean([r.points[0].id == t[0] for r, t in zip(batch, exact_top(keys, test[:50], 1))])
+    assert top1 >= 0.9
 
 
 def test_hybrid_never_loses_to_plain_search_at_equal_limit(store, mixture, mixture_truth):

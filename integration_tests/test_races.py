@@ -16,7 +16,7 @@ import torch
 
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin.adapters.qdrant_client_store import LOCK_POINT_ID, QdrantClientStore
-from amips_plugin import collections as collection_ops
+from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.core.errors import ConcurrentPublishError, StoreBusyError
 from amips_plugin.models import ModelConfig, build_model
@@ -107,7 +107,8 @@ def test_two_trainers_overlapping_in_time_one_wins_and_readers_see_old_or_new(st
 
     # every answer came from one whole model: the one it names, never an error or a plain-search fallback
     expected = {version: _replace_search_with(store, version, blob, test)
-                for version, blob in ((first["version"], _blob(1)), (final["version"], model_registry.read_blob(store, "c")))}
+                for version, blob in ((first["version"], _blob(1)),
+                                      (final["version"], model_registry.read_blob(store, "c")))}
     assert {version for version, _, _ in seen} == set(expected)  # the readers ran across the swap
     for version, reason, ids in seen:
         assert reason is None
@@ -244,7 +245,8 @@ def _plant_lock(store, holder, expires):
 
     store._ensure_sidecar("c")
     store.client.upsert("c__amips", points=[models.PointStruct(id=LOCK_POINT_ID, vector={},
-                                                               payload={"lock": holder, "expires": expires})], wait=True)
+                                                               payload={"lock": holder, "expires": expires})],
+                        wait=True)
 
 
 def _lock_point(store):

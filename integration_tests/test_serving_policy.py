@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from amips_plugin.adapters import SearchParams, open_store
-from amips_plugin import collections as ops
+from amips_plugin import collection_ops as ops
 from amips_plugin import model_registry, tuning
 from amips_plugin import serving_policy as sp
 from amips_plugin.cli import main
@@ -221,6 +221,9 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
         def write_stamp(self, collection):
             return None
 
+        def storage(self, collection):
+            return None  # as qdrant-client's local mode: no storage to compare
+
     model = object()
     assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "aaa"}, None))[1:] == (model, None)
     assert "model changed" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "b"}, None))[2]
@@ -230,7 +233,8 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
 
 def test_tune_command_round_trip_on_edge(tmp_path):
     rng = np.random.default_rng(2)
-    keys, queries = rng.standard_normal((1500, 32)).astype(np.float32), rng.standard_normal((400, 32)).astype(np.float32)
+    keys, queries = (rng.standard_normal((1500, 32)).astype(np.float32),
+                     rng.standard_normal((400, 32)).astype(np.float32))
     np.save(tmp_path / "keys.npy", keys)
     np.save(tmp_path / "q.npy", queries)
     store = ["--store", f"edge:{tmp_path / 'edge'}"]
@@ -310,7 +314,8 @@ def test_a_quantized_collection_tunes_oversampling_with_hnsw_ef_and_serves_its_t
     """Issue 23: on a vector with int8 copies every pass is an (hnsw_ef, oversampling) setting; the stored
     policy names both, and `--mode auto` meets the target on unseen queries."""
     rng = np.random.default_rng(4)
-    keys, queries = rng.standard_normal((4000, 64)).astype(np.float32), rng.standard_normal((5000, 64)).astype(np.float32)
+    keys, queries = (rng.standard_normal((4000, 64)).astype(np.float32),
+                     rng.standard_normal((5000, 64)).astype(np.float32))
     truth = (queries @ keys.T).argmax(axis=1)
     store = open_store(f"edge:{tmp_path}")
     try:

@@ -14,7 +14,7 @@ import pytest
 import qdrant_edge as edge
 from click.testing import CliRunner
 
-from amips_plugin import collections as ops
+from amips_plugin import collection_ops as ops
 from amips_plugin import tuning
 from amips_plugin.adapters import open_store
 from amips_plugin.adapters.edge_store import EdgeStore
@@ -37,8 +37,9 @@ def _users_collection(root: Path, rng) -> None:
         sparse_vectors={"bm25": edge.EdgeSparseVectorParams()}))
     text, title = rng.standard_normal((POINTS, 32)), rng.standard_normal((POINTS, 8))
     shard.update(edge.UpdateOperation.upsert_points([
-        edge.Point(str(uuid.UUID(int=i + 1)), {"text": text[i].tolist(), "title": title[i].tolist(),
-                                               "bm25": edge.SparseVector(indices=[i % 50, 60 + i % 7], values=[1.0, 0.5])},
+        edge.Point(str(uuid.UUID(int=i + 1)),
+                   {"text": text[i].tolist(), "title": title[i].tolist(),
+                    "bm25": edge.SparseVector(indices=[i % 50, 60 + i % 7], values=[1.0, 0.5])},
                    {"n": i, "lang": "en" if i % 3 else "fr", "tags": ["a"] * (i % 4)})
         for i in range(POINTS)]))
     shard.update(edge.UpdateOperation.create_field_index("lang", edge.PayloadSchemaType.Keyword))
@@ -52,7 +53,8 @@ def _contents(root: Path) -> tuple[str, dict]:
     shard = edge.EdgeShard.load(str(root / "docs" / "shard"))
     digest, offset = hashlib.sha256(), None
     while True:
-        records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=500, with_vector=True, with_payload=True))
+        records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=500, with_vector=True,
+                                                          with_payload=True))
         for r in records:
             digest.update(f"{r.id}|{json.dumps(r.payload, sort_keys=True)}|".encode())
             for name in sorted(r.vector):
@@ -160,7 +162,8 @@ def test_advise_apply_moves_the_collection_and_tunes_it_there(tmp_path):
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
     assert [c["configuration"] for c in advice["configurations"]] == ["none", "int8", "int8+disk"]
-    assert advice["recommended"] == "int8" and [c["on_disk"] for c in advice["configurations"] if c["recommended"]] == [True]
+    recommended = [c for c in advice["configurations"] if c["recommended"]]
+    assert advice["recommended"] == "int8" and [c["on_disk"] for c in recommended] == [True]
     assert "points moved from float32 to int8 (originals on disk)" in advice["applied"]["moved"]
     status = json.loads(runner.invoke(main, [*store, "status", "c", "--json"]).output)
     entry = status[0] if isinstance(status, list) else status

@@ -64,7 +64,8 @@ def test_coordinate_descent_never_increases_any_keys_loss(keys):
     codebooks, plain = train_codebooks(keys, 4)
     eta = anisotropic_weight(np.linalg.norm(keys, axis=1), 0.5, 32)
     before = anisotropic_loss(keys, ProductCodes(codebooks, plain).decode(), eta)
-    after = anisotropic_loss(keys, ProductCodes(codebooks, assign_anisotropic(keys, codebooks, plain, eta)).decode(), eta)
+    after = anisotropic_loss(keys, ProductCodes(codebooks, assign_anisotropic(keys, codebooks, plain, eta)).decode(),
+                             eta)
     assert (after <= before + 1e-5).all()
     assert after.mean() < before.mean()  # and it does improve the score-aware loss
     # the parallel error shrinks at the cost of the orthogonal one

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"amips_plugin": "amips_plugin", "adapters": "amips_plugin.adapters",
            "compression": "amips_plugin.compression"}  # as installed (pyproject's package-dir)
 LAYERS = [
-    ("core", ["amips_plugin", "amips_plugin.core", "amips_plugin.adapters.point_ids", "amips_plugin.arrays",
+    ("core", ["amips_plugin", "amips_plugin.compression", "amips_plugin.core", "amips_plugin.adapters.point_ids",
+              "amips_plugin.arrays",
               "amips_plugin.synthetic"]),
     ("models", ["amips_plugin.models", "amips_plugin.losses", "amips_plugin.metrics", "amips_plugin.targets",
                 "amips_plugin.data", "amips_plugin.inference", "amips_plugin.manifest_schema"]),
@@ -21,20 +22,25 @@ LAYERS = [
                "amips_plugin.query_bounds"]),
     ("artifact", ["amips_plugin.compression.artifact", "amips_plugin.compression.quantization",
                   "amips_plugin.compression.anisotropic_pq"]),
-    ("training", ["amips_plugin.training", "amips_plugin.routing"]),
-    ("indexes", ["amips_plugin.model_registry", "amips_plugin.collections", "amips_plugin.compression.pq_store",
+    ("training", ["amips_plugin.training", "amips_plugin.routing", "amips_plugin.router_training"]),
+    ("indexes", ["amips_plugin.model_registry", "amips_plugin.collection_ops", "amips_plugin.compression.pq_store",
                  "amips_plugin.router_store", "amips_plugin.serving_policy", "amips_plugin.side_indexes",
                  "amips_plugin.pending_writes"]),
-    ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.advise", "amips_plugin.client"]),
+    ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.advise", "amips_plugin.client",
+               "amips_plugin.pq_build", "amips_plugin.route_build"]),
     ("cli", ["amips_plugin.cli"]),
 ]
+
+
+PACKAGES = ("amips_plugin", "amips_plugin.compression")  # their __init__ is core; the name covers no other module
 
 
 def layer_of(module: str) -> int:
     best, rank = -1, None
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            covers = module == prefix or (module.startswith(prefix + ".") and prefix not in PACKAGES)
+            if covers and len(prefix) > best:
                 best, rank = len(prefix), index
     assert rank is not None, f"{module} has no layer: add it to LAYERS"
     return rank
@@ -96,6 +102,17 @@ def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
     assert any(layer_of(t) > layer_of("amips_plugin.core.bad") for t in edges)
 
 
+def test_a_module_missing_from_the_layers_is_reported():
+    """A new module must be placed: the package names cover only their own __init__ (once, `amips_plugin`
+    itself was a core prefix, so an unlisted module silently became core and the check could not fire)."""
+    import pytest
+
+    for module in ("amips_plugin.brand_new", "amips_plugin.compression.brand_new"):
+        with pytest.raises(AssertionError, match="has no layer"):
+            layer_of(module)
+    assert all(layer_of(name) >= 0 for name in modules())
+
+
 def test_every_side_index_has_a_manifest_slot_and_is_a_candidate_source():
     """Slots, candidate sources and drop-index names all come from one registry."""
     from amips_plugin.adapters.base import MANIFEST_SLOTS
@@ -107,3 +124,24 @@ def test_every_side_index_has_a_manifest_slot_and_is_a_candidate_source():
     assert CANDIDATE_SOURCES == ("engine", *SIDE_INDEXES)
     drop_index = main.commands["drop-index"].params[1]
     assert sorted(drop_index.type.choices) == sorted(SIDE_INDEXES)
+
+
+TRAINING_AND_BUILDING = ("amips_plugin.training", "amips_plugin.losses", "amips_plugin.data",
+                         "amips_plugin.collection_ops", "amips_plugin.tuning", "amips_plugin.advise",
+                         "amips_plugin.router_training", "amips_plugin.pq_build", "amips_plugin.route_build",
+                         "amips_plugin.pending_writes")
+
+
+def test_the_query_path_imports_no_training_or_building_code():
+    """Serving a query (AmipsClient, the QueryRewriter) loads models and side indexes, never the code that trains
+    or builds them (issue 25: rewriting → side_indexes → router_store → collections (now collection_ops) →
+    training, and the client imported training for TrainConfig)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, amips_plugin.client, amips_plugin.rewriting; "
+             "print(','.join(sorted(m for m in sys.modules if m.startswith('amips_plugin'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout.strip().split(","))
+    assert "amips_plugin.rewriting" in loaded and "amips_plugin.side_indexes" in loaded  # the probe ran
+    assert not loaded & set(TRAINING_AND_BUILDING), sorted(loaded & set(TRAINING_AND_BUILDING))

@@ -35,7 +35,8 @@ def test_help_lists_the_commands():
     summary, listing = out.split("Options:")[0], out.split("Commands:")[1]
     listed = {line.split()[0] for line in listing.splitlines() if line.strip()}
     assert listed == set(main.commands) and {"tune", "advise", "synth"} <= listed
-    summarised = {word.strip(",") for line in summary.splitlines() if ":" in line for word in line.split(":")[1].split()}
+    summarised = {word.strip(",") for line in summary.splitlines() if ":" in line
+                  for word in line.split(":")[1].split()}
     assert set(main.commands) <= summarised, set(main.commands) - summarised
 
 

@@ -57,7 +57,8 @@ def bomb_artifact(gib: int = 4, declare_size: bool = False) -> bytes:
     parts += [writer.compress(chunk) for _ in range(gib * 64)]
     parts.append(writer.flush())
     compressed = b"".join(parts)
-    framed = artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little") + compressed
+    framed = (artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little")
+              + compressed)
     return framed + hashlib.sha256(framed).digest()
 
 
@@ -93,7 +94,8 @@ def test_a_body_declaring_more_than_its_compression_allows_is_refused():
     header = json.dumps({**HEADER, "tensors": []}).encode()
     body = len(header).to_bytes(4, "little") + header + bytes(80 << 20)  # 80 MiB of zeros: ~2.5 KB compressed
     compressed = zstandard.ZstdCompressor(level=3).compress(body)
-    framed = artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little") + compressed
+    framed = (artifact.MAGIC + artifact.FORMAT_VERSION.to_bytes(4, "little") + len(compressed).to_bytes(8, "little")
+              + compressed)
     with pytest.raises(ArtifactError, match="over the .*-byte limit"):
         unpack(framed + hashlib.sha256(framed).digest(), MODEL_KIND)
 
@@ -125,7 +127,8 @@ def test_a_deeply_nested_or_huge_integer_header_is_refused():
 # -- fuzzing past the checksum: headers and tables mutated, then re-framed with a valid checksum -------------
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     lambda inner: (st.lists(inner, max_size=3)
+                                    | st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                      max_leaves=8)
 _TABLE_FIELDS = ("name", "dtype", "shape", "offset", "nbytes", "scales_nbytes", "scale_axis", "scale_group")
 _MODEL_FIELDS = tuple(HEADER["model"])

@@ -105,10 +105,12 @@ def test_router_headers_need_a_positive_scale_and_a_probability_gate(change):
 
 @pytest.mark.parametrize("change, reason", [
     ({"threshold": 1e300}, "threshold 1e\\+300 is outside \\[-0.9, -0.2\\]"), ({"threshold": -1e300}, "outside"),
-    ({"second_ef": 8}, "the second pass \\(hnsw_ef 8\\) is not above the first \\(hnsw_ef 8\\)"), ({"fallback_ef": 4}, "the fallback \\(hnsw_ef 4\\) is below the first pass \\(hnsw_ef 8\\)"),
+    ({"second_ef": 8}, "the second pass \\(hnsw_ef 8\\) is not above the first \\(hnsw_ef 8\\)"),
+    ({"fallback_ef": 4}, "the fallback \\(hnsw_ef 4\\) is below the first pass \\(hnsw_ef 8\\)"),
     ({"guard_low": [0.9], "guard_high": [0.2]}, "guard_low exceeds guard_high"),
     ({"guard_high": None}, "inconsistent"), ({"threshold": float("nan")}, "not finite"),
-    ({"break_even": -1e9, "fallback_ef": 1}, "the fallback \\(hnsw_ef 1\\) is below the first pass \\(hnsw_ef 8\\)"), ({"break_even": 1.5}, "not in \\[0, 1\\]"),
+    ({"break_even": -1e9, "fallback_ef": 1}, "the fallback \\(hnsw_ef 1\\) is below the first pass \\(hnsw_ef 8\\)"),
+    ({"break_even": 1.5}, "not in \\[0, 1\\]"),
 ])
 def test_policies_tune_could_not_have_written_are_malformed(change, reason):
     assert sp.Policy.from_manifest(POLICY).threshold == -0.5  # within [-0.9, -0.2]: flags the low-s₁ queries
@@ -143,8 +145,9 @@ def test_search_bounds():
     check_search_inputs(10_000, 100_000, SearchParams(hnsw_ef=100_000, oversampling=1000.0))
     check_search_inputs(1, None, SearchParams(hnsw_ef=1, oversampling=1))
     check_search_inputs(np.int64(5), np.int32(7), SearchParams())
-    for limit, candidates, params in [(10_001, None, SearchParams()), (1, 0, SearchParams()), (1.5, None, SearchParams()),
-                                      (1, None, SearchParams(hnsw_ef=-5)), (1, None, SearchParams(oversampling=0.99))]:
+    for limit, candidates, params in [(10_001, None, SearchParams()), (1, 0, SearchParams()),
+                                      (1.5, None, SearchParams()), (1, None, SearchParams(hnsw_ef=-5)),
+                                      (1, None, SearchParams(oversampling=0.99))]:
         with pytest.raises(InputError, match="must be"):
             check_search_inputs(limit, candidates, params)
 

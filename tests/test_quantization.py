@@ -95,7 +95,8 @@ def test_scalars_stay_fp32_and_zero_tensors_decode_to_zero():
     zeros = np.zeros((10, 4), np.float32)
     encoded = encode_tensor(zeros, "int8")
     assert len(encoded.scales) == 4  # one scale: every layout is exact
-    assert not decode_tensor("int8", (10, 4), encoded.data, encoded.scales, encoded.scale_axis, encoded.scale_group).any()
+    assert not decode_tensor("int8", (10, 4), encoded.data, encoded.scales, encoded.scale_axis,
+                             encoded.scale_group).any()
 
 
 def test_a_low_rank_smoothmax_model_stores_int8_in_30_percent_of_fp32():

@@ -9,14 +9,8 @@ import torch
 
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.router_store import RoutedLists, decode_routed_lists, encode_routed_lists
-from amips_plugin.routing import (
-    CorrectedModelRouter,
-    PointRouter,
-    RouterTraining,
-    TwoLevelPartition,
-    fit_router,
-    rank_by_centroids,
-)
+from amips_plugin.router_training import RouterTraining, fit_router
+from amips_plugin.routing import CorrectedModelRouter, PointRouter, TwoLevelPartition, rank_by_centroids
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.compression.artifact import pack, unpack
 from amips_plugin.compression.quantization import encode_exact

@@ -50,7 +50,8 @@ def test_logistic_fit_recovers_the_direction_of_a_known_model():
 
 
 def test_merge_keeps_the_best_of_both_passes_without_duplicates():
-    first = SearchResult(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.6]], dtype=np.float32))
+    first = SearchResult(np.array([[1, 2, 3], [4, 5, 6]]),
+                         np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.6]], dtype=np.float32))
     second = SearchResult(np.array([[7, 1, -1]]), np.array([[0.95, 0.9, -np.inf]], dtype=np.float32))
     merged = sp.merge(first, second, np.array([0]), 3)
     assert merged.ids.tolist() == [[7, 1, 2], [4, 5, 6]]

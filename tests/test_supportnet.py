@@ -93,8 +93,8 @@ def test_toy_support_function_gradient_is_the_key(kind):
     dim = 4
     keys = np.concatenate([np.eye(dim), -np.eye(dim)]).astype(np.float32)
     queries = np.random.default_rng(0).normal(size=(3000, dim)).astype(np.float32)
-    config = TrainConfig(model=kind, width=32 if kind == "supportnet" else dim, min_match=0, depth=2, steps=1500, batch_size=128, learning_rate=5e-3,
-                         noise_copies=0, eval_every=500, patience=10, device="cpu")
+    config = TrainConfig(model=kind, width=32 if kind == "supportnet" else dim, min_match=0, depth=2, steps=1500,
+                         batch_size=128, learning_rate=5e-3, noise_copies=0, eval_every=500, patience=10, device="cpu")
     model = fit(keys, queries, config, progress=False).model
     test = torch.from_numpy(np.random.default_rng(1).normal(size=(500, dim)).astype(np.float32))
     score, key = model.score_and_key(test)

@@ -54,9 +54,16 @@ def test_fit_with_chunked_steps_learns_the_same_model(small_collection, monkeypa
     config = TrainConfig(steps=60, eval_every=30, noise_copies=1, width=8, device="cpu")
     torch.manual_seed(0)
     whole = training.fit(keys, train, config, progress=False)
-    monkeypatch.setattr(training, "SCORE_BUDGET", 64 * 50)  # batches of 256 in chunks of 50 rows
+    monkeypatch.setattr(training, "SCORE_BUDGET", 64 * 50)  # batches of 256 in chunks of fewer rows
+    chunks: list[int] = []
+    accumulate = training._accumulate_gradients
+    monkeypatch.setattr(training, "_accumulate_gradients",
+                        lambda model, train, keys_t, batch, micro_batch, config:
+                            chunks.append(micro_batch) or accumulate(model, train, keys_t, batch, micro_batch, config))
     torch.manual_seed(0)
     chunked = training.fit(keys, train, config, progress=False)
+    # every step was chunked (the patched budget once never reached the training loop: 256-row steps)
+    assert len(set(chunks)) == 1 and chunks[0] < config.batch_size
     assert chunked.steps_run == whole.steps_run
     for a, b in zip(whole.model.state_dict().values(), chunked.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
@@ -91,4 +98,5 @@ def test_serving_passes_hold_a_bounded_number_of_scores(monkeypatch):
     small = build_model(ModelConfig(kind="smoothmax", dim=4, width=2, points=64))
     keys, gated = inference.forward_in_chunks(small, queries, small.predict_with_confidence)
     assert keys.shape == (300, 4) and gated.shape == (300,)
-    assert [len(part) for part in inference.forward_in_chunks(small, queries[:0], small.predict_with_confidence)] == [0, 0]
+    assert [len(part) for part in inference.forward_in_chunks(small, queries[:0],
+                                                              small.predict_with_confidence)] == [0, 0]

@@ -1,4 +1,5 @@
-"""Amortized-MIPS models: KeyNet (regress the key) and SupportNet (convex support function)."""
+"""Amortized-MIPS models: SmoothMax (the default: a smooth maximum over learned points), KeyNet (regress the
+key) and SupportNet (convex support function); docs/models.md."""
 from .activations import SoftLeakyReLU
 from .base import MODEL_KINDS, MIPSModel, ModelConfig
 from .factory import build_model
