@@ -365,6 +365,15 @@ class QdrantClientStore(VectorStore):
         return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[models.QueryRequest], limit: int) -> SearchResult:
+        """One call for the batch; a single query as `query_points`, the call plain search makes (qdrant-client's
+        `query_batch_points` copies every request first: 0.1 ms a query in local mode)."""
+        if len(requests) == 1:
+            request = requests[0]
+            points = self.client.query_points(collection, query=request.query, using=request.using,
+                                              prefetch=request.prefetch, query_filter=request.filter,
+                                              search_params=request.params, limit=request.limit, with_payload=False,
+                                              with_vectors=False).points
+            return collect_results([points], limit)
         responses = self.client.query_batch_points(collection, requests=requests)
         return collect_results([response.points for response in responses], limit)
 

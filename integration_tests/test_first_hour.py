@@ -65,7 +65,7 @@ def test_each_query_through_the_users_client_is_one_store_call(tmp_path, monkeyp
         assert report.fallback_reason is None and "plain search" in report.notes[0]
     else:
         assert "no serving policy" in report.fallback_reason
-    assert sum(calls.values()) == len(queries) and set(calls) == {"query_batch_points"}, calls
+    assert sum(calls.values()) == len(queries) and set(calls) == {"query_points"}, calls  # the call plain search makes
     app.close()
 
 
