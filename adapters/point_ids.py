@@ -3,7 +3,7 @@
 A Qdrant point id is an unsigned 64-bit integer or a UUID, and one collection may hold both. A batch
 of ids is an **int64 array** when every id is an integer (the common case: cheap, and writable to
 `.npy` without pickle), and otherwise a **unicode array of canonical text**: UUIDs in Qdrant's
-hyphenated lowercase form, integers in decimal. `to_qdrant` turns either back into the id Qdrant
+hyphenated lowercase form, integers in decimal. `to_qdrant_list` turns either back into the ids Qdrant
 takes. Result rows a search could not fill are padded with `-1` (int64) or `""` (text); `present`
 tells real ids from padding.
 """
@@ -87,11 +87,6 @@ def common(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def concatenate(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(common(arrays)) if arrays else np.empty(0, dtype=np.int64)
-
-
-def to_qdrant(value: Any) -> int | str:
-    """An element of an id array as the id Qdrant takes (decimal text becomes an int again)."""
-    return canonical(value.item() if isinstance(value, np.generic) else value)
 
 
 def to_qdrant_list(ids: np.ndarray) -> list[int | str | uuid.UUID]:

@@ -113,6 +113,23 @@ def test_a_module_missing_from_the_layers_is_reported():
     assert all(layer_of(name) >= 0 for name in modules())
 
 
+def test_a_named_vectors_view_forwards_every_method_a_backend_overrides():
+    """`VectorView` inherits the base class's defaults silently: once it had no `manifest_token` (so a named
+    vector's manifests were read again on every query) and no `free_bytes` (so its writes skipped the
+    free-space check). Whatever a backend implements, the view must pass on."""
+    import inspect
+
+    from amips_plugin.adapters.base import VectorStore
+    from amips_plugin.adapters.edge_store import EdgeStore
+    from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
+    from amips_plugin.adapters.vector_view import VectorView
+
+    inherited = {name for name, _ in inspect.getmembers(VectorStore, predicate=inspect.isfunction)
+                 if not name.startswith("_") and name not in VectorView.__dict__
+                 and any(name in backend.__dict__ for backend in (EdgeStore, QdrantClientStore))}
+    assert not inherited, f"VectorView does not forward {sorted(inherited)}"
+
+
 def test_every_side_index_has_a_manifest_slot_and_is_a_candidate_source():
     """Slots, candidate sources and drop-index names all come from one registry."""
     from amips_plugin.adapters.base import MANIFEST_SLOTS
