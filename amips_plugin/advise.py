@@ -133,7 +133,7 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
     check_target(target)
     check_sample_size(len(queries), target)  # before any copy is made
     keys, ids, _ = collection_ops.read_keys(store, collection)
-    held = np.asarray(queries)[split_sample(len(queries), seed)[1]]  # tune's held-out part for this seed
+    held = np.asarray(queries)[split_sample(len(queries), seed).held]  # tune's held-out part for this seed
     advice = Advice(target, len(held), max_bytes_per_key)
     scratches: list[EdgeStore] = []
     names = with_disk_variants(tuple(dict.fromkeys(storages)), keys.shape[1], max_bytes_per_key)
