@@ -5,7 +5,6 @@ from pathlib import Path
 
 from amips_plugin.core.errors import InputError
 
-from . import point_ids
 from .base import CollectionInfo, SearchParams, SearchResult, VectorStore
 
 
@@ -22,7 +21,7 @@ def open_store(spec: str, api_key: str | None = None) -> VectorStore:
     return QdrantClientStore(spec, api_key=api_key)
 
 
-__all__ = ["CollectionInfo", "SearchParams", "SearchResult", "VectorStore", "open_store", "point_ids"]
+__all__ = ["CollectionInfo", "SearchParams", "SearchResult", "VectorStore", "open_store"]
 
 
 def _holds_edge_shards(folder: Path) -> bool:

@@ -27,10 +27,11 @@ import numpy as np
 from amips_plugin.core.errors import InputError, StoreBusyError, StoreError
 from amips_plugin.core.limits import MAX_BLOB_BYTES
 
-from . import point_ids
+from amips_plugin.core import point_ids
+from amips_plugin.core.manifest_schema import SLOTS
 
 DISTANCES = ("dot", "cosine")
-MANIFEST_SLOTS = ("model", "pq", "router", "policy")
+MANIFEST_SLOTS = tuple(SLOTS)  # "model", "pq", "router", "policy" (core/manifest_schema.py: one entry each)
 MANIFEST_LOCK_TIMEOUT = 30.0  # seconds a writer waits for another writer's commit before giving up
 _LOCKS_GUARD = threading.Lock()
 STAMP_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -216,11 +217,12 @@ def vectors_in_order(collection: str, wanted: Sequence[Any], found: dict[Any, An
     return np.array([found[i] for i in wanted], dtype=np.float32).reshape(len(wanted), -1)
 
 
-class VectorStore(abc.ABC):
-    """A backend. Vectors are float32 (n, d); ids are arrays of Qdrant point ids (`point_ids`)."""
+class PointStore(abc.ABC):
+    """The points half of a backend: collections, their vectors and payloads, search, and the write stamp
+    that tells an artifact whether the points it was built on are still these. Vectors are float32 (n, d);
+    ids are arrays of Qdrant point ids (`core.point_ids`)."""
 
     location: str
-    manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
     searches_exactly: bool = False  # brute force whatever the knobs say (qdrant-client's local mode)
 
     # collections -----------------------------------------------------------------------------
@@ -334,16 +336,6 @@ class VectorStore(abc.ABC):
         """{canonical id: (payload, vector)} for the `ids` that exist, as qdrant-client's `with_payload` /
         `with_vectors` ask (True, False, or a list of payload keys / vector names)."""
 
-    @abc.abstractmethod
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists;
-        "policy": the tuned serving policy, a manifest without a blob; each `vector_slot`-suffixed for a
-        named vector), or None."""
-
-    @abc.abstractmethod
-    def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
-        """Replace the manifest in `slot` atomically (None removes it)."""
-
     def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
         """The collection's `WriteStamp`; None when it has none yet (made by another client, or before
         stamps) unless `create`, which gives it one. Writers create it; the query path only reads it."""
@@ -373,6 +365,24 @@ class VectorStore(abc.ABC):
 
     def write_pending_write(self, collection: str, record: dict[str, Any] | None) -> None:
         """Keep (None: remove) the record of a write to the points before it starts; a store may not keep it."""
+
+
+class ArtifactStore(abc.ABC):
+    """The artifacts half of a backend: what amips keeps alongside a collection — manifests (one per slot,
+    core/manifest_schema.SLOTS), blobs, the manifest lock, versions — all of it untrusted when read back."""
+
+    location: str
+    manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
+
+    @abc.abstractmethod
+    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+        """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists;
+        "policy": the tuned serving policy, a manifest without a blob; each `vector_slot`-suffixed for a
+        named vector), or None."""
+
+    @abc.abstractmethod
+    def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
+        """Replace the manifest in `slot` atomically (None removes it)."""
 
     def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:
         """A value, cheap to get, that changes whenever the manifest in `slot` does — so a caller may keep
@@ -433,6 +443,12 @@ class VectorStore(abc.ABC):
             yield
         finally:
             lock.release()
+
+
+class VectorStore(PointStore, ArtifactStore):
+    """A backend: both halves over one collection namespace (Qdrant Edge, qdrant-client local or server)."""
+
+    location: str
 
     def close(self) -> None:
         """Release files and connections."""

@@ -16,7 +16,7 @@ from qdrant_client import models
 
 from amips_plugin.core.errors import InputError
 
-from . import point_ids
+from amips_plugin.core import point_ids
 
 _MATCHES: dict[type, Callable[[Any], Any]]  # qdrant-client match class -> its Qdrant Edge conversion
 _MATCHES = {models.MatchValue: lambda m: edge.MatchValue(m.value), models.MatchAny: lambda m: edge.MatchAny(m.any),

@@ -40,9 +40,9 @@ from amips_plugin.core.errors import (AmipsError, ArtifactError, InputError, Sto
                                       UnknownCollectionError)
 from amips_plugin.core.files import atomic_write, interrupted_write_target, read_bounded
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES, MAX_VERSION
-from amips_plugin.manifest_schema import ManifestError, fix_command, parse_manifest_json
+from amips_plugin.core.manifest_schema import SLOTS, ManifestError, fix_command, parse_manifest_json
 
-from . import point_ids
+from amips_plugin.core import point_ids
 from .edge_filters import edge_filter
 from .edge_integrity import damaged_vector_files
 from . import edge_storage_change as storage_change
@@ -61,7 +61,7 @@ UPSERT_BATCH = 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
 _DISTANCE_NAME = {"Dot": "dot", "Cosine": "cosine"}
-_MANIFEST_FILES = {"model": "manifest.json", "pq": "pq.json", "router": "router.json", "policy": "policy.json"}
+_MANIFEST_FILES = {name: slot.file_name for name, slot in SLOTS.items()}
 _MANIFEST_STEMS = {name.removesuffix(".json"): slot for slot, name in _MANIFEST_FILES.items()}
 _MANIFEST_FILE = re.compile(r"^(?P<stem>manifest|pq|router|policy)(?:@(?P<vector>[^/]*))?\.json$")
 _BLOB_FILE = re.compile(r"^blob-(?P<id>0|[1-9][0-9]*)\.amips$")

@@ -42,10 +42,10 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_VERSION
-from amips_plugin.manifest_schema import validate_manifest
+from amips_plugin.core.manifest_schema import validate_manifest
 from amips_plugin.core.redact import redact, userinfo
 
-from . import point_ids
+from amips_plugin.core import point_ids
 from . import storage
 from .base import (CollectionInfo, SearchParams, SearchResult, VectorStore, WriteStamp,
                    collect_results, UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,

@@ -7,6 +7,7 @@ and exit status 130.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -20,14 +21,15 @@ import numpy as np
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
-from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
+from amips_plugin.adapters import SearchParams, VectorStore, open_store
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.compression.artifact import load_model, read_header, save_model
+from amips_plugin.model_artifact import load_model, read_header, save_model
 from amips_plugin.compression.quantization import STORAGE_DTYPES
 
 from . import __version__
-from .arrays import check_npy_size, load_ids, load_payloads, load_vectors, regular_file
+from .arrays import load_ids, load_payloads, load_vectors, regular_file
 from . import collection_ops
 from . import model_registry, pq_build, route_build
 from .side_indexes import BY_SLOT, SIDE_INDEXES
@@ -38,12 +40,13 @@ from .core.files import atomic_write, read_bounded
 from .core.timing import latency_ms, one_at_a_time, timed
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
-from .metrics import evaluate_predictions, relative_key_error
+from .metrics import model_report
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
 from .router_training import RouterTraining
-from .models import MODEL_KINDS, params_fraction
+from .models import MODEL_KINDS
 from .synthetic import gaussian_mixture
 from .targets import exact_top1
+from .truth import check_truth_ids, load_truth, recall_at_1, recall_at_limit
 from .training import FitResult, TrainConfig, fit
 
 DEFAULTS = TrainConfig()
@@ -210,12 +213,10 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     ]
-    names = ("model", "params_fraction", "width", "depth", "points", "min_match", "steps", "batch_size",
-             "learning_rate", "noise_copies", "time_budget", "seed", "device")
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        fields = {name: kwargs.pop(name) for name in names}
+        fields = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in kwargs}
         config = TrainConfig(**{**fields, "time_budget": fields["time_budget"] or None})  # 0: no bound
         resolve_device(config.device)  # fail before any work when the device is unavailable
         return command(*args, config=config, **kwargs)
@@ -270,10 +271,6 @@ def _quality_line(result: FitResult) -> str:
     return line
 
 
-def params_fraction_of(num_parameters: int, keys: np.ndarray) -> float:
-    return params_fraction(num_parameters, keys.shape[0], keys.shape[1])
-
-
 @main.command("predict")
 @click.argument("model_path", metavar="MODEL.amips", type=click.Path(dir_okay=False))
 @click.argument("queries_path", metavar="QUERIES.npy", type=click.Path(dir_okay=False))
@@ -305,18 +302,7 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
     _check_model_dim(model.config.dim, keys, "KEYS")
-    predicted, predict_seconds = timed(lambda: predict_keys(model, queries))
-    targets = exact_top1(keys, queries)
-    quality = evaluate_predictions(keys, queries, predicted, targets.index)
-    alpha = float(targets.score.mean())
-    report = {
-        **quality.to_dict(),
-        "params": model.num_parameters(),
-        "params_fraction": params_fraction_of(model.num_parameters(), keys),
-        "flops_per_query": model.flops_per_query(),
-        "predict_seconds": round(predict_seconds, 4),
-        "baseline_scaled_query_e_rel": relative_key_error(queries, alpha * queries, keys[targets.index]),
-    }
+    report = model_report(model, keys, queries)
     if as_json:
         click.echo(_json(report))
         return
@@ -590,10 +576,10 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
         summary["latency_ms_p50"], summary["latency_ms_p99"] = round(p50, 3), round(p99, 3)
     store = rewriter.store
     if truth_path:
-        truth = _load_truth(truth_path, len(queries), ids)
-        _check_truth_ids(store, collection, truth[:, 0])
-        summary["recall@1"] = round(float(np.mean(ids[:, 0] == truth[:, 0])), 4)
-        summary[f"recall@{limit}"] = round(float(np.mean((ids == truth[:, :1]).any(axis=1))), 4)
+        best = load_truth(truth_path, len(queries), ids)[:, 0]
+        check_truth_ids(store, collection, best)
+        summary["recall@1"] = round(recall_at_1(ids, best), 4)
+        summary[f"recall@{limit}"] = round(recall_at_limit(ids, best), 4)
     if output:
         np.save(output, ids)
     click.echo(_json(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))
@@ -605,33 +591,6 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
             payload = (payloads.get(point_ids.canonical(i)) or (None, None))[0]
             text = "" if not payload else " " + _json(payload)[:SHOWN_PAYLOAD_CHARS]
             click.echo(f"  {i}  {s:.4f}{text}")
-
-
-def _check_truth_ids(store: VectorStore, collection: str, best: np.ndarray) -> None:
-    """InputError unless every true best id is one of the collection's points: row numbers given for a
-    collection of UUIDs (or of other integer ids) would otherwise read as recall 0.0."""
-    wanted = np.unique(best)
-    found = set(store.existing(collection, wanted).tolist())
-    missing = [i for i in wanted.tolist() if i not in found]
-    if missing:
-        sample = next(store.all_ids(collection, 1), np.array([], dtype=np.int64))
-        kind = " (UUIDs here)" if point_ids.is_text(sample) else ""
-        raise InputError(f"--truth: {len(missing):,} of its {len(wanted):,} distinct ids are not points of "
-                         f"{collection!r} (e.g. {missing[0]}); it must hold the collection's point ids{kind}, not "
-                         "row numbers")
-
-
-def _load_truth(path: str, rows: int, ids: np.ndarray) -> np.ndarray:
-    """True best ids, one per query (or each query's true top-k, best first), as ids comparable with `ids`."""
-    check_npy_size(regular_file(path, "--truth"), "--truth")
-    try:
-        truth = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"--truth: not a plain .npy array ({exc})") from None
-    if truth.ndim not in (1, 2) or truth.dtype.kind not in "iuU" or len(truth) != rows:
-        raise InputError(f"--truth: expected {rows} ids (or {rows} rows of top-k ids), got {truth.dtype} {truth.shape}")
-    truth = truth.reshape(rows, -1)
-    return point_ids.common([truth if truth.dtype.kind == "U" else truth.astype(np.int64), ids])[0]
 
 
 @main.command("pq-build")

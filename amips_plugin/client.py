@@ -34,7 +34,8 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.models import QueryResponse
 
-from amips_plugin.adapters import SearchParams, VectorStore, open_store, point_ids
+from amips_plugin.adapters import SearchParams, VectorStore, open_store
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 from amips_plugin.adapters.vector_view import for_vector
 

@@ -9,17 +9,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from amips_plugin.adapters import point_ids
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.compression.artifact import decode_model, encode_model
+from amips_plugin.model_artifact import decode_model, encode_model
 
 from . import model_registry, pending_writes, serving_policy
 from .arrays import check_vectors
 from .core.errors import AmipsError, ArtifactError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
 from .freshness import stale_reason
-from .manifest_schema import fix_command
+from .core.manifest_schema import fix_command
 from .training import FitResult, TrainConfig, fit
 
 
@@ -298,13 +298,15 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
                    if verify and any(manifests.values()) else None)
     stamp = store.write_stamp(collection)
 
-    def stale(manifest: dict[str, Any]) -> bool:
-        return stale_reason(manifest, stamp, info.count, fingerprint, stored) is not None
-
     manifest = manifests.pop("model")
+    model_sha256 = (manifest or {}).get("sha256")  # a policy reading σ̂ is stale once the model is another
+
+    def stale(artifact: dict[str, Any]) -> bool:
+        return stale_reason(artifact, stamp, info.count, fingerprint, stored, model_sha256) is not None
+
     policy = manifests.pop("policy")
     if policy:
-        report["policy"] = serving_policy.policy_status(policy, stale(policy), manifest)
+        report["policy"] = serving_policy.policy_status(policy, stale(policy))
     if manifest:
         report["model"] = {
             "version": manifest.get("version"), "stale": stale(manifest),

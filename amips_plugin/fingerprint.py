@@ -1,6 +1,6 @@
 """Fingerprint of a key set: which keys a model was trained on (docs/design.md §5, staleness).
 
-SHA-256 over (id, vector) in the store's scroll order (ids as `adapters.point_ids.id_bytes`, vectors
+SHA-256 over (id, vector) in the store's scroll order (ids as `core.point_ids.id_bytes`, vectors
 float32 little-endian), fed batch by batch so a store can be fingerprinted while it is scrolled. Keys
 read from a file get ids 0..N−1, the ids `amips ingest` gives them, so a file and the collection made
 from it agree.
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from amips_plugin.adapters.point_ids import id_bytes
+from amips_plugin.core.point_ids import id_bytes
 from amips_plugin.core.errors import ArtifactError
 
 

@@ -12,7 +12,9 @@ An artifact (its manifest) is stale when
 4. asked to verify (`status` without --no-verify), the keys' recomputed fingerprint differs, or
 5. it records the storage of the vector it was measured on (a serving policy: its timings and
    recall depend on the quantization) and the vector is stored otherwise now (`advise --apply`, a
-   server's `update_collection`).
+   server's `update_collection`), or
+6. it records the SHA-256 of the model it reads (a serving policy whose certificate reads σ̂) and the
+   model stored now is another one, or none.
 
 Rules 1–3 cost nothing per query beyond the stamp (Edge keeps it in memory: its shard is this process's alone).
 """
@@ -22,6 +24,8 @@ from typing import Any
 
 from amips_plugin.adapters.base import WriteStamp
 
+NOT_CHECKED = object()  # `stale_reason(model_sha256=...)`: the model is not looked at
+
 
 def storage_key(storage: tuple[str, bool]) -> str:
     """A vector's storage as an artifact records it: the quantization's name, "+on_disk" when originals are on disk."""
@@ -29,13 +33,15 @@ def storage_key(storage: tuple[str, bool]) -> str:
 
 
 def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int | None,
-                 fingerprint: dict[str, Any] | None = None, storage: tuple[str, bool] | None = None) -> str | None:
+                 fingerprint: dict[str, Any] | None = None, storage: tuple[str, bool] | None = None,
+                 model_sha256: str | None | object = NOT_CHECKED) -> str | None:
     """Why the artifact of `manifest` no longer describes the collection's points, or None while it does.
 
     `stamp`: the collection's current write stamp (None where the store keeps none: then an artifact
     bound to a stamp is stale, one bound to none is judged by the other rules); `count`: its point count
     (None: not checked); `fingerprint`: the keys' fingerprint, recomputed (None: not checked); `storage`:
-    the vector's storage now (`VectorStore.storage`; None: not checked or unknown)."""
+    the vector's storage now (`VectorStore.storage`; None: not checked or unknown); `model_sha256`: the
+    SHA-256 of the collection's model now (None: it has none; NOT_CHECKED: not looked at)."""
     if manifest.get("stale"):
         return "the keys changed since it was built"
     if manifest.get("bound_to") != (stamp.as_manifest() if stamp else None):
@@ -49,4 +55,7 @@ def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int 
     measured_on = manifest.get("storage")
     if storage is not None and measured_on is not None and measured_on != storage_key(storage):
         return f"it was measured on {measured_on} storage; the vector is stored as {storage_key(storage)} now"
+    reads = manifest.get("model_sha256")
+    if reads is not None and model_sha256 is not NOT_CHECKED and model_sha256 != reads:
+        return "the model it reads changed since it was measured"
     return None

@@ -15,9 +15,13 @@ that mean only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from .core.timing import timed
+from .inference import predict_keys
+from .models import MIPSModel, params_fraction
 from .targets import DEFAULT_MAX_SCORES, exact_top1
 
 RECALL_KS = (1, 5, 10)
@@ -83,3 +87,20 @@ def evaluate_predictions(
         e_rel=relative_key_error(queries, predicted, true_keys),
         num_queries=int(len(queries)),
     )
+
+
+def model_report(model: MIPSModel, keys: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
+    """What `amips evaluate` prints: the metrics above against the exact answers over `keys`, the model's size
+    (parameters, ρ = parameters / N·d), its FLOPs per query and prediction time, and for scale the E_rel of
+    the trivial predictor ŷ = ᾱ·x (ᾱ: the mean σ(x)), whose match rate is 1 by construction."""
+    predicted, predict_seconds = timed(lambda: predict_keys(model, queries))
+    targets = exact_top1(keys, queries)
+    alpha = float(targets.score.mean())
+    return {
+        **evaluate_predictions(keys, queries, predicted, targets.index).to_dict(),
+        "params": model.num_parameters(),
+        "params_fraction": params_fraction(model.num_parameters(), keys.shape[0], keys.shape[1]),
+        "flops_per_query": model.flops_per_query(),
+        "predict_seconds": round(predict_seconds, 4),
+        "baseline_scaled_query_e_rel": relative_key_error(queries, alpha * queries, keys[targets.index]),
+    }

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from amips_plugin.adapters.base import MANIFEST_SLOTS, StoredFile, VectorStore, WriteStamp
-from amips_plugin.compression.artifact import LoadedModel, decode_model
+from amips_plugin.model_artifact import LoadedModel, decode_model
 
 from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
 from .core.limits import MAX_BLOB_BYTES
-from .manifest_schema import ManifestError, check_outgoing
+from .core.manifest_schema import ManifestError, check_outgoing
 from .fingerprint import KeyFingerprint
 
 SCROLL_BATCH = 4096

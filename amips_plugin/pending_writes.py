@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from amips_plugin.adapters.point_ids import id_bytes
+from amips_plugin.core.point_ids import id_bytes
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

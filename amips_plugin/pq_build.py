@@ -1,7 +1,7 @@
 """Build the compressed key store (`amips pq-build`): tune-time code, kept off the query path.
 
 The collection's keys are quantized by anisotropic (score-aware) PQ (compression/anisotropic_pq.py) and
-published alongside it (`collection_ops.build_and_publish`, like the model); compression/pq_store.py reads
+published alongside it (`collection_ops.build_and_publish`, like the model); amips_plugin/pq_store.py reads
 it back at query time.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from amips_plugin.adapters.base import VectorStore
 from amips_plugin.compression.anisotropic_pq import DEFAULT_RELATIVE_THRESHOLD, anisotropic_pq, score_threshold
-from amips_plugin.compression.pq_store import SLOT, KeyStore, encode_key_store
+from amips_plugin.pq_store import SLOT, KeyStore, encode_key_store
 
 from .collection_ops import Built, build_and_publish
 

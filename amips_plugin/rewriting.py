@@ -39,7 +39,7 @@ from typing import Callable, TypeVar, cast
 
 import numpy as np
 
-from amips_plugin.adapters import point_ids
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, WriteStamp
 
 from . import model_registry, serving_policy

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from amips_plugin.adapters import point_ids
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import VectorStore
 from amips_plugin.compression.artifact import pack, unpack
 from amips_plugin.compression.quantization import encode_exact
@@ -38,7 +38,7 @@ class RoutedLists:
     """A frozen router over the collection's point ids, grouped by fine list."""
 
     ranker: ListRanker
-    ids: np.ndarray  # (N,) point ids (int64 or text, `adapters.point_ids`), sorted by fine list
+    ids: np.ndarray  # (N,) point ids (int64 or text, `core.point_ids`), sorted by fine list
     bounds: np.ndarray  # (c·s + 1,) fine list f holds ids[bounds[f]:bounds[f + 1]]
     coarse_candidates: int
 

@@ -28,10 +28,7 @@ by plain search at `fallback_ef` — plain search's own cost and recall — exce
 GUARD_CHUNK queries) of every PROBE_EVERY-th batch, still served two-pass so that the share stays
 measured and the guard lets go.
 
-Calibration (`calibrate_threshold`): on held-out queries with exact answers, escalating the m most
-suspicious ones gives recall r(m) = (Σ_{kept} hit₁ + Σ_{escalated} hit₂) / n. The threshold chosen
-escalates the fewest queries whose Wilson lower bound on r(m) (one-sided, z = 1.645) still clears
-the target R, so the target holds on unseen queries of the same distribution with ≈ 95% confidence.
+Tune-time calibration (the threshold, the classifier, the guard's range) is amips_plugin/calibration.py.
 """
 from __future__ import annotations
 
@@ -44,12 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from amips_plugin.adapters import point_ids
+from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
 from .core.limits import MAX_OVERSAMPLING
-from .freshness import stale_reason
+from .freshness import NOT_CHECKED, stale_reason
 from .inference import forward_in_chunks
 from .models import MIPSModel
 
@@ -57,24 +54,11 @@ SLOT = "policy"
 KINDS = ("plain", "two-pass")
 CERTIFICATES = ("s1", "margin", "classifier")
 DEPTH = 10  # the first pass returns at least this many hits: s_k is its last score
-Z_ONE_SIDED_95 = 1.645
-GUARD_QUANTILES = (0.001, 0.999)  # features outside this calibration range always escalate
 _NORM_FLOOR = 1e-12
-_RIDGE = 1e-3  # L2 penalty of the logistic regression (standardised features)
 GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
 GUARD_CHUNK = 256  # a batch's head: served and observed before the guard decides on the rest
 PROBE_EVERY = 8  # while the guard serves plain search, one batch head in this many is still served two-pass
 SHIFT_SIGMAS = 4.0  # an escalated share this many standard deviations above tuning's means a shifted stream
-
-
-def wilson_lower_bound(successes: float, n: int, z: float = Z_ONE_SIDED_95) -> float:
-    """Lower end of the Wilson score interval for a binomial proportion, one-sided at z."""
-    if n <= 0:
-        return 0.0
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - spread) / (1 + z * z / n)
 
 
 def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
@@ -104,24 +88,6 @@ class Classifier:
     def logits(self, z: np.ndarray) -> np.ndarray:
         w = np.asarray(self.weights)
         return w[0] + ((z - np.asarray(self.mean)) / np.asarray(self.scale)) @ w[1:]
-
-
-def fit_classifier(z: np.ndarray, missed: np.ndarray, iterations: int = 25) -> Classifier:
-    """Newton's method (IRLS) on the L2-penalised logistic loss; z (n, F), missed (n,) bool."""
-    mean, scale = z.mean(axis=0), z.std(axis=0) + 1e-9
-    a = np.hstack([np.ones((len(z), 1)), (z - mean) / scale])
-    y = missed.astype(np.float64)
-    w = np.zeros(a.shape[1])
-    penalty = _RIDGE * len(z) * np.diag([0.0] + [1.0] * (a.shape[1] - 1))
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
-        gradient = a.T @ (p - y) + penalty @ w
-        hessian = (a * (p * (1 - p))[:, None]).T @ a + penalty + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return Classifier(tuple(mean.tolist()), tuple(scale.tolist()), tuple(w.tolist()))
 
 
 def used_columns(certificate: str, with_model: bool) -> list[int]:
@@ -467,89 +433,40 @@ def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int,
     return merge(first, second, rows, limit), escalated
 
 
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float
-    escalated: int  # queries escalated on the calibration slice
-    recall: float  # recall@1 on it
-    lower_bound: float
-
-
-def calibrate_threshold(score: np.ndarray, hit_first: np.ndarray, hit_second: np.ndarray, target: float,
-                        z: float = Z_ONE_SIDED_95, always: np.ndarray | None = None) -> Calibration | None:
-    """The threshold escalating the fewest queries whose recall's Wilson lower bound clears `target`.
-
-    score: c(x) per query; hit_first / hit_second: the first pass / the merged two passes found the
-    argmax; always: queries the guard escalates whatever the threshold. None when even escalating
-    every query with a finite cut falls short (the second pass alone is then the cheaper plan).
-    """
-    n = len(score)
-    always = np.zeros(n, dtype=bool) if always is None else always
-    base = float(np.sum(np.where(always, hit_second, hit_first)))
-    forced = int(always.sum())
-    free = np.flatnonzero(~always)
-    order = free[np.argsort(-score[free], kind="stable")]
-    ranked = score[order]
-    gains = np.concatenate([[0.0], np.cumsum(hit_second[order].astype(float) - hit_first[order])])
-    for m in range(len(order)):  # escalate order[:m]; a cut needs ranked[m-1] > ranked[m]
-        if m and not ranked[m - 1] > ranked[m]:
-            continue
-        bound = wilson_lower_bound(base + gains[m], n, z)
-        if bound >= target:
-            threshold = float(ranked[m]) if m == 0 else float((ranked[m - 1] + ranked[m]) / 2)
-            if m == 0 and len(ranked):
-                threshold = float(np.nextafter(ranked[0], np.inf))
-            return Calibration(threshold, m + forced, (base + gains[m]) / n, bound)
-    return None
-
-
-def guard_range(z: np.ndarray, columns: list[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The calibration range of the used feature columns (GUARD_QUANTILES), finite rows only."""
-    used = z[:, columns]
-    used = used[np.all(np.isfinite(used), axis=1)]
-    low, high = np.quantile(used, GUARD_QUANTILES, axis=0)
-    return tuple(low.tolist()), tuple(high.tolist())
-
-
 ModelLookup = Callable[[str, int, "int | None"], "tuple[MIPSModel | None, dict | None, str | None]"]
 
 
 def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
                   model_for: ModelLookup) -> tuple[Policy | None, MIPSModel | None, str | None]:
     """(policy, the model its certificate reads, None), or (None, None, why plain search instead).
-    Never raises for a missing, stale, malformed or model-less policy."""
+    Never raises for a missing, stale, malformed or model-less policy; stale is amips_plugin/freshness.py's
+    one rule."""
     try:
         manifest = store.read_manifest(collection, SLOT)
         if not manifest:
             return None, None, "no serving policy for this collection (run `amips tune`)"
         policy = Policy.from_manifest(manifest)
-        why = stale_reason(manifest, store.write_stamp(collection), count, storage=store.storage(collection))
+        stamp, storage = store.write_stamp(collection), store.storage(collection)
     except AmipsError as exc:
         return None, None, f"the serving policy cannot be read: {exc}"
-    if why is None and policy.key_count != count:
-        why = f"it was tuned on {policy.key_count} keys, the collection has {count}"
+    model, model_manifest, reason = model_for(collection, dim, count) if policy.uses_model else (None, None, None)
+    why = stale_reason(manifest, stamp, count, storage=storage,
+                       model_sha256=model_manifest.get("sha256") if model_manifest else NOT_CHECKED)
     if why:
         return None, None, f"the serving policy is stale ({why}); run `amips tune`"
-    if not policy.uses_model:
-        return policy, None, None
-    model, model_manifest, reason = model_for(collection, dim, count)
-    if model is None:
+    if policy.uses_model and model is None:
         return None, None, f"the serving policy reads the model, which cannot be used: {reason}"
-    if (model_manifest or {}).get("sha256") != policy.model_sha256:
-        return None, None, "the serving policy is stale (the model changed since tuning); run `amips tune`"
     return policy, model, None
 
 
-def policy_status(manifest: dict[str, Any] | None, keys_changed: bool,
-                  model_manifest: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What `amips status` shows of a stored policy: what it does, its target, measured figures, stale or not
-    (`keys_changed`: stale by amips_plugin/freshness.py, or its certificate's model changed)."""
+def policy_status(manifest: dict[str, Any] | None, stale: bool) -> dict[str, Any] | None:
+    """What `amips status` shows of a stored policy: what it does, its target, measured figures, and
+    `stale` (amips_plugin/freshness.py's rule, the model it reads included)."""
     if not manifest:
         return None
     try:
         policy = Policy.from_manifest(manifest)
     except ArtifactError as exc:
         return {"version": manifest.get("version"), "stale": True, "describe": f"unreadable: {exc}"}
-    stale = keys_changed or (policy.uses_model and (model_manifest or {}).get("sha256") != policy.model_sha256)
     return {"version": manifest.get("version"), "stale": stale, "describe": policy.describe(),
             "target": policy.target, "measured": policy.measured}

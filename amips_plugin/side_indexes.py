@@ -4,13 +4,15 @@ A side index is built from the collection's keys (`collection_ops.build_and_publ
 kept in its own manifest slot, marked stale by appends, and at query time proposes candidate point ids
 per probe vector, which the query path (`rewriting`) rescores exactly with the query:
 
-    pq     the compressed key store: the top candidates by asymmetric PQ score (compression/pq_store.py;
+    pq     the compressed key store: the top candidates by asymmetric PQ score (amips_plugin/pq_store.py;
            built by pq_build.py)
     route  the routed lists: the keys of the best-ranked fine lists (router_store.py; route_build.py)
 
 Everything that names a side index — search's `--candidates-from`, `drop-index`, `status`, the client's
 `build_index` — reads this registry. Each entry names its builder as a module, imported only when
 something is built: the query path loads side indexes and imports no training or building code.
+Adding one takes its slot in core/manifest_schema.py's SLOTS (file, schema, fix command: every store and
+error message reads them from there), its module (loader) and builder, and an entry here.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from amips_plugin.adapters.base import VectorStore
-from amips_plugin.compression import pq_store
+from amips_plugin import pq_store
 
 from . import router_store
 

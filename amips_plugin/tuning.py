@@ -54,22 +54,18 @@ from .core.timing import best_times
 from .freshness import storage_key
 from .query_bounds import check_search_inputs
 from .rewriting import QueryRewriter
+from .calibration import Calibration, calibrate_threshold, fit_classifier, guard_range, wilson_lower_bound
 from .serving_policy import (
     CERTIFICATES,
-    Calibration,
     DEPTH,
     SLOT,
     Effort,
     Policy,
-    calibrate_threshold,
     features,
-    fit_classifier,
-    guard_range,
     serve,
     support_values,
     suspicion,
     used_columns,
-    wilson_lower_bound,
 )
 from .targets import exact_top1
 

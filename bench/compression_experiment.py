@@ -24,7 +24,7 @@ from bench.datasets import load_dataset
 from amips_plugin.inference import predict_keys  # noqa: E402
 from amips_plugin.metrics import evaluate_predictions  # noqa: E402
 from amips_plugin.training import TrainConfig, fit  # noqa: E402
-from amips_plugin.compression.artifact import decode_model, encode_model  # noqa: E402
+from amips_plugin.model_artifact import decode_model, encode_model  # noqa: E402
 from amips_plugin.compression.quantization import STORAGE_DTYPES  # noqa: E402
 
 

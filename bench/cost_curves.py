@@ -23,7 +23,7 @@ import numpy as np
 
 from amips_plugin import model_registry
 from amips_plugin.adapters.base import SearchParams
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.model_artifact import encode_model
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed
 from amips_plugin.models import MIPSModel
 from amips_plugin.rewriting import QueryRewriter

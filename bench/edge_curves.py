@@ -21,7 +21,7 @@ from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.rewriting import QueryRewriter
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.model_artifact import encode_model
 
 LIMIT = 10
 EF_VALUES = (4, 8, 16, 32, 64, 128, 256)

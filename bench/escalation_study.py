@@ -25,6 +25,7 @@ import torch
 
 from bench.datasets import load_dataset, run_all
 
+from amips_plugin import calibration
 from amips_plugin import serving_policy as sp
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin.arrays import load_vectors
@@ -79,7 +80,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                         "s1": sp.suspicion("s1", z), "margin σ̂ − s1": sp.suspicion("margin", z)}
         for label, columns in (("classifier s1, gaps", [0, 1, 2]), ("classifier + σ̂ − s1", [0, 1, 2, 3]),
                                ("classifier + σ̂ − s1, confidence, σ̂, ‖x‖", [0, 1, 2, 3, 4, 5, 6])):
-            classifier = sp.fit_classifier(fit_z[:, columns], ~fit_first)
+            classifier = calibration.fit_classifier(fit_z[:, columns], ~fit_first)
             certificates[label] = classifier.logits(z[:, columns])
         shares = {label: share_needed(score, hit_first, hit_both) for label, score in certificates.items()}
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from amips_plugin.adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
-from amips_plugin.adapters.faiss_store import Hits, HNSWIndex, IVFIndex
+from bench.faiss_store import Hits, HNSWIndex, IVFIndex
 from amips_plugin.core.errors import ArtifactError
 
 Search = Callable[[np.ndarray, int, int], Hits]  # (queries, k, knob) -> Hits

@@ -34,8 +34,8 @@ from bench.cost_curves import CurvePoint, Rewriter, cheapest_at, cost_of, measur
 from bench.edge_curves import edge_curves
 from bench.datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
 
-from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
-from amips_plugin.compression.artifact import load_model, save_model
+from bench.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from amips_plugin.model_artifact import load_model, save_model
 from amips_plugin.router_training import RouterTraining, fit_router
 from amips_plugin.routing import CorrectedModelRouter, PointRouter, TwoLevelPartition, rank_by_centroids
 from amips_plugin.training import TrainConfig, fit

@@ -1,4 +1,5 @@
-"""The model artifact: data only — a header and tensors — never code, never pickle (docs/design.md §5).
+"""The artifact container: data only — a header and tensors — never code, never pickle (docs/design.md §5).
+Models (amips_plugin/model_artifact.py), PQ codes and routers are payloads of their own kind in it.
 
 File layout (all integers little-endian):
 
@@ -18,10 +19,10 @@ byte sizes follow from the table; version 1 wrote them into every entry ("offset
 both: a size or offset that is present must equal the derived one, and the header it returns carries
 all three, so callers see one table whichever version was read. The reader checks
 magic, version, length and checksum, then stream-decompresses: the header first (bounded), validated
-against its kind's schema (amips_plugin.manifest_schema); the tensor table must tile a tensor
+against its kind's schema (amips_plugin.core.manifest_schema); the tensor table must tile a tensor
 section whose size, with the header's, is the frame's declared size and at most
 min(64 × the compressed size (at least 64 MiB), MAX_BODY_BYTES); a model's architecture is built on
-the meta device and compared with the table; only then are exactly the declared tensor bytes
+the meta device and compared with the table (model_artifact); only then are exactly the declared tensor bytes
 inflated, and any byte after them is refused. So a hostile header cannot make the reader allocate
 more than its table accounts for. Every failure is an ArtifactError with one line that says what is
 wrong.
@@ -31,22 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
 from math import prod
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 import zstandard
 
 from amips_plugin.core.errors import ArtifactError
-from amips_plugin.core.files import atomic_write, read_bounded
-from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_HEADER_BYTES
-from amips_plugin.manifest_schema import validate_header
-from amips_plugin.models import MIPSModel, ModelConfig, build_model
+from amips_plugin.core.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from amips_plugin.core.manifest_schema import validate_header
 
-from .quantization import (ROW, STORAGE_DTYPES, EncodedTensor, decode_tensor, encode_tensor, matrix_shape,
+from .quantization import (ROW, EncodedTensor, decode_tensor, matrix_shape,
                            numpy_dtype, scale_count)
 
 MAGIC = b"\x89AMIPS\r\n"
@@ -56,17 +52,10 @@ _DERIVED = ("offset", "nbytes", "scales_nbytes")  # table fields the reader comp
 _PREFIX = struct.Struct("<8sIQ")
 _HEADER_LENGTH = struct.Struct("<I")
 _CHECKSUM_BYTES = 32
-MODEL_KIND = "amips-model"
 ZSTD_LEVEL = 19
 MAX_INFLATION = 64
 MIN_INFLATE_BYTES = 64 << 20
 MAX_WINDOW_BYTES = 1 << 24  # level 19 writes frames with windows ≤ 8 MiB; a larger one is not ours
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    model: MIPSModel
-    header: dict[str, Any]
 
 
 def pack(kind: str, header: dict[str, Any], tensors: list[tuple[str, EncodedTensor]]) -> bytes:
@@ -91,17 +80,11 @@ def frame(header_bytes: bytes, data: bytes) -> bytes:
     return framed + hashlib.sha256(framed).digest()
 
 
-def unpack(blob: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Verify and parse a payload of kind `kind`; arrays come back in their stored (decoded) form."""
-    return _load(blob, kind)
-
-
-def encode_model(model: MIPSModel, metadata: dict[str, Any] | None = None, dtype: str = "fp32") -> bytes:
-    """Serialise `model` with weights stored as `dtype` (fp32, fp16 or int8)."""
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {STORAGE_DTYPES}")
-    tensors = [(name, encode_tensor(t.detach().cpu().numpy(), dtype)) for name, t in model.state_dict().items()]
-    return pack(MODEL_KIND, {"dtype": dtype, "model": model.config.to_dict(), "metadata": metadata or {}}, tensors)
+def unpack(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None = None
+           ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Verify and parse a payload of kind `kind`; arrays come back in their stored (decoded) form. `check(header)`
+    runs on the validated header before any tensor byte is inflated (a model compares it with its architecture)."""
+    return _load(blob, kind, check)
 
 
 def _unframe(blob: bytes) -> memoryview:
@@ -244,47 +227,6 @@ def _load(blob: bytes, kind: str, check: Callable[[dict[str, Any]], None] | None
     return header, tensors
 
 
-def read_header(blob: bytes) -> dict[str, Any]:
-    """The verified JSON header of a model artifact (for `amips inspect`); the tensors are not inflated."""
-    return _load(blob, MODEL_KIND, header_only=True)[0]
-
-
-def _check_architecture(header: dict[str, Any]) -> None:
-    """The declared model, built on the meta device (no weights exist), must have exactly the table's tensors."""
-    try:
-        config = ModelConfig.from_dict(header["model"])
-        with torch.device("meta"):
-            skeleton = build_model(config)
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"artifact's model config is invalid: {exc}") from None
-    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
-    found = {entry["name"]: tuple(entry["shape"]) for entry in header["tensors"]}
-    if expected != found:
-        raise ArtifactError("artifact's tensors do not match its declared architecture")
-
-
-def decode_model(blob: bytes) -> LoadedModel:
-    """Verify and parse an artifact; the model comes back in eval mode on the CPU."""
-    header, tensors = _load(blob, MODEL_KIND, check=_check_architecture)
-    model = build_model(ModelConfig.from_dict(header["model"]))
-    model.load_state_dict({name: torch.from_numpy(array) for name, array in tensors.items()}, strict=True)
-    model.eval()
-    return LoadedModel(model=model, header=header)
-
-
-def save_model(path: str | Path, model: MIPSModel, metadata: dict[str, Any] | None = None,
-               dtype: str = "fp32") -> int:
-    """Write atomically (temporary file + rename): a reader sees the old file or the new one."""
-    blob = encode_model(model, metadata, dtype)
-    atomic_write(path, blob)
-    return len(blob)
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"no such model file: {path}")
-    try:
-        return decode_model(read_bounded(path, MAX_BLOB_BYTES))
-    except ValueError as exc:
-        raise ArtifactError(str(exc)) from None
+def read_header(blob: bytes, kind: str) -> dict[str, Any]:
+    """The verified JSON header of a payload of kind `kind`; the tensors are not inflated."""
+    return _load(blob, kind, header_only=True)[0]

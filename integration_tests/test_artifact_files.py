@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from amips_plugin import model_registry
 from amips_plugin.adapters import open_store
 from amips_plugin.cli import main
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.model_artifact import encode_model
 from amips_plugin.core.errors import ArtifactError, StoreBusyError, StoreError
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.rewriting import QueryRewriter

@@ -12,7 +12,7 @@ from amips_plugin import model_registry
 from amips_plugin.adapters import open_store
 from amips_plugin.cli import _status_line
 from amips_plugin.client import AmipsClient
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.model_artifact import encode_model
 from amips_plugin.core.errors import InputError, InvalidRequestError, StoreError
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.training import TrainConfig

@@ -13,7 +13,7 @@ from amips_plugin.adapters import open_store
 from amips_plugin import rewriting
 from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError
-from amips_plugin.compression.artifact import decode_model
+from amips_plugin.model_artifact import decode_model
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

@@ -23,7 +23,7 @@ from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.router_training import RouterTraining
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
-from amips_plugin.compression import pq_store
+from amips_plugin import pq_store
 from amips_plugin import pq_build, route_build, router_store
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
@@ -481,7 +481,7 @@ def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_
 def test_a_model_larger_than_its_keys_warrant_means_plain_search_and_its_blob_is_never_read(hostile, monkeypatch):
     """A checksum-valid SmoothMax model of 300,000 points × rank 16 (4.8M parameters, over 4·N·d + 2²² = 4.2M for 300
     keys of dimension 16), published for the collection it was "trained" on: refused before its blob is read."""
-    from amips_plugin.compression.artifact import encode_model
+    from amips_plugin.model_artifact import encode_model
     from amips_plugin.models import ModelConfig, build_model
 
     spec, store, test = hostile

@@ -10,7 +10,7 @@ from amips_plugin import model_registry
 from amips_plugin.core.errors import ArtifactError, InputError
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.rewriting import QueryRewriter
-from amips_plugin.compression.artifact import encode_model
+from amips_plugin.model_artifact import encode_model
 
 
 def _blob(dim: int = 8, seed: int = 0) -> bytes:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin import collection_ops as ops
 from amips_plugin import model_registry, tuning
+from amips_plugin import calibration
 from amips_plugin import serving_policy as sp
 from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError
@@ -51,10 +52,10 @@ def test_calibrated_s1_threshold_meets_the_target_on_unseen_queries_and_misses_i
     calib, unseen = slice(0, 3000), slice(3000, 6000)
     first, hit1, hit2 = _passes(store, queries[calib], truth[calib])
     z = sp.features(queries[calib], first.scores, None)
-    calibration = sp.calibrate_threshold(sp.suspicion("s1", z), hit1, hit1 | hit2, TARGET)
-    assert calibration is not None and calibration.lower_bound >= TARGET
-    assert 0 < calibration.escalated < 3000  # neither trivial end
-    policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", calibration.threshold)
+    found = calibration.calibrate_threshold(sp.suspicion("s1", z), hit1, hit1 | hit2, TARGET)
+    assert found is not None and found.lower_bound >= TARGET
+    assert 0 < found.escalated < 3000  # neither trivial end
+    policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", found.threshold)
     recall, escalated = _recall(store, queries[unseen], truth[unseen], policy)
     plain_first = float(np.mean(store.search("c", queries[unseen], 10, SearchParams(hnsw_ef=FIRST_EF)).ids[:, 0]
                                 == truth[unseen]))
@@ -64,7 +65,7 @@ def test_calibrated_s1_threshold_meets_the_target_on_unseen_queries_and_misses_i
     assert plain_first < TARGET - 0.1 and recall >= TARGET - slack and 0 < escalated.mean() < 1
     # δ on the wrong side: the cut moved so that a third fewer queries are escalated
     scores = sp.suspicion("s1", z)
-    lowered = float(np.quantile(scores, 1 - (2 / 3) * calibration.escalated / 3000))
+    lowered = float(np.quantile(scores, 1 - (2 / 3) * found.escalated / 3000))
     wrong = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", lowered)
     assert _recall(store, queries[unseen], truth[unseen], wrong)[0] < TARGET - slack
 
@@ -102,7 +103,7 @@ def test_unusual_queries_escalate_and_are_never_answered_worse_than_the_first_pa
     store, _, queries, truth = hard_edge
     first, _, _ = _passes(store, queries[:1000], truth[:1000])
     z = sp.features(queries[:1000], first.scores, None)
-    low, high = sp.guard_range(z, [0])
+    low, high = calibration.guard_range(z, [0])
     policy = sp.Policy("two-pass", FIRST_EF, SECOND_EF, "s1", threshold=1e9, guard_low=low, guard_high=high)
     # outside the calibrated s₁ range on either side, or no score at all (NaN), escalates whatever the threshold
     odd = np.array([[low[0] - 0.1, 0, 0], [high[0] + 0.1, 0, 0], [np.nan, 0, 0], [(low[0] + high[0]) / 2, 0, 0]])
@@ -197,9 +198,10 @@ def test_missing_stale_and_malformed_policies_mean_plain_search_with_a_reason(tm
     _, report = rewriter.search("c", queries[:5], 3, mode="auto")
     assert "stale" in report.fallback_reason
     manifest = tuning.tune(store, "c", queries, 0.95, repeats=1, ef_grid=(16, 32)).manifest
-    store.write_manifest("c", {**manifest, "key_count": 299}, sp.SLOT)  # the count alone (another client's write)
+    store.write_manifest("c", {**manifest, "fingerprint": {**manifest["fingerprint"], "count": 299}},
+                         sp.SLOT)  # the count alone (as after another client's write)
     _, report = rewriter.search("c", queries[:5], 3, mode="auto")
-    assert "tuned on 299 keys" in report.fallback_reason
+    assert "built on 299 keys" in report.fallback_reason
     store.write_manifest("c", manifest, sp.SLOT)
     ops.ingest(store, "c", keys[:10])  # an append marks the policy stale
     _, report = rewriter.search("c", queries[:5], 3, mode="auto")
@@ -226,7 +228,8 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
 
     model = object()
     assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "aaa"}, None))[1:] == (model, None)
-    assert "model changed" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "b"}, None))[2]
+    assert "model it reads changed" in sp.stored_policy(Store(), "c", 16, 100,
+                                                        lambda *a: (model, {"sha256": "b"}, None))[2]
     assert "cannot be used" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (None, None, "no model"))[2]
     assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, {"sha256": "aaa"}, None))[2]
 

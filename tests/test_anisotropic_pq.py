@@ -137,7 +137,7 @@ def test_key_store_candidates_score_in_bounded_row_chunks(monkeypatch):
     MB where one pass over the batch holds ~200 MB (scores, gather, top-k scratch); same candidates."""
     import tracemalloc
 
-    from amips_plugin.compression import pq_store
+    from amips_plugin import pq_store
 
     rng = np.random.default_rng(0)
     codes = ProductCodes(rng.normal(size=(4, 256, 2)).astype(np.float32),

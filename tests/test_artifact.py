@@ -9,8 +9,8 @@ import torch
 
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.models import ModelConfig, build_model
-from amips_plugin.compression.artifact import (FORMAT_VERSION, MAGIC, decode_model, encode_model, frame, load_model,
-                                               read_header, save_model)
+from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, frame
+from amips_plugin.model_artifact import decode_model, encode_model, load_model, read_header, save_model
 
 
 @pytest.fixture

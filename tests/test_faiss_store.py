@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from amips_plugin.adapters.base import SearchParams
-from amips_plugin.adapters.faiss_store import FlatIndex, HNSWIndex, IVFIndex
+from bench.faiss_store import FlatIndex, HNSWIndex, IVFIndex
 from amips_plugin.synthetic import gaussian_mixture
 
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import ArtifactError, InputError
 from amips_plugin.models import ModelConfig, build_model
-from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, decode_model, encode_model, unpack
+from amips_plugin.compression.artifact import FORMAT_VERSION, MAGIC, unpack
+from amips_plugin.model_artifact import decode_model, encode_model
 
 torch.manual_seed(0)
 VALID = encode_model(build_model(ModelConfig(kind="smoothmax", dim=6, width=3, points=5)), {"k": "v"}, dtype="int8")

@@ -20,7 +20,8 @@ from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import ArtifactError, InputError
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.compression import artifact
-from amips_plugin.compression.artifact import MODEL_KIND, decode_model, encode_model, frame, read_header, unpack
+from amips_plugin.compression.artifact import frame, unpack
+from amips_plugin.model_artifact import MODEL_KIND, decode_model, encode_model, read_header
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import pytest
 from amips_plugin.adapters.base import SearchParams
 from amips_plugin.adapters.names import check_collection_name
 from amips_plugin.core.errors import ArtifactError, InputError
-from amips_plugin.manifest_schema import (
+from amips_plugin.core.manifest_schema import (
     ManifestError, check_outgoing, fix_command, parse_manifest_json, validate_header, validate_manifest)
 from amips_plugin import serving_policy as sp
 from amips_plugin.query_bounds import check_query_norms, check_search_inputs

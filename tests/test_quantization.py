@@ -8,7 +8,8 @@ import torch
 
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin.models import ModelConfig, build_model
-from amips_plugin.compression.artifact import decode_model, encode_model, frame, read_header
+from amips_plugin.compression.artifact import frame
+from amips_plugin.model_artifact import decode_model, encode_model, read_header
 from amips_plugin.compression.quantization import (COLUMN, E_UNIFORM, ERROR_SLACK, ROW, decode_tensor, encode_tensor,
                                                    matrix_shape, scale_count)
 

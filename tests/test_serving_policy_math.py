@@ -4,13 +4,14 @@ import pytest
 
 from amips_plugin.adapters.base import SearchResult
 from amips_plugin.core.errors import ArtifactError
+from amips_plugin import calibration
 from amips_plugin import serving_policy as sp
 
 
 def test_wilson_lower_bound_matches_the_formula():
-    assert abs(sp.wilson_lower_bound(50, 100) - 0.41884) < 1e-4  # p̂ 0.5, n 100, z 1.645
-    assert abs(sp.wilson_lower_bound(990, 1000) - 0.98334) < 1e-4
-    assert sp.wilson_lower_bound(0, 0) == 0.0
+    assert abs(calibration.wilson_lower_bound(50, 100) - 0.41884) < 1e-4  # p̂ 0.5, n 100, z 1.645
+    assert abs(calibration.wilson_lower_bound(990, 1000) - 0.98334) < 1e-4
+    assert calibration.wilson_lower_bound(0, 0) == 0.0
 
 
 def test_calibration_escalates_the_fewest_most_suspicious_queries_that_clear_the_bound():
@@ -19,14 +20,14 @@ def test_calibration_escalates_the_fewest_most_suspicious_queries_that_clear_the
     score = rng.standard_normal(n)
     hit1 = score < 1.0  # the first pass misses exactly the queries scoring above 1
     hit2 = np.ones(n, dtype=bool)
-    c = sp.calibrate_threshold(score, hit1, hit2, 0.99)
+    c = calibration.calibrate_threshold(score, hit1, hit2, 0.99)
     escalated = score > c.threshold
     assert escalated.sum() == c.escalated
     recall = np.mean(np.where(escalated, hit2, hit1))
-    assert recall == c.recall and c.lower_bound >= 0.99 > sp.wilson_lower_bound(recall * n - 1, n)
+    assert recall == c.recall and c.lower_bound >= 0.99 > calibration.wilson_lower_bound(recall * n - 1, n)
     # one escalation fewer would not clear the bound, so some misses (score just above 1) stay unescalated
     assert c.threshold > 1.0
-    assert sp.calibrate_threshold(score, hit1, hit1, 0.99) is None  # a second pass that finds nothing new
+    assert calibration.calibrate_threshold(score, hit1, hit1, 0.99) is None  # a second pass that finds nothing new
 
 
 def test_calibration_counts_guarded_queries_as_escalated():
@@ -34,7 +35,7 @@ def test_calibration_counts_guarded_queries_as_escalated():
     hit1 = score < 0.9
     always = np.zeros(1000, dtype=bool)
     always[-100:] = True  # the guard already escalates every miss
-    c = sp.calibrate_threshold(score, hit1, np.ones(1000, dtype=bool), 0.99, always=always)
+    c = calibration.calibrate_threshold(score, hit1, np.ones(1000, dtype=bool), 0.99, always=always)
     assert c.escalated == 100 and c.recall == 1.0
 
 
@@ -43,7 +44,7 @@ def test_logistic_fit_recovers_the_direction_of_a_known_model():
     z = rng.standard_normal((20000, 3))
     logits = -1.0 + 2.0 * z[:, 0] - 1.0 * z[:, 1]
     missed = rng.random(20000) < 1 / (1 + np.exp(-logits))
-    model = sp.fit_classifier(z, missed)
+    model = calibration.fit_classifier(z, missed)
     w = np.asarray(model.weights)
     assert abs(w[0] + 1.0) < 0.1 and abs(w[1] / model.scale[0] - 2.0) < 0.15 and abs(w[2] / model.scale[1] + 1.0) < 0.1
     assert abs(w[3]) < 0.1

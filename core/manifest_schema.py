@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
 
-from .core import limits
-from .core.errors import ArtifactError
+from . import limits
+from .errors import ArtifactError
 
 Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -52,12 +53,7 @@ def fix_command(slot: str, collection: str = "COLLECTION") -> str:
     """The command that clears a broken manifest in `slot` (errors name it); a named vector's slot
     ("model@text") gets `--using text`."""
     base, _, vector = slot.partition("@")
-    using = f" --using {vector}" if vector else ""
-    if base == "model":
-        return f"amips drop-model {collection}{using}"
-    if base == "policy":
-        return f"amips tune {collection}{using} (it replaces the policy)"
-    return f"amips drop-index {collection} {'route' if base == 'router' else base}{using}"
+    return SLOTS[base].fix.format(collection=collection, using=f" --using {vector}" if vector else "")
 
 
 class _Schema(BaseModel):
@@ -170,9 +166,24 @@ class PolicyManifestSchema(_Schema):
     storage: Optional[StrictStr] = Field(default=None, max_length=64)  # freshness.storage_key at tuning
 
 
-MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {
-    "model": ModelManifestSchema, "pq": PQManifestSchema, "router": RouterManifestSchema,
-    "policy": PolicyManifestSchema}
+@dataclass(frozen=True)
+class Slot:
+    """One manifest slot, everything about it in one place: its name, the file Edge keeps it in (a named
+    vector's is `<stem>@<name>.json`), its schema, and the command that clears it when it is broken."""
+
+    name: str
+    file_name: str
+    schema: type[_Schema]
+    fix: str  # with {collection} and {using} (" --using NAME" for a named vector's slot, else "")
+
+
+SLOTS: dict[str, Slot] = {slot.name: slot for slot in (
+    Slot("model", "manifest.json", ModelManifestSchema, "amips drop-model {collection}{using}"),
+    Slot("pq", "pq.json", PQManifestSchema, "amips drop-index {collection} pq{using}"),
+    Slot("router", "router.json", RouterManifestSchema, "amips drop-index {collection} route{using}"),
+    Slot("policy", "policy.json", PolicyManifestSchema, "amips tune {collection}{using} (it replaces the policy)"),
+)}
+MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {name: slot.schema for name, slot in SLOTS.items()}
 
 
 class TensorEntrySchema(_Schema):

@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from amips_plugin.adapters import point_ids
 from amips_plugin.adapters.base import VectorStore
-from amips_plugin import model_registry
-from amips_plugin.core.errors import ArtifactError
-from amips_plugin.fingerprint import check_ids_cover
+from amips_plugin.compression.anisotropic_pq import ProductCodes
+from amips_plugin.compression.artifact import pack, unpack
+from amips_plugin.compression.quantization import encode_exact
 
-from .anisotropic_pq import ProductCodes
-from .artifact import pack, unpack
-from .quantization import encode_exact
+from . import model_registry
+from .core import point_ids
+from .core.errors import ArtifactError
+from .fingerprint import check_ids_cover
 
 KIND = "amips-pq"
 SLOT = "pq"
@@ -31,7 +31,7 @@ SCORE_BUDGET = 1 << 22  # asymmetric scores per chunk: ~20 bytes each with the t
 @dataclass(frozen=True)
 class KeyStore:
     codes: ProductCodes
-    ids: np.ndarray  # (N,) the store's point id of each coded key (int64 or text, `adapters.point_ids`)
+    ids: np.ndarray  # (N,) the store's point id of each coded key (int64 or text, `core.point_ids`)
 
     @property
     def dim(self) -> int:
