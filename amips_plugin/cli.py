@@ -733,13 +733,39 @@ def _query_sample(path: str, max_queries: int) -> np.ndarray:
     return queries[np.sort(np.random.default_rng(0).choice(len(queries), max_queries, replace=False))]
 
 
+def sample_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `tune` and `advise` share: the query sample (read and drawn here, passed as `queries`), the
+    declared recall, the result limit and the timing rounds."""
+    options = [
+        click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
+                     help="A sample of the collection's queries (.npy, M×d, M ≥ 200): a quarter fits the classifier "
+                          "(at most half of a small sample); of the rest, half picks each plan and half certifies "
+                          "it."),
+        click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+                     required=True, help="Declared recall@1 (of the exact argmax) the policy must meet on queries "
+                                         "that did not pick it."),
+        click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True,
+                     help="Results per query."),
+        click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Interleaved timing rounds (best kept)."),
+        click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
+                     help="At most this many of the queries, drawn at random (time grows linearly with it)."),
+    ]
+
+    @_friendly_errors  # a sample that does not load is one line, as any other input error
+    @functools.wraps(command)
+    def wrapper(*args: Any, queries_path: str, max_queries: int, **kwargs: Any) -> Any:
+        return command(*args, queries=_query_sample(queries_path, max_queries), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @main.command("advise")
 @click.argument("collection")
 @using_option
-@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
-              help="A sample of the collection's queries (.npy, M×d), as for `tune`.")
-@click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
-              help="Declared recall@1 (of the exact argmax) every configuration's policy must meet.")
+@sample_options
 @click.option("--configs", default=",".join(DEFAULT_STORAGES), show_default=True,
               help="Storages to try, comma-separated, from: " + ", ".join(QUANTIZATIONS) + " (none: float32); "
                    "NAME+disk keeps the float32 originals on disk (rescoring reads them).")
@@ -749,18 +775,13 @@ def _query_sample(path: str, max_queries: int) -> np.ndarray:
 @click.option("--apply", "apply_it", is_flag=True,
               help="Then move COLLECTION to the recommended storage (every point, id and payload kept; on Edge a new "
                    "shard is built beside the old, checked and swapped in atomically) and tune it there.")
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved timing rounds (best kept).")
-@click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
-              help="At most this many of the queries, drawn at random.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.pass_context
 @_friendly_errors
-def advise_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, configs: str,
-                   max_bytes_per_key: float | None, apply_it: bool, limit: int, repeats: int, max_queries: int,
-                   as_json: bool, quiet: bool) -> None:
+def advise_command(ctx: click.Context, collection: str, queries: np.ndarray, target_recall: float, limit: int,
+                   repeats: int, configs: str, max_bytes_per_key: float | None, apply_it: bool, as_json: bool,
+                   quiet: bool) -> None:
     """Which storage (float32, int8, TurboQuant, binary, product quantization; originals in RAM or on disk) and
     which tuned policy on it serve COLLECTION's queries fastest at --target-recall: each is built on a scratch
     copy of the collection (Qdrant Edge, in a temporary folder; the collection is only read), tuned like
@@ -769,7 +790,6 @@ def advise_command(ctx: click.Context, collection: str, queries_path: str, targe
     from .advise import advise, apply, format_advice
 
     store = _store(ctx)
-    queries = _query_sample(queries_path, max_queries)
     storages = tuple(name.strip() for name in configs.split(",") if name.strip())
     say = (lambda message: None) if quiet else (lambda message: click.echo(f"advise {collection}: {message}", err=True))
     advice = advise(store, collection, queries, target_recall, storages, max_bytes_per_key, limit, repeats,
@@ -792,36 +812,27 @@ def advise_command(ctx: click.Context, collection: str, queries_path: str, targe
 @main.command("tune")
 @click.argument("collection")
 @using_option
-@click.option("--queries", "queries_path", required=True, type=click.Path(dir_okay=False),
-              help="A sample of the collection's queries (.npy, M×d, M ≥ 200); three quarters "
-                   "(at most half of a small sample) are held out for calibration.")
-@click.option("--target-recall", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), required=True,
-              help="Declared recall@1 (of the exact argmax) the policy must meet on held-out queries.")
-@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=10, show_default=True, help="Results per query.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved timing rounds per policy (best kept).")
+@sample_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the recall / throughput frontier as a PNG.")
-@click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_TUNE_QUERIES, show_default=True,
-              help="Tune on at most this many of the queries, drawn at random (time grows linearly with it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly_errors
-def tune_command(ctx: click.Context, collection: str, queries_path: str, target_recall: float, limit: int,
-                 repeats: int, plot_path: str | None, max_queries: int, as_json: bool, quiet: bool) -> None:
+def tune_command(ctx: click.Context, collection: str, queries: np.ndarray, target_recall: float, limit: int,
+                 repeats: int, plot_path: str | None, as_json: bool, quiet: bool) -> None:
     """Measure every serving policy in this store, store the cheapest meeting --target-recall (`search --mode auto`).
 
     Every pass is a search setting: hnsw_ef and, on a quantized collection (`ingest --quantization`),
     the oversampling of its quantized search (rescored with the originals). Plain search at every setting,
     and two-pass plans (a cheap pass for every query, a costlier one for the queries a certificate flags),
-    are calibrated on held-out queries. A store that searches exactly (local mode) is not tuned: it says so.
+    are calibrated on held-out queries (each plan picked on one half, certified on the other). A store that
+    searches exactly (local mode) is not tuned: it says so.
     """
     from . import tuning
 
     if plot_path:
         tuning.pyplot()
-    queries = _query_sample(queries_path, max_queries)
     report = tuning.tune(_store(ctx), collection, queries, target_recall, limit, repeats, progress=not quiet)
     if plot_path:
         tuning.plot_frontier(report, plot_path)

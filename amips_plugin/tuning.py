@@ -9,6 +9,10 @@ recall@1, and publish it in the collection's "policy" manifest slot (amips_plugi
    flatters the winner (the winner's curse: on squad-train, 9 of 13 such policies promised ≥ 0.99 and
    measured 0.9855–0.9895 on the test questions); a threshold scan from the most to the least
    escalating on fresh queries is a fixed-sequence test, so its Wilson lower bound holds for the pick.
+   A pick must clear the target on the select half with more room (PICK_Z) than the promise asks, and of
+   the plans predicted within MIN_GAIN of the cheapest, the one whose passes reach the most (escalating
+   every query) is picked: else the pick is often a plan at the edge of what its passes can reach, which
+   the fresh half then refuses.
    The promise is that bound, whose margin below the measured recall shrinks as 1/√n (1.645·√(0.0099/n):
    0.0030 at n = 3,000, 0.0015 at n = 12,000), and every point of that margin is paid for in escalated
    queries; a logistic regression on at most four features needs far fewer. Exact answers come from a
@@ -54,7 +58,8 @@ from .core.timing import best_times
 from .freshness import storage_key
 from .query_bounds import check_search_inputs
 from .rewriting import QueryRewriter
-from .calibration import Calibration, calibrate_threshold, fit_classifier, guard_range, wilson_lower_bound
+from .calibration import (Z_ONE_SIDED_95, Calibration, calibrate_threshold, fit_classifier, guard_range,
+                          wilson_lower_bound)
 from .serving_policy import (
     CERTIFICATES,
     DEPTH,
@@ -76,6 +81,7 @@ DEFAULT_REPEATS = 3
 FIT_SHARE, FIT_MIN = 0.25, 2000  # the fit part of the sample (`fit_size`)
 ROOM = 0.25  # min_held_out: the share of the target's allowed misses a policy may have and still be promised
 MIN_GAIN = 1.05  # a more complex policy must measure this much faster than a simpler one to be chosen (noise)
+PICK_Z = 2.326  # one-sided 99%: a pick must clear the target with this much room on the select half (module doc, 1)
 
 
 @dataclass(frozen=True)
@@ -218,9 +224,9 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     if not notes and len(split.certify) < min_held_out(target):
         notes.append(f"{len(queries):,} sample queries certify two-pass plans on {len(split.certify):,}; recall@1 "
                      f"{target} needs {min_held_out(target):,} (a sample of {two_pass_sample_size(target):,})")
-    candidates = [plain] + ([] if notes else [
-        row for row in _two_pass_candidates(certificates, grid, measured, split, target, model is not None)
-        if not plain.policy.first.below(row.policy.first)])  # a first pass beyond plain search's cannot pay
+    first_passes = [effort for effort in grid if not plain.policy.first.below(effort)]  # beyond plain's cannot pay
+    candidates = [plain] + ([] if notes else _two_pass_candidates(certificates, grid, first_passes, measured, split,
+                                                                  target, model is not None))
     for row in candidates[1:]:
         policy = row.policy
         first_cost = per_query[policy.first] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
@@ -337,16 +343,17 @@ def _complexity(row: FrontierRow) -> int:
     return 2 if row.policy.uses_model else 1 if row.policy.certificate == "classifier" else 0
 
 
-def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], measured: Measurements,
-                         split: SampleSplit, target: float, with_model: bool) -> list[FrontierRow]:
-    """Per certificate, the (first pass, more effortful second pass) whose calibrated plan is cheapest on the
-    select half, thresholded and measured on the certify half (module docstring, 1)."""
+def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], first_passes: list[Effort],
+                         measured: Measurements, split: SampleSplit, target: float,
+                         with_model: bool) -> list[FrontierRow]:
+    """Per certificate, the (first pass of `first_passes`, more effortful second pass of `grid`) whose calibrated
+    plan is cheapest on the select half, thresholded and measured on the certify half (module docstring, 1)."""
     rows = []
     for certificate in certificates:
         if certificate == "margin" and not with_model:
             continue
-        best: tuple[float, Policy, Effort, np.ndarray, np.ndarray] | None = None
-        for effort1 in grid:
+        picks: list[tuple[float, float, Policy, Effort, np.ndarray, np.ndarray]] = []  # (cost, reach, ...)
+        for effort1 in first_passes:
             z = features(measured.queries, measured.first[effort1].scores, measured.sigma)
             columns = used_columns(certificate, with_model)
             missed = ~measured.hits[effort1]
@@ -358,15 +365,17 @@ def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], meas
                            oversampling=effort1.oversampling, target=target)
             always, score = probe.escalate(z), suspicion(certificate, z, classifier)
             for effort2 in (effort for effort in grid if effort1.below(effort)):
-                calibration = _calibrate(measured, effort1, effort2, score, always, split.select, target)
+                calibration = _calibrate(measured, effort1, effort2, score, always, split.select, target, PICK_Z)
                 if calibration is None:
                     continue
-                cost = _cost(measured, probe, effort2, calibration.escalated / len(split.select))
-                if best is None or cost < best[0]:
-                    best = (cost, probe, effort2, score, always)
-        if best is None:
+                reach = float(np.mean(measured.hits[effort1][split.select] | measured.hits[effort2][split.select]))
+                picks.append((_cost(measured, probe, effort2, calibration.escalated / len(split.select)), reach,
+                              probe, effort2, score, always))
+        if not picks:
             continue
-        _, probe, effort2, score, always = best
+        cheapest = min(pick[0] for pick in picks)  # of the plans within noise of it, the one reaching the most
+        _, _, probe, effort2, score, always = max((p for p in picks if p[0] <= MIN_GAIN * cheapest),
+                                                  key=lambda p: (p[1], -p[0]))
         calibration = _calibrate(measured, probe.first, effort2, score, always, split.certify, target)
         if calibration is None:  # the pick does not clear the target on fresh queries
             continue
@@ -380,10 +389,10 @@ def _two_pass_candidates(certificates: tuple[str, ...], grid: list[Effort], meas
 
 
 def _calibrate(measured: Measurements, effort1: Effort, effort2: Effort, score: np.ndarray, always: np.ndarray,
-               rows: np.ndarray, target: float) -> Calibration | None:
+               rows: np.ndarray, target: float, z: float = Z_ONE_SIDED_95) -> Calibration | None:
     """`calibrate_threshold` of the plan (effort1, then effort2 for the suspicious) on the sample's `rows`."""
     hit1 = measured.hits[effort1][rows]
-    return calibrate_threshold(score[rows], hit1, hit1 | measured.hits[effort2][rows], target, always=always[rows])
+    return calibrate_threshold(score[rows], hit1, hit1 | measured.hits[effort2][rows], target, z, always=always[rows])
 
 
 def _cost(measured: Measurements, probe: Policy, effort2: Effort, share: float) -> float:

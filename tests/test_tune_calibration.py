@@ -23,7 +23,7 @@ def true_recall_of_tuned_plan(seed: int) -> float | None:
                              -np.sort(-rng.random((SAMPLE, 10)), axis=1).astype(np.float32)) for e in grid}
     hits = {e: rng.random(SAMPLE) < RECALL for e in grid}
     measured = Measurements(queries, first, hits, {e: 1.0 for e in grid}, None)  # equal costs: least escalation wins
-    rows = _two_pass_candidates(("s1",), grid, measured, split_sample(SAMPLE, seed), TARGET, with_model=False)
+    rows = _two_pass_candidates(("s1",), grid, grid, measured, split_sample(SAMPLE, seed), TARGET, with_model=False)
     if not rows:
         return None
     return RECALL + rows[0].escalated * (1 - RECALL) * RECALL
