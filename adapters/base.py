@@ -166,6 +166,17 @@ class SearchResult:
         return SearchResult(self.ids[:, :limit], self.scores[:, :limit], versions)
 
 
+def pages(fetch: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Sequence[Any]]:
+    """Every non-empty page of a scroll, `fetch(offset)` returning (records, next offset or None), from None."""
+    offset = None
+    while True:
+        records, offset = fetch(offset)
+        if records:
+            yield records
+        if offset is None:
+            return
+
+
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
     flat = [point for points in responses for point in points[:limit]]

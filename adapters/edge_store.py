@@ -48,7 +48,7 @@ from .edge_integrity import damaged_vector_files
 from . import edge_storage_change as storage_change
 from . import storage
 from .base import (CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
-                   collect_results,
+                   collect_results, pages,
                    UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import check_collection_name
@@ -443,14 +443,9 @@ class EdgeStore(VectorStore):
 
     def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
         shard = self._shard(collection)
-        offset = None
-        while True:
-            records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size, with_vector=False,
-                                                              with_payload=False))
-            if records:
-                yield point_ids.as_id_array([r.id for r in records])
-            if offset is None:
-                return
+        for records in pages(lambda offset: shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size,
+                                                                              with_vector=False, with_payload=False))):
+            yield point_ids.as_id_array([r.id for r in records])
 
     def finish_bulk_load(self, collection: str) -> None:
         shard = self._shard(collection)
@@ -472,15 +467,10 @@ class EdgeStore(VectorStore):
         shard = self._shard(collection)
         name = self.resolve_vector(collection, using)[0]
         holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
-        offset = None
-        while True:
-            records, offset = shard.scroll(edge.ScrollRequest(offset=offset, limit=batch_size, filter=holds,
-                                                              with_vector=[name] if name else True,
-                                                              with_payload=False))
-            if records:
-                yield records_as_arrays(records, name)
-            if offset is None:
-                return
+        for records in pages(lambda offset: shard.scroll(edge.ScrollRequest(
+                offset=offset, limit=batch_size, filter=holds, with_vector=[name] if name else True,
+                with_payload=False))):
+            yield records_as_arrays(records, name)
 
     # search ----------------------------------------------------------------------------------
     @staticmethod

@@ -47,8 +47,8 @@ from amips_plugin.core.redact import redact, userinfo
 
 from amips_plugin.core import point_ids
 from . import storage
-from .base import (CollectionInfo, SearchParams, SearchResult, VectorStore, WriteStamp,
-                   collect_results, UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
+from .base import (UNNAMED, CollectionInfo, SearchParams, SearchResult, VectorSpaces, VectorStore, WriteStamp,
+                   classify_vectors, collect_results, pages, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
 
@@ -330,27 +330,18 @@ class QdrantClientStore(VectorStore):
 
     def all_ids(self, collection: str, batch_size: int) -> Iterator[np.ndarray]:
         self._require(collection)
-        offset = None
-        while True:
-            records, offset = self.client.scroll(collection, limit=batch_size, offset=offset, with_vectors=False,
-                                                 with_payload=False)
-            if records:
-                yield point_ids.as_id_array([r.id for r in records])
-            if offset is None:
-                return
+        for records in pages(lambda offset: self.client.scroll(collection, limit=batch_size, offset=offset,
+                                                                 with_vectors=False, with_payload=False)):
+            yield point_ids.as_id_array([r.id for r in records])
 
     def scroll(self, collection: str, batch_size: int,
                using: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         name = self.resolve_vector(collection, using)[0]
-        offset = None
-        while True:
-            records, offset = self.client.scroll(collection, scroll_filter=self._holds(name), limit=batch_size,
-                                                 offset=offset, with_vectors=[name] if name else True,
-                                                 with_payload=False)
-            if records:
-                yield records_as_arrays(records, name)
-            if offset is None:
-                return
+        for records in pages(lambda offset: self.client.scroll(collection, scroll_filter=self._holds(name),
+                                                                 limit=batch_size, offset=offset,
+                                                                 with_vectors=[name] if name else True,
+                                                                 with_payload=False)):
+            yield records_as_arrays(records, name)
 
     # search ----------------------------------------------------------------------------------
     def _params(self, params: SearchParams) -> models.SearchParams | None:

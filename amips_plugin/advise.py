@@ -10,7 +10,10 @@ queries cheapest at a declared recall@1 (issue 23).
 3. Each configuration's policy, and the cheapest plain setting meeting the target on it, are then timed on
    the held-out queries in interleaved rounds (best of `repeats`), so machine noise hits all alike.
 4. The recommended configuration is the fastest whose vector bytes per key in RAM (codes plus float32
-   originals unless they are on disk: `Quantization.ram_bytes_per_key`) fit `max_bytes_per_key`. A
+   originals unless they are on disk: `Quantization.ram_bytes_per_key`) fit `max_bytes_per_key`. Beside
+   that count, each configuration reports what was measured: how much this process's resident memory
+   grew while its copy was built, loaded and tuned (`resident_bytes`; rough — memory freed by an earlier
+   step is reused by a later one, and the page cache holding on-disk originals is not the process's). A
    configuration is a storage name, or NAME+disk for its originals kept on disk (rescoring reads them;
    while the page cache holds them, as on a machine with memory to spare, they cost no disk reads). Under
    a budget, the +disk variant of every quantized storage whose codes fit but whose originals do not is
@@ -24,6 +27,8 @@ then tune (about a minute per storage for 20k–90k keys and 8,000 queries on 2 
 """
 from __future__ import annotations
 
+import gc
+import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,6 +47,16 @@ from .tuning import DEFAULT_REPEATS, TuneReport, check_sample_size, check_target
 
 SCRATCH = "advise"  # the scratch collection's name
 ON_DISK = "+disk"  # a configuration's suffix: its float32 originals on disk
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux: /proc/self/statm), after a garbage collection; None elsewhere."""
+    gc.collect()
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parse_configuration(name: str) -> tuple[str, bool]:
@@ -76,6 +91,7 @@ class Configuration:
     error: str | None = None
     qps: float | None = None  # the policy, interleaved rounds on the held-out queries
     plain_qps: float | None = None  # the cheapest plain setting meeting the target on this storage
+    rss_growth: int | None = None  # bytes the process's resident memory grew while this copy was built and tuned
     recommended: bool = False
 
     @property
@@ -96,7 +112,7 @@ class Configuration:
                 "queries_per_second": self.qps, "plain_queries_per_second": self.plain_qps,
                 "policy": chosen.policy.describe() if chosen else None,
                 "plain": self.report.plain.policy.describe() if self.report else None,
-                "recommended": self.recommended, "error": self.error}
+                "rss_growth_bytes": self.rss_growth, "recommended": self.recommended, "error": self.error}
 
 
 @dataclass
@@ -146,6 +162,7 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
                                               on_disk)
                 advice.configurations.append(configuration)
                 say(f"[{step}/{len(names)}] {label(storage, on_disk)}: copying {len(keys):,} keys, then tuning")
+                before = resident_bytes()
                 scratch = EdgeStore(f"{folder}/{len(scratches)}")
                 scratches.append(scratch)
                 collection_ops.ingest(scratch, SCRATCH, keys, ids=ids, quantization=storage, on_disk=on_disk)
@@ -154,6 +171,9 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
                 except InputError as exc:  # no setting reaches the target on this storage
                     configuration.error = str(exc)
                     continue
+                finally:
+                    after = resident_bytes()
+                    configuration.rss_growth = None if before is None or after is None else max(0, after - before)
                 for role, row in (("policy", configuration.report.chosen), ("plain", configuration.report.plain)):
                     tasks[(name, role)] = partial(serve, scratch, SCRATCH, held, limit, row.policy)
             say(f"timing {len(tasks)} settings in {repeats} interleaved rounds")
@@ -188,15 +208,22 @@ def format_advice(advice: Advice) -> str:
     """The frontier as a text table, the recommendation marked."""
     lines = [f"held-out queries: {advice.held_out}; target recall@1 ≥ {advice.target}"
              + ("" if advice.max_bytes_per_key is None else f"; at most {advice.max_bytes_per_key:g} bytes per key"),
-             f"{'storage':<11} {'B/key':>7} {'recall@1':>9} {'q/s policy':>11} {'q/s plain':>10}  policy"]
+             f"{'storage':<11} {'B/key':>7} {'RSS +MiB':>9} {'recall@1':>9} {'q/s policy':>11} {'q/s plain':>10}"
+             "  policy"]
     for c in advice.configurations:
         if c.report is None:
-            lines.append(f"{c.name:<11} {c.bytes_per_key:>7,.0f}  {'—':>8} {'—':>11} {'—':>10}  {c.error}")
+            lines.append(f"{c.name:<11} {c.bytes_per_key:>7,.0f} {_mib(c.rss_growth):>9}  {'—':>8} {'—':>11} "
+                         f"{'—':>10}  {c.error}")
             continue
         mark = " *" if c.recommended else ""
-        lines.append(f"{c.name + mark:<11} {c.bytes_per_key:>7,.0f} {c.report.chosen.recall:>9.4f} "
-                     f"{c.qps or 0:>11,.0f} {c.plain_qps or 0:>10,.0f}  {c.report.chosen.policy.describe()}")
+        lines.append(f"{c.name + mark:<11} {c.bytes_per_key:>7,.0f} {_mib(c.rss_growth):>9} "
+                     f"{c.report.chosen.recall:>9.4f} {c.qps or 0:>11,.0f} {c.plain_qps or 0:>10,.0f}  "
+                     f"{c.report.chosen.policy.describe()}")
     best = advice.recommended
     lines.append(f"recommended: {label(best.storage, best.on_disk)} (`amips advise ... --apply` moves the collection "
                  "to it and tunes it there)" if best else "no storage reached the target within the budget")
     return "\n".join(lines)
+
+
+def _mib(nbytes: int | None) -> str:
+    return "—" if nbytes is None else f"{nbytes / 2**20:,.1f}"

@@ -45,6 +45,7 @@ from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
+from .core.manifest_schema import parse_policy
 from .core.limits import MAX_OVERSAMPLING
 from .freshness import NOT_CHECKED, stale_reason
 from .inference import forward_in_chunks
@@ -225,39 +226,39 @@ class Policy:
         return _shape_problem(self) or _value_problem(self)
 
     def to_manifest(self) -> dict[str, Any]:
+        """The policy's fields as JSON holds them (tuples as lists), so that `from_manifest` reads them back."""
         data = asdict(self)
-        data["classifier"] = asdict(self.classifier) if self.classifier else None
+        data["classifier"] = ({name: list(values) for name, values in asdict(self.classifier).items()}
+                              if self.classifier else None)
+        for name in ("guard_low", "guard_high"):
+            data[name] = None if data[name] is None else list(data[name])
         return data
 
     @classmethod
     def from_manifest(cls, data: dict[str, Any]) -> Policy:
-        """ArtifactError for anything malformed (the query path then searches plainly)."""
-        try:
-            kind, ef = str(data["kind"]), int(data["ef"])
-            raw = data.get("classifier")
-            classifier = Classifier(tuple(map(float, raw["mean"])), tuple(map(float, raw["scale"])),
-                                    tuple(map(float, raw["weights"]))) if raw else None
-            low, high = data.get("guard_low"), data.get("guard_high")
-            policy = cls(kind=kind, ef=ef, second_ef=None if data.get("second_ef") is None else int(data["second_ef"]),
-                         certificate=data.get("certificate"),
-                         threshold=None if data.get("threshold") is None else float(data["threshold"]),
-                         classifier=classifier,
-                         guard_low=None if low is None else tuple(map(float, low)),
-                         guard_high=None if high is None else tuple(map(float, high)),
-                         target=None if data.get("target") is None else float(data["target"]),
-                         key_count=None if data.get("key_count") is None else int(data["key_count"]),
-                         model_sha256=data.get("model_sha256"),
-                         fallback_ef=None if data.get("fallback_ef") is None else int(data["fallback_ef"]),
-                         break_even=None if data.get("break_even") is None else float(data["break_even"]),
-                         measured=dict(data.get("measured") or {}),
-                         **{key: None if data.get(key) is None else float(data[key])
-                            for key in ("oversampling", "second_oversampling", "fallback_oversampling")})
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise ArtifactError(f"the stored serving policy is malformed ({exc!r})") from None
+        """The policy of a manifest's fields, typed by core/manifest_schema.PolicyFields (one definition of
+        each field); ArtifactError for anything malformed (the query path then searches plainly)."""
+        fields = parse_policy(data)
+        raw, low, high = fields.classifier, fields.guard_low, fields.guard_high
+        policy = cls(kind=fields.kind, ef=fields.ef, second_ef=fields.second_ef, certificate=fields.certificate,
+                     threshold=_float(fields.threshold),
+                     classifier=None if raw is None else Classifier(*(tuple(map(float, values)) for values in (
+                         raw.mean, raw.scale, raw.weights))),
+                     guard_low=None if low is None else tuple(map(float, low)),
+                     guard_high=None if high is None else tuple(map(float, high)),
+                     target=_float(fields.target), key_count=fields.key_count, model_sha256=fields.model_sha256,
+                     fallback_ef=fields.fallback_ef, break_even=_float(fields.break_even),
+                     measured=dict(fields.measured or {}), oversampling=_float(fields.oversampling),
+                     second_oversampling=_float(fields.second_oversampling),
+                     fallback_oversampling=_float(fields.fallback_oversampling))
         problem = policy.problem()
         if problem:
             raise ArtifactError(f"the stored serving policy is malformed ({problem})")
         return policy
+
+
+def _float(value: float | int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _shape_problem(policy: Policy) -> str | None:

@@ -136,16 +136,11 @@ class ClassifierSchema(_Schema):
     weights: list[Number] = Field(max_length=9)
 
 
-class PolicyManifestSchema(_Schema):
-    """The tuned serving policy (serving_policy.Policy): a manifest with no blob. Its numbers are finite and
-    in range here; how they fit together (ef < second_ef, guard_low ≤ guard_high, ...) Policy.from_manifest checks."""
+class PolicyFields(_Schema):
+    """A serving policy's own fields (serving_policy.Policy is built from them: `parse_policy`). Its numbers
+    are finite and in range here; how they fit together (ef < second_ef, guard_low ≤ guard_high, ...)
+    `Policy.problem` checks."""
 
-    version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
-    id: Optional[StrictInt] = Field(default=None, ge=0, lt=limits.MAX_BLOB_ID)
-    created: Optional[StrictStr] = Field(default=None, max_length=64)
-    stale: StrictBool = False
-    fingerprint: Optional[FingerprintSchema] = None
-    bound_to: Optional[BoundToSchema] = None
     kind: Literal["plain", "two-pass"]
     ef: StrictInt = Field(ge=1, le=limits.MAX_HNSW_EF)
     second_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
@@ -163,7 +158,26 @@ class PolicyManifestSchema(_Schema):
     second_oversampling: Optional[Oversampling] = None
     fallback_oversampling: Optional[Oversampling] = None
     measured: Optional[dict[StrictStr, Optional[Number]]] = None
+
+
+class PolicyManifestSchema(PolicyFields):
+    """The tuned serving policy as stored: a manifest with no blob — its fields, and the manifest's own."""
+
+    version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
+    id: Optional[StrictInt] = Field(default=None, ge=0, lt=limits.MAX_BLOB_ID)
+    created: Optional[StrictStr] = Field(default=None, max_length=64)
+    stale: StrictBool = False
+    fingerprint: Optional[FingerprintSchema] = None
+    bound_to: Optional[BoundToSchema] = None
     storage: Optional[StrictStr] = Field(default=None, max_length=64)  # freshness.storage_key at tuning
+
+
+def parse_policy(data: Any) -> PolicyFields:
+    """A policy's fields, typed; ManifestError (one line) when they do not validate."""
+    try:
+        return PolicyFields.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"the stored serving policy is malformed ({one_line(exc)})") from None
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ def test_missing_stale_and_malformed_policies_mean_plain_search_with_a_reason(tm
 
 
 def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
-    policy = sp.Policy("two-pass", 8, 64, "margin", 0.1, key_count=100, model_sha256="aaa")
+    policy = sp.Policy("two-pass", 8, 64, "margin", 0.1, key_count=100, model_sha256="a" * 64)
 
     class Store:
         def read_manifest(self, collection, slot):
@@ -227,11 +227,11 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
             return None  # as qdrant-client's local mode: no storage to compare
 
     model = object()
-    assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "aaa"}, None))[1:] == (model, None)
+    assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "a" * 64}, None))[1:] == (model, None)
     assert "model it reads changed" in sp.stored_policy(Store(), "c", 16, 100,
-                                                        lambda *a: (model, {"sha256": "b"}, None))[2]
+                                                        lambda *a: (model, {"sha256": "b" * 64}, None))[2]
     assert "cannot be used" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (None, None, "no model"))[2]
-    assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, {"sha256": "aaa"}, None))[2]
+    assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, {"sha256": "a" * 64}, None))[2]
 
 
 def test_tune_command_round_trip_on_edge(tmp_path):

@@ -162,6 +162,7 @@ def test_advise_apply_moves_the_collection_and_tunes_it_there(tmp_path):
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
     assert [c["configuration"] for c in advice["configurations"]] == ["none", "int8", "int8+disk"]
+    assert all(type(c["rss_growth_bytes"]) is int and c["rss_growth_bytes"] >= 0 for c in advice["configurations"])
     recommended = [c for c in advice["configurations"] if c["recommended"]]
     assert advice["recommended"] == "int8" and [c["on_disk"] for c in recommended] == [True]
     assert "points moved from float32 to int8 (originals on disk)" in advice["applied"]["moved"]

@@ -33,3 +33,14 @@ def test_stored_stamps_are_parsed_strictly():
                 {"collection": "ab" * 16, "generation": True}, {"collection": "ab" * 16, "generation": 1.0},
                 {"collection": "../x", "generation": 1}, {"collection": "ab" * 16}):
         assert WriteStamp.parse(bad) is None
+
+
+def test_an_artifact_reading_the_model_is_stale_once_the_model_is_another_or_gone():
+    """Rule 6: a serving policy whose certificate reads σ̂ records the model's SHA-256 (one rule for the query
+    path and `status`, which once each compared it by hand)."""
+    reads = manifest(model_sha256="a" * 64)
+    assert stale_reason(reads, STAMP, 10, model_sha256="a" * 64) is None
+    assert stale_reason(reads, STAMP, 10) is None  # the model not looked at
+    assert "model it reads changed" in stale_reason(reads, STAMP, 10, model_sha256="b" * 64)
+    assert "model it reads changed" in stale_reason(reads, STAMP, 10, model_sha256=None)  # dropped
+    assert stale_reason(manifest(), STAMP, 10, model_sha256="b" * 64) is None  # reads no model
