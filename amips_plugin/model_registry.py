@@ -38,7 +38,9 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
+
+import numpy as np
 
 from amips_plugin.adapters.base import MANIFEST_SLOTS, StoredFile, VectorStore, WriteStamp
 from amips_plugin.model_artifact import LoadedModel, decode_model
@@ -46,7 +48,7 @@ from amips_plugin.model_artifact import LoadedModel, decode_model
 from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
 from .core.limits import MAX_BLOB_BYTES
 from .core.manifest_schema import ManifestError, check_outgoing
-from .fingerprint import KeyFingerprint
+from .fingerprint import KeyFingerprint, check_ids_cover
 
 SCROLL_BATCH = 4096
 BLOB_ID_BITS = 40
@@ -256,6 +258,28 @@ def model_fields(blob: bytes, metrics: dict[str, Any] | None = None) -> dict[str
     defined = {name: value if not isinstance(value, float) or math.isfinite(value) else None
                for name, value in (metrics or {}).items()}
     return {"model": header["model"], "dtype": header["dtype"], "metrics": defined}
+
+
+class CoversIds(Protocol):
+    @property
+    def ids(self) -> np.ndarray:
+        """The point ids a side index names."""
+        ...
+
+
+Index = TypeVar("Index", bound=CoversIds)
+
+
+def load_side_index(store: VectorStore, collection: str, slot: str, decode: Callable[[bytes], Index],
+                    description: str) -> tuple[Index, dict[str, Any]] | None:
+    """(the side index in `slot`, its manifest), or None when there is none: its blob read and verified
+    against the manifest's checksum, decoded, and its ids checked to be those of the keys it was built on."""
+    manifest = store.read_manifest(collection, slot)
+    if not manifest:
+        return None
+    index = decode(read_verified_blob(store, collection, manifest))
+    check_ids_cover(index.ids, manifest.get("fingerprint"), description)
+    return index, manifest
 
 
 def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:

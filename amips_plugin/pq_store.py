@@ -19,7 +19,6 @@ from amips_plugin.compression.quantization import encode_exact
 from . import model_registry
 from .core import point_ids
 from .core.errors import ArtifactError
-from .fingerprint import check_ids_cover
 
 KIND = "amips-pq"
 SLOT = "pq"
@@ -68,9 +67,4 @@ def decode_key_store(blob: bytes) -> KeyStore:
 
 
 def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]] | None:
-    manifest = store.read_manifest(collection, SLOT)
-    if not manifest:
-        return None
-    key_store = decode_key_store(model_registry.read_verified_blob(store, collection, manifest))
-    check_ids_cover(key_store.ids, manifest.get("fingerprint"), DESCRIPTION)
-    return key_store, manifest
+    return model_registry.load_side_index(store, collection, SLOT, decode_key_store, DESCRIPTION)

@@ -24,7 +24,6 @@ from amips_plugin.compression.quantization import encode_exact
 
 from . import model_registry
 from .core.errors import ArtifactError
-from .fingerprint import check_ids_cover
 from .routing import ListRanker
 
 KIND = "amips-router"
@@ -94,9 +93,4 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
 
 
 def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, Any]] | None:
-    manifest = store.read_manifest(collection, SLOT)
-    if not manifest:
-        return None
-    routed = decode_routed_lists(model_registry.read_verified_blob(store, collection, manifest))
-    check_ids_cover(routed.ids, manifest.get("fingerprint"), DESCRIPTION)
-    return routed, manifest
+    return model_registry.load_side_index(store, collection, SLOT, decode_routed_lists, DESCRIPTION)
