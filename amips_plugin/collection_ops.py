@@ -22,8 +22,6 @@ from .freshness import stale_reason
 from .core.manifest_schema import fix_command
 from .training import FitResult, TrainConfig, fit
 
-
-
 log = logging.getLogger("amips")
 INGEST_BATCH = 8192  # points per store call while ingesting (one progress step each)
 EXISTING_SHOWN = 5  # existing ids named when an append would overwrite them

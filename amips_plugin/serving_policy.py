@@ -151,7 +151,6 @@ class Policy:
     guard_low: tuple[float, ...] | None = None  # per used feature column
     guard_high: tuple[float, ...] | None = None
     target: float | None = None
-    key_count: int | None = None
     model_sha256: str | None = None  # the model whose σ̂ the certificate reads (None: it reads none)
     fallback_ef: int | None = None  # two-pass: plain search's hnsw_ef meeting the target (the shift guard's)
     break_even: float | None = None  # two-pass: the escalated share at which it costs as much as that
@@ -246,7 +245,7 @@ class Policy:
                          raw.mean, raw.scale, raw.weights))),
                      guard_low=None if low is None else tuple(map(float, low)),
                      guard_high=None if high is None else tuple(map(float, high)),
-                     target=_float(fields.target), key_count=fields.key_count, model_sha256=fields.model_sha256,
+                     target=_float(fields.target), model_sha256=fields.model_sha256,
                      fallback_ef=fields.fallback_ef, break_even=_float(fields.break_even),
                      measured=dict(fields.measured or {}), oversampling=_float(fields.oversampling),
                      second_oversampling=_float(fields.second_oversampling),

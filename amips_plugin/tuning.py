@@ -230,7 +230,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     for row in candidates[1:]:
         policy = row.policy
         first_cost = per_query[policy.first] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
-        row.policy = replace(policy, key_count=info.count,
+        row.policy = replace(policy,
                              model_sha256=(manifest or {}).get("sha256") if policy.uses_model else None,
                              fallback_ef=plain.policy.ef, fallback_oversampling=plain.policy.oversampling,
                              break_even=min(1.0, max(0.0, (plain_cost - first_cost) / per_query[policy.second])))
@@ -247,7 +247,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:],
                         notes=notes)
     if publish:
-        policy = replace(chosen.policy, target=target, key_count=info.count,
+        policy = replace(chosen.policy, target=target,
                          measured={"recall": chosen.recall, "lower_bound": chosen.lower_bound,
                                    "escalated": chosen.escalated, "qps": chosen.qps, "plain_ef": plain.policy.ef,
                                    "plain_oversampling": plain.policy.oversampling, "plain_qps": plain.qps,

@@ -5,14 +5,15 @@ Everything stored is untrusted input (anyone with write access to a collection c
 metadata). Each read goes through `validate_manifest` or `validate_header`; whatever does not
 validate is a ManifestError / ArtifactError with one line, which callers treat as "no usable model
 / index" (the query path answers plain, `status` reports the reason per slot). Validation is
-strict about types (no "1" for 1, no true for 1) and bounded (amips_plugin.limits), so a hostile
+strict about types (no "1" for 1, no true for 1) and bounded (core/limits.py), so a hostile
 manifest cannot declare sizes that the code would then allocate; every number is finite (a manifest
 file's NaN / Infinity literals are refused as not JSON), and amips checks each manifest it writes the
 same way (`check_outgoing`).
 
-The validated models are not handed around: callers keep the plain dict, which is known to hold
-at least these fields with these types. Unknown extra fields are allowed (a newer amips may add
-some); an unknown slot is checked against the fields every manifest has.
+Store reads keep the plain dict, which is known to hold at least these fields with these types; a
+serving policy is read into its typed fields (`parse_policy`: serving_policy.Policy is built from
+them). Unknown extra fields are allowed (a newer amips may add some); an unknown slot is checked
+against the fields every manifest has.
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ class PolicyFields(_Schema):
     guard_low: Optional[list[Number]] = Field(default=None, max_length=8)
     guard_high: Optional[list[Number]] = Field(default=None, max_length=8)
     target: Optional[Annotated[Number, Field(gt=0, lt=1)]] = None
-    key_count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)
+    key_count: Optional[StrictInt] = Field(default=None, ge=0, le=limits.MAX_POINT_COUNT)  # older policies; unread
     model_sha256: Optional[StrictStr] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     fallback_ef: Optional[StrictInt] = Field(default=None, ge=1, le=limits.MAX_HNSW_EF)
     break_even: Optional[Share] = None

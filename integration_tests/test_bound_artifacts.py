@@ -36,7 +36,7 @@ def _with_artifacts(store, name, keys, train_queries) -> None:
     ops.ingest(store, name, keys)
     ops.train(store, name, train_queries, QUICK, progress=False)
     pq_build.build(store, name, subspaces=4)
-    tuning.publish_policy(store, name, serving_policy.Policy("plain", 32, key_count=N), ops.read_keys(store, name)[2],
+    tuning.publish_policy(store, name, serving_policy.Policy("plain", 32), ops.read_keys(store, name)[2],
                           None)
 
 

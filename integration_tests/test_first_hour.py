@@ -179,7 +179,7 @@ def test_filtered_queries_under_auto_get_the_plain_setting_that_met_the_target(t
     store = open_store(f"edge:{tmp_path}")
     try:
         ops.ingest(store, "c", keys, payloads=[{"lang": "en" if i % 3 else "fr"} for i in range(3000)])
-        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5, key_count=3000)
+        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
         tuning.publish_policy(store, "c", policy, ops.read_keys(store, "c")[2], None)
         french = models.Filter(must=[models.FieldCondition(key="lang", match=models.MatchValue(value="fr"))])
         result, report = QueryRewriter(store).search("c", queries, 5, mode="auto", params=SearchParams(filter=french))
@@ -208,7 +208,7 @@ def test_scored_points_carry_the_engines_point_version(tmp_path):
         ops.ingest(client.store, "c", keys)
         rewritten = np.arange(0, 3000, 2)
         ops.ingest(client.store, "c", keys[rewritten], ids=rewritten, upsert=True)
-        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5, key_count=3000)
+        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
         tuning.publish_policy(client.store, "c", policy, ops.read_keys(client.store, "c")[2], None)
         queries = keys[:40] + 0.1 * rng.standard_normal((40, 32)).astype(np.float32)
         for batch in ([queries[:1]], [queries]):
@@ -250,7 +250,7 @@ def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, mon
     client = AmipsClient(f"edge:{tmp_path}")
     try:
         view = for_vector(client.store, using)
-        tuning.publish_policy(view, "docs", sp.Policy("plain", 32, key_count=800), read_keys(view, "docs")[2], None)
+        tuning.publish_policy(view, "docs", sp.Policy("plain", 32), read_keys(view, "docs")[2], None)
         client.query_points("docs", query=queries[0], using=using, limit=5)
         reads = Counter()
         real = edge_store.EdgeStore._read_manifest_file

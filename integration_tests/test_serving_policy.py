@@ -140,7 +140,7 @@ def test_the_shift_guard_answers_by_plain_search_at_the_fallback_ef_while_querie
     assert guard.answered_plain == 2000 - sp.GUARD_CHUNK + 8 * 512 - sp.GUARD_CHUNK
 
     # through the query path: the rewriter keeps one guard per collection and says what it did
-    tuning.publish_policy(store, "c", sp.Policy(**{**unusual.__dict__, "key_count": 4000}),
+    tuning.publish_policy(store, "c", unusual,
                           ops.read_keys(store, "c")[2], store.read_manifest("c", sp.SLOT))
     rewriter = QueryRewriter(store)
     rewriter.search("c", q[:256], 10, mode="auto")
@@ -214,7 +214,7 @@ def test_missing_stale_and_malformed_policies_mean_plain_search_with_a_reason(tm
 
 
 def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
-    policy = sp.Policy("two-pass", 8, 64, "margin", 0.1, key_count=100, model_sha256="a" * 64)
+    policy = sp.Policy("two-pass", 8, 64, "margin", 0.1, model_sha256="a" * 64)
 
     class Store:
         def read_manifest(self, collection, slot):
@@ -264,7 +264,7 @@ def test_tune_command_round_trip_on_edge(tmp_path):
 
 def test_policy_manifest_round_trips_and_rejects_garbage():
     classifier = sp.Classifier((0.0, 1.0, 2.0), (1.0, 1.0, 1.0), (0.5, -1.0, 0.0, 0.0))
-    policy = sp.Policy("two-pass", 8, 64, "classifier", 0.3, classifier, (0, 0, 0), (1, 1, 1), 0.99, 10, None,
+    policy = sp.Policy("two-pass", 8, 64, "classifier", 0.3, classifier, (0, 0, 0), (1, 1, 1), 0.99, None,
                        measured={"qps": 1.0})
     assert sp.Policy.from_manifest(json.loads(json.dumps(policy.to_manifest()))) == sp.Policy.from_manifest(
         policy.to_manifest())
@@ -293,7 +293,7 @@ def test_absurd_policy_values_mean_plain_search_with_a_reason_and_status_never_s
     np.save(tmp_path / "q.npy", queries)
     store = open_store(f"edge:{tmp_path / 'edge'}")
     ops.ingest(store, "c", keys)
-    good = sp.Policy("two-pass", 8, 64, "s1", 0.0, guard_low=(-10.0,), guard_high=(10.0,), target=0.9, key_count=300,
+    good = sp.Policy("two-pass", 8, 64, "s1", 0.0, guard_low=(-10.0,), guard_high=(10.0,), target=0.9,
                      fallback_ef=32, break_even=0.3, measured={"recall": 0.95, "escalated": 0.2})
     manifest = tuning.publish_policy(store, "c", good, ops.read_keys(store, "c")[2], None)
     assert QueryRewriter(store).search("c", queries, 3, mode="auto")[1].fallback_reason is None
