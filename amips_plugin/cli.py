@@ -37,16 +37,16 @@ from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
 from .core.redact import redact, userinfo
 from .core.files import atomic_write, read_bounded
-from .core.timing import latency_ms, one_at_a_time, timed
 from .fingerprint import keys_fingerprint
 from .inference import predict_keys, resolve_device
 from .metrics import model_report
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
+from .search_run import run_queries, summary as search_summary
 from .router_training import RouterTraining
 from .models import MODEL_KINDS
 from .synthetic import gaussian_mixture
 from .targets import exact_top1
-from .truth import check_truth_ids, load_truth, recall_at_1, recall_at_limit
+from .truth import load_truth
 from .training import FitResult, TrainConfig, fit
 
 DEFAULTS = TrainConfig()
@@ -550,36 +550,11 @@ def search_command(ctx: click.Context, collection: str, queries_path: str, limit
     queries = load_vectors(queries_path, "QUERIES")
     mode = mode or ("auto" if candidate_source == "engine" else "off")  # auto searches the engine only
     rewriter = QueryRewriter(_store(ctx))
-    params = SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling)
-
-    def run(batch: np.ndarray):
-        return rewriter.search(collection, batch, limit, mode, candidates, params, candidate_source)
-
-    run(queries[:1])  # load the model (and key store) before timing
-    latencies = None
-    if single:
-        (parts, latencies), seconds = timed(lambda: one_at_a_time(run, queries))
-        ids = point_ids.concatenate([p[0].ids for p in parts])
-        scores = np.concatenate([p[0].scores for p in parts])
-        report = parts[-1][1]
-        report.rewritten, report.plain = sum(p[1].rewritten for p in parts), sum(p[1].plain for p in parts)
-    else:
-        (result, report), seconds = timed(lambda: run(queries))
-        ids, scores = result.ids, result.scores
-    summary: dict[str, Any] = {"collection": collection, "mode": mode, "candidates_from": candidate_source,
-                               "notes": report.notes, "queries": len(queries), "limit": limit,
-                               "rewritten": report.rewritten, "plain": report.plain, "escalated": report.escalated,
-                               "fallback_reason": report.fallback_reason, "model_version": report.model_version,
-                               "seconds": round(seconds, 4), "queries_per_second": round(len(queries) / seconds, 1)}
-    if latencies is not None:
-        p50, p99 = latency_ms(latencies)
-        summary["latency_ms_p50"], summary["latency_ms_p99"] = round(p50, 3), round(p99, 3)
-    store = rewriter.store
-    if truth_path:
-        best = load_truth(truth_path, len(queries), ids)[:, 0]
-        check_truth_ids(store, collection, best)
-        summary["recall@1"] = round(recall_at_1(ids, best), 4)
-        summary[f"recall@{limit}"] = round(recall_at_limit(ids, best), 4)
+    run = run_queries(rewriter, collection, queries, limit, mode, candidates,
+                      SearchParams(hnsw_ef=hnsw_ef, exact=exact, oversampling=oversampling), candidate_source, single)
+    ids, scores, store = run.ids, run.scores, rewriter.store
+    truth = load_truth(truth_path, len(queries), ids)[:, 0] if truth_path else None
+    summary = search_summary(rewriter, collection, run, mode, candidate_source, limit, truth)
     if output:
         np.save(output, ids)
     click.echo(_json(summary) if as_json else "  ".join(f"{k}={v}" for k, v in summary.items()))

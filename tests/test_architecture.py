@@ -33,7 +33,7 @@ LAYERS = [  # inside amips_plugin/, lowest first; a package name covers the modu
                  "amips_plugin.router_store", "amips_plugin.serving_policy", "amips_plugin.side_indexes",
                  "amips_plugin.pending_writes"]),
     ("query", ["amips_plugin.rewriting", "amips_plugin.tuning", "amips_plugin.calibration", "amips_plugin.advise",
-               "amips_plugin.client", "amips_plugin.pq_build", "amips_plugin.route_build"]),
+               "amips_plugin.client", "amips_plugin.pq_build", "amips_plugin.route_build", "amips_plugin.search_run"]),
     ("cli", ["amips_plugin.cli"]),
 ]
 
