@@ -28,7 +28,7 @@ from amips_plugin.core.errors import InputError, StoreBusyError, StoreError
 from amips_plugin.core.limits import MAX_BLOB_BYTES
 
 from amips_plugin.core import point_ids
-from amips_plugin.core.manifest_schema import SLOTS
+from amips_plugin.core.manifest_schema import SLOTS, ManifestSchema
 
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = tuple(SLOTS)  # "model", "pq", "router", "policy" (core/manifest_schema.py: one entry each)
@@ -386,10 +386,10 @@ class ArtifactStore(abc.ABC):
     manifest_lock_timeout: float = MANIFEST_LOCK_TIMEOUT
 
     @abc.abstractmethod
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+    def read_manifest(self, collection: str, slot: str = "model") -> ManifestSchema | None:
         """The manifest in `slot` ("model"; "pq": the compressed key store; "router": the routed lists;
         "policy": the tuned serving policy, a manifest without a blob; each `vector_slot`-suffixed for a
-        named vector), or None."""
+        named vector), validated and typed by its slot's schema (core/manifest_schema.SLOTS), or None."""
 
     @abc.abstractmethod
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:

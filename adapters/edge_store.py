@@ -40,7 +40,8 @@ from amips_plugin.core.errors import (AmipsError, ArtifactError, InputError, Sto
                                       UnknownCollectionError)
 from amips_plugin.core.files import atomic_write, interrupted_write_target, read_bounded
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_MANIFEST_BYTES, MAX_VERSION
-from amips_plugin.core.manifest_schema import SLOTS, ManifestError, fix_command, parse_manifest_json
+from amips_plugin.core.manifest_schema import (SLOTS, BlobManifestSchema, ManifestError, ManifestSchema, fix_command,
+                                               parse_manifest_json)
 
 from amips_plugin.core import point_ids
 from .edge_filters import edge_filter
@@ -540,13 +541,13 @@ class EdgeStore(VectorStore):
             _own_folder(path.parent)  # every read: a link planted after the first is refused too
         return path
 
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+    def read_manifest(self, collection: str, slot: str = "model") -> ManifestSchema | None:
         """The slot's manifest file, read with a size bound and validated (manifest_schema)."""
         slot = self.manifest_slot(collection, slot)
         return self._read_manifest_file(self._manifest_path(collection, slot), slot, collection)
 
     @staticmethod
-    def _read_manifest_file(path: Path, slot: str, collection: str) -> dict[str, Any] | None:
+    def _read_manifest_file(path: Path, slot: str, collection: str) -> ManifestSchema | None:
         """A manifest file (None when absent); ManifestError when it is unusable, a symbolic link included."""
         with _file_errors(f"read the manifest of {collection!r}"):
             if not os.path.lexists(path):
@@ -641,8 +642,8 @@ class EdgeStore(VectorStore):
                 manifest = self._read_manifest_file(path, slot, collection)
             except AmipsError:
                 return None
-            if manifest and type(manifest.get("blob")) is int:
-                named.add(manifest["blob"])
+            if isinstance(manifest, BlobManifestSchema):
+                named.add(manifest.blob)
         return named
 
     def _manifest_files(self, collection: str) -> list[tuple[Path, str]]:

@@ -42,7 +42,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from amips_plugin.core.errors import ArtifactError, InputError, StoreBusyError, StoreError, UnknownCollectionError
 from amips_plugin.core.limits import MAX_BLOB_BYTES, MAX_VERSION
-from amips_plugin.core.manifest_schema import validate_manifest
+from amips_plugin.core.manifest_schema import ManifestSchema, validate_manifest
 from amips_plugin.core.redact import redact, userinfo
 
 from amips_plugin.core import point_ids
@@ -404,7 +404,7 @@ class QdrantClientStore(VectorStore):
                                      with_vectors=with_vectors)
         return {point_ids.canonical(r.id): (r.payload, r.vector) for r in found}
 
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+    def read_manifest(self, collection: str, slot: str = "model") -> ManifestSchema | None:
         metadata = self._metadata(collection)
         slot = self.manifest_slot(collection, slot)
         return validate_manifest(metadata.get(self._metadata_key(slot)), slot, collection)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 import numpy as np
 
 from amips_plugin.core.limits import MAX_BLOB_BYTES
+from amips_plugin.core.manifest_schema import ManifestSchema
 
 from .base import CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp, vector_slot
 
@@ -81,7 +82,7 @@ class VectorView(VectorStore):
                 with_vectors: Any = False) -> dict[int | str, tuple[Any, Any]]:
         return self.store.records(collection, ids, with_payload, with_vectors)
 
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
+    def read_manifest(self, collection: str, slot: str = "model") -> ManifestSchema | None:
         return self.store.read_manifest(collection, vector_slot(slot, self.using))
 
     def manifest_token(self, collection: str, slot: str = "model") -> Hashable | None:

@@ -19,7 +19,8 @@ from .arrays import check_vectors
 from .core.errors import AmipsError, ArtifactError, InputError, UnknownCollectionError
 from .fingerprint import KeyFingerprint
 from .freshness import stale_reason
-from .core.manifest_schema import fix_command
+from .core.manifest_schema import (BlobManifestSchema, ManifestSchema, ModelManifestSchema, PolicyManifestSchema,
+                                   as_schema, fix_command)
 from .training import FitResult, TrainConfig, fit
 
 log = logging.getLogger("amips")
@@ -282,7 +283,7 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
                               "distance": info.distance, "model": None, "side_indexes": {},
                               "storage": None if stored is None else {"quantization": stored[0], "on_disk": stored[1]}}
     report["policy"] = None
-    manifests: dict[str, dict[str, Any] | None] = {}
+    manifests: dict[str, ManifestSchema | None] = {}
     for slot, manifest in read.items():
         if isinstance(manifest, model_registry.BrokenManifest):
             entry = {"error": manifest.reason}
@@ -296,33 +297,32 @@ def status(store: VectorStore, collection: str, verify: bool = True) -> dict[str
                    if verify and any(manifests.values()) else None)
     stamp = store.write_stamp(collection)
 
-    manifest = manifests.pop("model")
-    model_sha256 = (manifest or {}).get("sha256")  # a policy reading σ̂ is stale once the model is another
+    manifest = as_schema(manifests.pop("model"), ModelManifestSchema)
+    model_sha256 = manifest.sha256 if manifest else None  # a policy reading σ̂ is stale once the model is another
 
-    def stale(artifact: dict[str, Any]) -> bool:
+    def stale(artifact: ManifestSchema) -> bool:
         return stale_reason(artifact, stamp, info.count, fingerprint, stored, model_sha256) is not None
 
-    policy = manifests.pop("policy")
+    policy = as_schema(manifests.pop("policy"), PolicyManifestSchema)
     if policy:
         report["policy"] = serving_policy.policy_status(policy, stale(policy))
     if manifest:
         report["model"] = {
-            "version": manifest.get("version"), "stale": stale(manifest),
-            "fingerprint": manifest.get("fingerprint"), "bytes": manifest.get("bytes"),
-            "kind": (manifest.get("model") or {}).get("kind"), "metrics": manifest.get("metrics"),
-            "created": manifest.get("created"),
+            "version": manifest.version, "stale": stale(manifest),
+            "fingerprint": manifest.fingerprint.to_dict() if manifest.fingerprint else None, "bytes": manifest.bytes,
+            "kind": manifest.model.kind, "metrics": manifest.metrics, "created": manifest.created,
         }
         _note_blob_problem(report["model"], store, collection, "model", manifest, verify)
-    for slot, side in manifests.items():  # the compressed key store ("pq") and the routed lists ("router")
+    for slot, read_side in manifests.items():  # the compressed key store ("pq") and the routed lists ("router")
+        side = as_schema(read_side, BlobManifestSchema)
         if side:
-            report["side_indexes"][slot] = {"version": side.get("version"), "bytes": side.get("bytes"),
-                                            "stale": stale(side)}
+            report["side_indexes"][slot] = {"version": side.version, "bytes": side.bytes, "stale": stale(side)}
             _note_blob_problem(report["side_indexes"][slot], store, collection, slot, side, verify)
     return report
 
 
 def _note_blob_problem(entry: dict[str, Any], store: VectorStore, collection: str, slot: str,
-                       manifest: dict[str, Any], verify: bool) -> None:
+                       manifest: BlobManifestSchema, verify: bool) -> None:
     """Set entry["error"] when the blob `manifest` names cannot be loaded: missing or over its size, and with
     `verify` truncated or not matching its checksum. Even without `verify` the blob is read (bounded by the
     manifest's size), as a store can tell no more cheaply: status never calls fresh what no search can load."""
@@ -330,7 +330,7 @@ def _note_blob_problem(entry: dict[str, Any], store: VectorStore, collection: st
         if verify:
             model_registry.read_verified_blob(store, collection, manifest)
         else:
-            store.read_blob(collection, int(manifest["blob"]), int(manifest["bytes"]))
+            store.read_blob(collection, manifest.blob, manifest.bytes)
     except ArtifactError as exc:
         entry["error"] = f"{exc}; clear it with `{fix_command(slot, collection)}` and build it again"
 

@@ -38,10 +38,10 @@ def keys_fingerprint(keys: np.ndarray, ids: np.ndarray | None = None) -> dict[st
     return fingerprint.result()
 
 
-def check_ids_cover(ids: np.ndarray, fingerprint: dict[str, Any] | None, what: str) -> None:
-    """ArtifactError unless `ids` name as many points as the keys `fingerprint` describes, each once, as an
-    index built from those keys does (a planted one could name millions for a small collection)."""
-    count = (fingerprint or {}).get("count")
+def check_ids_cover(ids: np.ndarray, count: int | None, what: str) -> None:
+    """ArtifactError unless `ids` name `count` points (as many as the keys it was built on: its manifest's
+    fingerprint), each once, as an index built from those keys does (a planted one could name millions for a
+    small collection)."""
     if len(ids) != count:
         raise ArtifactError(f"the {what} holds {len(ids):,} point ids, its manifest says it was built on {count} keys")
     if len(np.unique(ids)) != len(ids):

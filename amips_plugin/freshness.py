@@ -24,6 +24,8 @@ from typing import Any
 
 from amips_plugin.adapters.base import WriteStamp
 
+from .core.manifest_schema import ManifestSchema, PolicyManifestSchema
+
 NOT_CHECKED = object()  # `stale_reason(model_sha256=...)`: the model is not looked at
 
 
@@ -32,7 +34,7 @@ def storage_key(storage: tuple[str, bool]) -> str:
     return storage[0] + ("+on_disk" if storage[1] else "")
 
 
-def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int | None,
+def stale_reason(manifest: ManifestSchema, stamp: WriteStamp | None, count: int | None,
                  fingerprint: dict[str, Any] | None = None, storage: tuple[str, bool] | None = None,
                  model_sha256: str | None | object = NOT_CHECKED) -> str | None:
     """Why the artifact of `manifest` no longer describes the collection's points, or None while it does.
@@ -42,20 +44,22 @@ def stale_reason(manifest: dict[str, Any], stamp: WriteStamp | None, count: int 
     (None: not checked); `fingerprint`: the keys' fingerprint, recomputed (None: not checked); `storage`:
     the vector's storage now (`VectorStore.storage`; None: not checked or unknown); `model_sha256`: the
     SHA-256 of the collection's model now (None: it has none; NOT_CHECKED: not looked at)."""
-    if manifest.get("stale"):
+    bound, keys = manifest.bound_to, manifest.fingerprint
+    if manifest.stale:
         return "the keys changed since it was built"
-    if manifest.get("bound_to") != (stamp.as_manifest() if stamp else None):
+    if (None if bound is None else WriteStamp(bound.collection, bound.generation)) != stamp:
         return ("it was built for other points (the collection was re-created, written since, or the "
                 "artifact copied from elsewhere)")
-    built_on = (manifest.get("fingerprint") or {}).get("count")
+    built_on = None if keys is None else keys.count
     if count is not None and built_on != count:
         return f"it was built on {built_on} keys, the collection has {count}"
-    if fingerprint is not None and fingerprint != manifest.get("fingerprint"):
+    if fingerprint is not None and fingerprint != (None if keys is None else keys.to_dict()):
         return "the keys' fingerprint differs from the one it was built on"
-    measured_on = manifest.get("storage")
+    if not isinstance(manifest, PolicyManifestSchema):  # rules 5 and 6 are about what a serving policy records
+        return None
+    measured_on, reads = manifest.storage, manifest.model_sha256
     if storage is not None and measured_on is not None and measured_on != storage_key(storage):
         return f"it was measured on {measured_on} storage; the vector is stored as {storage_key(storage)} now"
-    reads = manifest.get("model_sha256")
     if reads is not None and model_sha256 is not NOT_CHECKED and model_sha256 != reads:
         return "the model it reads changed since it was measured"
     return None

@@ -21,7 +21,8 @@ them once they are older than LEFTOVER_GRACE manifest-lock timeouts.
 
 The manifest: {"version", "blob", "sha256", "bytes", "model" (architecture), "dtype",
 "fingerprint" (keys trained on), "metrics" (validation at training time), "created", "stale",
-"slot"}; its schema, checked at every read, is in manifest_schema.py.
+"slot"}; written as a dict, read back typed by its schema (core/manifest_schema.py: ModelManifestSchema),
+which every read checks.
 
 Stored state is untrusted input. A manifest that does not validate is "no usable model" for
 readers, and never blocks a writer: `train`, the side-index builds and `drop-model` /
@@ -46,8 +47,8 @@ from amips_plugin.adapters.base import MANIFEST_SLOTS, StoredFile, VectorStore, 
 from amips_plugin.model_artifact import LoadedModel, decode_model
 
 from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
-from .core.limits import MAX_BLOB_BYTES
-from .core.manifest_schema import ManifestError, check_outgoing
+from .core.manifest_schema import (BlobManifestSchema, ManifestError, ManifestSchema, ModelManifestSchema,
+                                   PolicyManifestSchema, as_schema, check_outgoing)
 from .fingerprint import KeyFingerprint, check_ids_cover
 
 SCROLL_BATCH = 4096
@@ -65,24 +66,33 @@ class BrokenManifest:
     reason: str
 
 
+Read = ManifestSchema | BrokenManifest | None  # a slot as a writer sees it (`read_for_replace`)
+
+
 @dataclass(frozen=True)
 class StoredModel:
     loaded: LoadedModel
-    manifest: dict[str, Any]
+    manifest: ModelManifestSchema
 
 
-def identity(manifest: dict[str, Any] | BrokenManifest | None) -> tuple[Any, Any] | None:
+def identity(manifest: Read) -> tuple[int | str, int | None] | None:
     """What a compare-and-swap compares: (version, blob id, or the random id of a manifest without a blob).
     Ids are random, so a manifest dropped and republished under the same version number still differs;
     the stale flag is not part of it. Every broken manifest compares equal to every other (a writer
     replaces whatever is broken there)."""
     if isinstance(manifest, BrokenManifest):
         return ("broken", None)
-    return None if not manifest else (manifest.get("version"), manifest.get("blob", manifest.get("id")))
+    if manifest is None:
+        return None
+    return manifest.version, manifest.id if isinstance(manifest, PolicyManifestSchema) else _blob_of(manifest)
 
 
-def read_for_replace(store: VectorStore, collection: str,
-                     slot: str = "model") -> dict[str, Any] | BrokenManifest | None:
+def _blob_of(manifest: Read) -> int | None:
+    """The blob a manifest names (a policy, or what is broken or absent, names none)."""
+    return manifest.blob if isinstance(manifest, BlobManifestSchema) else None
+
+
+def read_for_replace(store: VectorStore, collection: str, slot: str = "model") -> Read:
     """The slot's manifest as a writer sees it: a broken one is something to replace, not an error."""
     try:
         return store.read_manifest(collection, slot)
@@ -90,10 +100,10 @@ def read_for_replace(store: VectorStore, collection: str,
         return BrokenManifest(str(exc))
 
 
-def _describe(manifest: dict[str, Any] | BrokenManifest | None) -> str:
+def _describe(manifest: Read) -> str:
     if isinstance(manifest, BrokenManifest):
         return "now unreadable"
-    return "removed" if not manifest else f"now version {manifest.get('version')}"
+    return "removed" if manifest is None else f"now version {manifest.version}"
 
 
 def _named_elsewhere(store: VectorStore, collection: str, slot: str, blob_id: int) -> bool:
@@ -105,15 +115,15 @@ def _named_elsewhere(store: VectorStore, collection: str, slot: str, blob_id: in
             manifest = store.read_manifest(collection, other)
         except AmipsError:
             return True
-        if manifest and manifest.get("blob") == blob_id:
+        if _blob_of(manifest) == blob_id:
             return True
     return False
 
 
-def _discard_replaced(store: VectorStore, collection: str, slot: str, manifest: Any) -> None:
+def _discard_replaced(store: VectorStore, collection: str, slot: str, manifest: Read) -> None:
     """Remove the blob a replaced or dropped manifest of `slot` named, unless another slot names it."""
-    blob_id = manifest.get("blob") if isinstance(manifest, dict) else None
-    if type(blob_id) is not int:
+    blob_id = _blob_of(manifest)
+    if blob_id is None:
         return
     if _named_elsewhere(store, collection, slot, blob_id):
         log.warning("amips: the %s manifest of %r named blob %s, which another slot uses (or may); it was kept",
@@ -131,8 +141,7 @@ def _discard(store: VectorStore, collection: str, blob_id: int) -> None:
 
 
 def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[str, Any],
-                 slot: str = "model", stale: bool = False,
-                 expected: dict[str, Any] | BrokenManifest | None = READ_NOW,
+                 slot: str = "model", stale: bool = False, expected: Read = READ_NOW,
                  bound_to: WriteStamp | None = READ_NOW) -> dict[str, Any]:
     """The publish protocol for any blob kept alongside a collection; returns the new manifest.
 
@@ -157,16 +166,15 @@ def publish_blob(store: VectorStore, collection: str, blob: bytes, fields: dict[
                                              {**fields, "blob": blob_id, "sha256": sha256, "bytes": len(blob)},
                                              expected, bound_to, stale)
     except BaseException:
-        if not _landed(store, collection, slot, lambda now: (now or {}).get("blob") == blob_id):
+        if not _landed(store, collection, slot, lambda now: _blob_of(now) == blob_id):
             _discard(store, collection, blob_id)
         raise
     _discard_replaced(store, collection, slot, replaced)
     return manifest
 
 
-def commit_manifest(store: VectorStore, collection: str, slot: str, fields: dict[str, Any],
-                    expected: dict[str, Any] | BrokenManifest | None, bound_to: WriteStamp | None,
-                    stale: bool = False) -> tuple[dict[str, Any], dict[str, Any] | BrokenManifest | None]:
+def commit_manifest(store: VectorStore, collection: str, slot: str, fields: dict[str, Any], expected: Read,
+                    bound_to: WriteStamp | None, stale: bool = False) -> tuple[dict[str, Any], Read]:
     """The commit point of every publish (a model or side index after its blob is stored, or the serving
     policy, which has none): under the manifest lock, check that the slot still holds `expected`
     (ConcurrentPublishError otherwise), then write `fields` as the slot's manifest with the next version,
@@ -178,19 +186,19 @@ def commit_manifest(store: VectorStore, collection: str, slot: str, fields: dict
             raise ConcurrentPublishError(
                 f"another writer changed the {slot} of {collection!r} while this one worked "
                 f"({_describe(current)}); this {slot} was discarded — run the command again")
-        previous = current if isinstance(current, dict) else None
+        previous = current if isinstance(current, ManifestSchema) else None
         keys_changed = (store.write_stamp(collection) != bound_to
-                        or bool(previous and previous.get("stale")
-                                and not (expected if isinstance(expected, dict) else {}).get("stale")))
-        version = (previous["version"] if previous else store.last_version(collection, slot)) + 1
+                        or bool(previous and previous.stale
+                                and not (isinstance(expected, ManifestSchema) and expected.stale)))
+        version = (previous.version if previous else store.last_version(collection, slot)) + 1
         manifest = {**fields, "version": version, "bound_to": bound_to.as_manifest() if bound_to else None,
                     "slot": slot, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "stale": stale or keys_changed}
-        check_outgoing(manifest, slot, collection)
+        written = check_outgoing(manifest, slot, collection)
         try:
             store.write_manifest(collection, manifest, slot)
         except BaseException:
-            if not _landed(store, collection, slot, lambda now: identity(now) == identity(manifest)):
+            if not _landed(store, collection, slot, lambda now: identity(now) == identity(written)):
                 raise  # a lost reply may hide a landed write: then this is committed
         _remove_leftovers_quietly(store, collection)
     return manifest, current
@@ -232,7 +240,7 @@ def _remove_leftovers_quietly(store: VectorStore, collection: str) -> None:
         log.warning("amips: could not remove the leftover files of %r: %s", collection, exc)
 
 
-def _landed(store: VectorStore, collection: str, slot: str, is_ours: Callable[[dict[str, Any] | None], bool]) -> bool:
+def _landed(store: VectorStore, collection: str, slot: str, is_ours: Callable[[ManifestSchema | None], bool]) -> bool:
     """After a failed write: does the slot hold this writer's manifest anyway? Unknown (unreadable) counts as
     landed, so a blob is kept rather than deleted from under a manifest that may name it."""
     try:
@@ -243,8 +251,7 @@ def _landed(store: VectorStore, collection: str, slot: str, is_ours: Callable[[d
 
 
 def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[str, Any],
-            metrics: dict[str, Any] | None = None, stale: bool = False,
-            expected: dict[str, Any] | BrokenManifest | None = READ_NOW,
+            metrics: dict[str, Any] | None = None, stale: bool = False, expected: Read = READ_NOW,
             bound_to: WriteStamp | None = READ_NOW) -> dict[str, Any]:
     """Store `blob` (a model artifact) as the collection's model and return the new manifest."""
     fields = {**model_fields(blob, metrics), "fingerprint": fingerprint}
@@ -271,30 +278,26 @@ Index = TypeVar("Index", bound=CoversIds)
 
 
 def load_side_index(store: VectorStore, collection: str, slot: str, decode: Callable[[bytes], Index],
-                    description: str) -> tuple[Index, dict[str, Any]] | None:
+                    description: str) -> tuple[Index, BlobManifestSchema] | None:
     """(the side index in `slot`, its manifest), or None when there is none: its blob read and verified
     against the manifest's checksum, decoded, and its ids checked to be those of the keys it was built on."""
-    manifest = store.read_manifest(collection, slot)
-    if not manifest:
+    manifest = as_schema(store.read_manifest(collection, slot), BlobManifestSchema)
+    if manifest is None:
         return None
     index = decode(read_verified_blob(store, collection, manifest))
-    check_ids_cover(index.ids, manifest.get("fingerprint"), description)
+    check_ids_cover(index.ids, None if manifest.fingerprint is None else manifest.fingerprint.count, description)
     return index, manifest
 
 
-def read_verified_blob(store: VectorStore, collection: str, manifest: dict[str, Any]) -> bytes:
-    try:
-        blob_id, sha256 = int(manifest["blob"]), str(manifest["sha256"])
-    except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"the manifest of {collection!r} is malformed or from an incompatible amips version; "
-                            "retrain, or drop the model") from None
-    size = manifest.get("bytes")
-    bound = size if type(size) is int else MAX_BLOB_BYTES
-    blob = store.read_blob(collection, blob_id, bound)
-    if len(blob) != bound and bound != MAX_BLOB_BYTES:
-        raise ArtifactError(f"blob {blob_id} of {collection!r} has {len(blob)} bytes, its manifest says {bound}")
-    if hashlib.sha256(blob).hexdigest() != sha256:
-        raise ArtifactError(f"blob {manifest['blob']} of {collection!r} does not match its manifest checksum")
+def read_verified_blob(store: VectorStore, collection: str, manifest: BlobManifestSchema) -> bytes:
+    """The blob `manifest` names, read with its size as the bound; ArtifactError unless it has that size and
+    checksum."""
+    blob = store.read_blob(collection, manifest.blob, manifest.bytes)
+    if len(blob) != manifest.bytes:
+        raise ArtifactError(f"blob {manifest.blob} of {collection!r} has {len(blob)} bytes, "
+                            f"its manifest says {manifest.bytes}")
+    if hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        raise ArtifactError(f"blob {manifest.blob} of {collection!r} does not match its manifest checksum")
     return blob
 
 
@@ -305,12 +308,12 @@ def load(store: VectorStore, collection: str) -> StoredModel | None:
     reads: the manifest is read again (up to LOAD_ATTEMPTS times), so a reader gets the new model.
     """
     for attempt in range(LOAD_ATTEMPTS):
-        manifest = store.read_manifest(collection)
-        if not manifest:
+        manifest = as_schema(store.read_manifest(collection), ModelManifestSchema)
+        if manifest is None:
             return None
         try:
             loaded = decode_model(read_verified_blob(store, collection, manifest))
-            if loaded.header["model"] != manifest["model"]:
+            if loaded.header["model"] != manifest.model.to_dict():
                 raise ArtifactError(f"the model manifest of {collection!r} does not describe its blob's architecture; "
                                     f"retrain, or clear it with `amips drop-model {collection}`")
             return StoredModel(loaded, manifest)
@@ -339,8 +342,8 @@ def mark_stale(store: VectorStore, collection: str) -> None:
                 manifest = store.read_manifest(collection, slot)
             except ArtifactError:  # unreadable: the query path already ignores it
                 continue
-            if manifest and not manifest.get("stale"):
-                store.write_manifest(collection, {**manifest, "stale": True}, slot)
+            if manifest and not manifest.stale:
+                store.write_manifest(collection, {**manifest.to_dict(), "stale": True}, slot)
 
 
 def drop(store: VectorStore, collection: str, slot: str = "model") -> bool:
@@ -350,8 +353,8 @@ def drop(store: VectorStore, collection: str, slot: str = "model") -> bool:
     this slot's own (no other slot names it), so a tampered manifest cannot delete another's blob."""
     with store.manifest_lock(collection):
         manifest = read_for_replace(store, collection, slot)
-        if isinstance(manifest, dict):  # the next publish continues from its version, not from 1
-            store.remember_version(collection, slot, int(manifest["version"]))
+        if isinstance(manifest, ManifestSchema):  # the next publish continues from its version, not from 1
+            store.remember_version(collection, slot, manifest.version)
         store.write_manifest(collection, None, slot)
     _discard_replaced(store, collection, slot, manifest)
     return manifest is not None

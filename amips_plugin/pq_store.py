@@ -19,6 +19,7 @@ from amips_plugin.compression.quantization import encode_exact
 from . import model_registry
 from .core import point_ids
 from .core.errors import ArtifactError
+from .core.manifest_schema import BlobManifestSchema
 
 KIND = "amips-pq"
 SLOT = "pq"
@@ -66,5 +67,5 @@ def decode_key_store(blob: bytes) -> KeyStore:
     return KeyStore(ProductCodes(codebooks, codes), ids)
 
 
-def load(store: VectorStore, collection: str) -> tuple[KeyStore, dict[str, Any]] | None:
+def load(store: VectorStore, collection: str) -> tuple[KeyStore, BlobManifestSchema] | None:
     return model_registry.load_side_index(store, collection, SLOT, decode_key_store, DESCRIPTION)

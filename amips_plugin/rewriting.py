@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar, cast
+from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, 
 from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .core.errors import AmipsError, InputError, StoreError
+from .core.manifest_schema import BlobManifestSchema, ModelManifestSchema, as_schema
 from .inference import forward_in_chunks
 from .freshness import stale_reason
 from .query_bounds import check_query_norms, check_search_inputs
@@ -75,18 +76,18 @@ def default_candidates(limit: int) -> int:
     return max(limit, 10)
 
 
-def _unusable(manifest: dict, dim: int, count: int | None, stamp: WriteStamp | None) -> str | None:
+def _unusable(manifest: ModelManifestSchema, dim: int, count: int | None, stamp: WriteStamp | None) -> str | None:
     """Why a (schema-valid) model manifest cannot serve, decided before its blob is read; None if it can:
     stale by the one rule of amips_plugin/freshness.py, built for another dimension, or larger than its
     keys warrant (models.sizing: its memory and time per query would grow with it)."""
     why = stale_reason(manifest, stamp, count)
     if why:
         return f"the model is stale ({why}); run `amips train`"
-    if manifest["model"]["dim"] != dim:
-        return f"the model expects dimension {manifest['model']['dim']}, the collection has {dim}"
-    keys = (manifest.get("fingerprint") or {}).get("count") if count is None else count
+    if manifest.model.dim != dim:
+        return f"the model expects dimension {manifest.model.dim}, the collection has {dim}"
+    keys = (manifest.fingerprint.count if manifest.fingerprint else None) if count is None else count
     try:
-        return oversize_reason(ModelConfig.from_dict(manifest["model"]), keys) if type(keys) is int else None
+        return oversize_reason(ModelConfig.from_dict(manifest.model.to_dict()), keys) if keys is not None else None
     except ValueError as exc:  # schema-valid numbers that build no model (e.g. smoothmax with 0 points)
         return f"the model's architecture is invalid ({exc}); run `amips train`"
 
@@ -110,10 +111,10 @@ class QueryRewriter:
             self._warned.add(message)
             log.warning("%s", message)
 
-    def _cached_load(self, collection: str, slot: str, manifest: dict,
+    def _cached_load(self, collection: str, slot: str, manifest: BlobManifestSchema,
                      load: Callable[[], _Loaded]) -> tuple[_Loaded | None, str | None]:
         """(loaded, None) or (None, reason), loading at most once per manifest checksum."""
-        key = manifest["sha256"]
+        key = manifest.sha256
         cached = self._cache.get((collection, slot))
         if cached and cached[0] == key:
             return cast("_Loaded | None", cached[1]), cached[2]  # a slot's entry only ever holds its loader's type
@@ -145,26 +146,30 @@ class QueryRewriter:
             return None
 
     def model_for(self, collection: str, dim: int,
-                  count: int | None = None) -> tuple[MIPSModel | None, dict | None, str | None]:
-        """(model, manifest, reason it cannot be used); never raises for model problems.
+                  count: int | None = None) -> tuple[MIPSModel | None, dict[str, Any] | None, str | None]:
+        """(model, manifest as stored (a dict), reason it cannot be used); never raises for model problems.
 
         Staleness and dimension are read from the validated manifest, so a stale or mismatched
         model's blob is never read or decoded."""
         stamp = self._stamp(collection)
-        return self._kept(collection, "model", (self._token(collection), dim, count, stamp),
-                          lambda: self._read_model(collection, dim, count, stamp))
+
+        def answer() -> tuple[MIPSModel | None, dict[str, Any] | None, str | None]:
+            model, manifest, reason = self._read_model(collection, dim, count, stamp)
+            return model, None if manifest is None else manifest.to_dict(), reason
+
+        return self._kept(collection, "model", (self._token(collection), dim, count, stamp), answer)
 
     def _stamp(self, collection: str) -> WriteStamp | None:
         """The collection's write stamp; StoreError (a store failure) propagates like any other."""
         return self.store.write_stamp(collection)
 
     def _read_model(self, collection: str, dim: int, count: int | None,
-                    stamp: WriteStamp | None) -> tuple[MIPSModel | None, dict | None, str | None]:
+                    stamp: WriteStamp | None) -> tuple[MIPSModel | None, ModelManifestSchema | None, str | None]:
         try:
-            manifest = self.store.read_manifest(collection)
+            manifest = as_schema(self.store.read_manifest(collection), ModelManifestSchema)
         except AmipsError as exc:
             return None, None, f"the model cannot be loaded: {exc}"
-        if not manifest:
+        if manifest is None:
             return None, None, "no model trained for this collection"
         reason = _unusable(manifest, dim, count, stamp)
         if reason:
@@ -174,11 +179,11 @@ class QueryRewriter:
         if stored is None:
             return None, None, (f"the model cannot be loaded: {problem}" if problem
                                 else "no model trained for this collection")
-        if stored.manifest["sha256"] != manifest["sha256"]:  # replaced between the two reads: check the new one
+        if stored.manifest.sha256 != manifest.sha256:  # replaced between the two reads: check the new one
             reason = _unusable(stored.manifest, dim, count, stamp)
             if reason:
                 return None, stored.manifest, reason
-            self._cache[(collection, "model")] = (stored.manifest["sha256"], stored, None)
+            self._cache[(collection, "model")] = (stored.manifest.sha256, stored, None)
         return stored.loaded.model, stored.manifest, None
 
     def search(self, collection: str, queries: np.ndarray, limit: int, mode: str = "hybrid",
@@ -334,7 +339,7 @@ class QueryRewriter:
         name, command = kind.description, kind.build_command
         loaded, reason = None, None
         try:
-            manifest = self.store.read_manifest(collection, kind.slot)
+            manifest = as_schema(self.store.read_manifest(collection, kind.slot), BlobManifestSchema)
         except AmipsError as exc:
             reason = f"the {name} cannot be loaded: {exc}"
         else:

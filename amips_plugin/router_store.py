@@ -24,6 +24,7 @@ from amips_plugin.compression.quantization import encode_exact
 
 from . import model_registry
 from .core.errors import ArtifactError
+from .core.manifest_schema import BlobManifestSchema
 from .routing import ListRanker
 
 KIND = "amips-router"
@@ -92,5 +93,5 @@ def decode_routed_lists(blob: bytes) -> RoutedLists:
     return RoutedLists.from_assignment(ranker, ids, assignment, coarse_candidates)
 
 
-def load(store: VectorStore, collection: str) -> tuple[RoutedLists, dict[str, Any]] | None:
+def load(store: VectorStore, collection: str) -> tuple[RoutedLists, BlobManifestSchema] | None:
     return model_registry.load_side_index(store, collection, SLOT, decode_routed_lists, DESCRIPTION)

@@ -45,7 +45,7 @@ from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
-from .core.manifest_schema import parse_policy
+from .core.manifest_schema import PolicyFields, PolicyManifestSchema, as_schema, parse_policy
 from .core.limits import MAX_OVERSAMPLING
 from .freshness import NOT_CHECKED, stale_reason
 from .inference import forward_in_chunks
@@ -234,10 +234,11 @@ class Policy:
         return data
 
     @classmethod
-    def from_manifest(cls, data: dict[str, Any]) -> Policy:
-        """The policy of a manifest's fields, typed by core/manifest_schema.PolicyFields (one definition of
-        each field); ArtifactError for anything malformed (the query path then searches plainly)."""
-        fields = parse_policy(data)
+    def from_manifest(cls, data: PolicyFields | dict[str, Any]) -> Policy:
+        """The policy of a manifest's fields: typed already (a stored policy as read) or a dict (`to_manifest`'s)
+        typed here, by core/manifest_schema.PolicyFields (one definition of each field); ArtifactError for
+        anything malformed (the query path then searches plainly)."""
+        fields = data if isinstance(data, PolicyFields) else parse_policy(data)
         raw, low, high = fields.classifier, fields.guard_low, fields.guard_high
         policy = cls(kind=fields.kind, ef=fields.ef, second_ef=fields.second_ef, certificate=fields.certificate,
                      threshold=_float(fields.threshold),
@@ -442,8 +443,8 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
     Never raises for a missing, stale, malformed or model-less policy; stale is amips_plugin/freshness.py's
     one rule."""
     try:
-        manifest = store.read_manifest(collection, SLOT)
-        if not manifest:
+        manifest = as_schema(store.read_manifest(collection, SLOT), PolicyManifestSchema)
+        if manifest is None:
             return None, None, "no serving policy for this collection (run `amips tune`)"
         policy = Policy.from_manifest(manifest)
         stamp, storage = store.write_stamp(collection), store.storage(collection)
@@ -459,14 +460,14 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
     return policy, model, None
 
 
-def policy_status(manifest: dict[str, Any] | None, stale: bool) -> dict[str, Any] | None:
+def policy_status(manifest: PolicyManifestSchema | None, stale: bool) -> dict[str, Any] | None:
     """What `amips status` shows of a stored policy: what it does, its target, measured figures, and
     `stale` (amips_plugin/freshness.py's rule, the model it reads included)."""
-    if not manifest:
+    if manifest is None:
         return None
     try:
         policy = Policy.from_manifest(manifest)
     except ArtifactError as exc:
-        return {"version": manifest.get("version"), "stale": True, "describe": f"unreadable: {exc}"}
-    return {"version": manifest.get("version"), "stale": stale, "describe": policy.describe(),
+        return {"version": manifest.version, "stale": True, "describe": f"unreadable: {exc}"}
+    return {"version": manifest.version, "stale": stale, "describe": policy.describe(),
             "target": policy.target, "measured": policy.measured}

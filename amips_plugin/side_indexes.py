@@ -26,6 +26,7 @@ from amips_plugin.adapters.base import VectorStore
 from amips_plugin import pq_store
 
 from . import router_store
+from .core.manifest_schema import BlobManifestSchema
 
 
 class CandidateIndex(Protocol):
@@ -49,7 +50,7 @@ class SideIndexKind:
     description: str  # how searches and `status` name it
     build_command: str  # the CLI command that (re)builds it
     builder: str  # the module whose build(store, collection, **options) publishes it and returns the manifest
-    load: Callable[[VectorStore, str], tuple[CandidateIndex, dict[str, Any]] | None]
+    load: Callable[[VectorStore, str], tuple[CandidateIndex, BlobManifestSchema] | None]
 
     def build(self, store: VectorStore, collection: str, **options: Any) -> dict[str, Any]:
         """Build and publish the index (tune-time: its builder is imported here, not on the query path)."""

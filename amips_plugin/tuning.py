@@ -402,7 +402,7 @@ def _cost(measured: Measurements, probe: Policy, effort2: Effort, share: float) 
 
 
 def publish_policy(store: VectorStore, collection: str, policy: Policy, fingerprint: dict[str, Any],
-                   expected: dict[str, Any] | model_registry.BrokenManifest | None,
+                   expected: model_registry.Read,
                    bound_to: WriteStamp | None = model_registry.READ_NOW) -> dict[str, Any]:
     """Commit the policy manifest (model_registry.commit_manifest: the compare-and-swap every publish uses;
     a manifest that does not validate is replaced, not an error). `bound_to`: the collection's write stamp

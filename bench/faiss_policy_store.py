@@ -16,6 +16,7 @@ import numpy as np
 from amips_plugin.adapters.base import CollectionInfo, SearchParams, SearchResult, VectorStore
 from bench.faiss_store import Hits, HNSWIndex, IVFIndex
 from amips_plugin.core.errors import ArtifactError
+from amips_plugin.core.manifest_schema import ManifestSchema, validate_manifest
 
 Search = Callable[[np.ndarray, int, int], Hits]  # (queries, k, knob) -> Hits
 
@@ -78,8 +79,8 @@ class FaissStore(VectorStore):
     def retrieve(self, collection: str, ids: np.ndarray, using: str | None = None) -> np.ndarray:
         return self.keys[np.asarray(ids, dtype=np.int64)]
 
-    def read_manifest(self, collection: str, slot: str = "model") -> dict[str, Any] | None:
-        return self.manifests.get(slot)
+    def read_manifest(self, collection: str, slot: str = "model") -> ManifestSchema | None:
+        return validate_manifest(self.manifests.get(slot), slot, collection)
 
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         if manifest is None:

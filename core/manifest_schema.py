@@ -1,5 +1,5 @@
 """One validated schema (pydantic) for what amips reads back from a store: the manifests of each slot
-("model", "pq", "router") and the JSON headers of artifacts (compression/artifact.py).
+("model", "pq", "router", "policy") and the JSON headers of artifacts (compression/artifact.py).
 
 Everything stored is untrusted input (anyone with write access to a collection can write its
 metadata). Each read goes through `validate_manifest` or `validate_header`; whatever does not
@@ -10,17 +10,18 @@ manifest cannot declare sizes that the code would then allocate; every number is
 file's NaN / Infinity literals are refused as not JSON), and amips checks each manifest it writes the
 same way (`check_outgoing`).
 
-Store reads keep the plain dict, which is known to hold at least these fields with these types; a
-serving policy is read into its typed fields (`parse_policy`: serving_policy.Policy is built from
-them). Unknown extra fields are allowed (a newer amips may add some); an unknown slot is checked
-against the fields every manifest has.
+A manifest read back is typed: validation returns its slot's model (ModelManifestSchema, ...,
+PolicyManifestSchema, all ManifestSchema), which the code reads by attribute (`as_schema` narrows a
+store read to its slot's class); manifests are written as plain dicts (JSON's shape: what publishing
+returns). Unknown extra fields are allowed and kept (a newer amips may add some); an unknown slot (a
+newer amips's side index) is read as a manifest naming a blob.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
@@ -60,6 +61,11 @@ def fix_command(slot: str, collection: str = "COLLECTION") -> str:
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as the JSON they were read from held them (defaults it left out stay out; unknown
+        fields are kept): what to write back when a stored manifest is rewritten."""
+        return self.model_dump(exclude_unset=True)
+
 
 class FingerprintSchema(_Schema):
     """Which keys a model or index was built on; empty for a model imported from a bare file."""
@@ -93,12 +99,9 @@ class ModelConfigSchema(_Schema):
 
 
 class ManifestSchema(_Schema):
-    """What every slot's manifest holds (model_registry.publish_blob writes these)."""
+    """What every slot's manifest holds (model_registry.commit_manifest writes these fields)."""
 
     version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
-    blob: StrictInt = Field(ge=0, lt=limits.MAX_BLOB_ID)
-    sha256: StrictStr = Hex64
-    bytes: StrictInt = Field(ge=1, le=limits.MAX_BLOB_BYTES)
     created: Optional[StrictStr] = Field(default=None, max_length=64)
     stale: StrictBool = False
     slot: Optional[StrictStr] = Field(default=None, max_length=64)
@@ -106,13 +109,21 @@ class ManifestSchema(_Schema):
     bound_to: Optional[BoundToSchema] = None
 
 
-class ModelManifestSchema(ManifestSchema):
+class BlobManifestSchema(ManifestSchema):
+    """A manifest naming its blob (model_registry.publish_blob writes these): the model's and each side index's."""
+
+    blob: StrictInt = Field(ge=0, lt=limits.MAX_BLOB_ID)
+    sha256: StrictStr = Hex64
+    bytes: StrictInt = Field(ge=1, le=limits.MAX_BLOB_BYTES)
+
+
+class ModelManifestSchema(BlobManifestSchema):
     model: ModelConfigSchema
     dtype: Literal["fp32", "fp16", "int8"]
     metrics: Optional[dict[StrictStr, Optional[Number]]] = None
 
 
-class PQManifestSchema(ManifestSchema):
+class PQManifestSchema(BlobManifestSchema):
     """The thresholds came later than the first compressed key stores: optional, typed when present."""
 
     subspaces: StrictInt = Field(ge=1, le=limits.MAX_DIMENSION)
@@ -122,7 +133,7 @@ class PQManifestSchema(ManifestSchema):
     keys_fp32_bytes: Optional[StrictInt] = Field(default=None, ge=0)
 
 
-class RouterManifestSchema(ManifestSchema):
+class RouterManifestSchema(BlobManifestSchema):
     lists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
     sublists: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
     coarse_candidates: StrictInt = Field(ge=1, le=limits.MAX_POINT_COUNT)
@@ -138,7 +149,7 @@ class ClassifierSchema(_Schema):
 
 
 class PolicyFields(_Schema):
-    """A serving policy's own fields (serving_policy.Policy is built from them: `parse_policy`). Its numbers
+    """A serving policy's own fields (serving_policy.Policy.from_manifest builds the policy from them). Its numbers
     are finite and in range here; how they fit together (ef < second_ef, guard_low ≤ guard_high, ...)
     `Policy.problem` checks."""
 
@@ -161,20 +172,16 @@ class PolicyFields(_Schema):
     measured: Optional[dict[StrictStr, Optional[Number]]] = None
 
 
-class PolicyManifestSchema(PolicyFields):
+class PolicyManifestSchema(PolicyFields, ManifestSchema):
     """The tuned serving policy as stored: a manifest with no blob — its fields, and the manifest's own."""
 
-    version: StrictInt = Field(ge=1, le=limits.MAX_VERSION)
     id: Optional[StrictInt] = Field(default=None, ge=0, lt=limits.MAX_BLOB_ID)
-    created: Optional[StrictStr] = Field(default=None, max_length=64)
-    stale: StrictBool = False
-    fingerprint: Optional[FingerprintSchema] = None
-    bound_to: Optional[BoundToSchema] = None
     storage: Optional[StrictStr] = Field(default=None, max_length=64)  # freshness.storage_key at tuning
 
 
 def parse_policy(data: Any) -> PolicyFields:
-    """A policy's fields, typed; ManifestError (one line) when they do not validate."""
+    """A policy's fields (a dict: `Policy.to_manifest`'s), typed; ManifestError (one line) when they do not
+    validate."""
     try:
         return PolicyFields.model_validate(data)
     except ValidationError as exc:
@@ -188,7 +195,7 @@ class Slot:
 
     name: str
     file_name: str
-    schema: type[_Schema]
+    schema: type[ManifestSchema]
     fix: str  # with {collection} and {using} (" --using NAME" for a named vector's slot, else "")
 
 
@@ -198,7 +205,7 @@ SLOTS: dict[str, Slot] = {slot.name: slot for slot in (
     Slot("router", "router.json", RouterManifestSchema, "amips drop-index {collection} route{using}"),
     Slot("policy", "policy.json", PolicyManifestSchema, "amips tune {collection}{using} (it replaces the policy)"),
 )}
-MANIFEST_SCHEMAS: dict[str, type[_Schema]] = {name: slot.schema for name, slot in SLOTS.items()}
+MANIFEST_SCHEMAS: dict[str, type[ManifestSchema]] = {name: slot.schema for name, slot in SLOTS.items()}
 
 
 class TensorEntrySchema(_Schema):
@@ -247,37 +254,39 @@ def one_line(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"[:300]
 
 
-def validate_manifest(raw: Any, slot: str, collection: str) -> dict[str, Any] | None:
+def validate_manifest(raw: Any, slot: str, collection: str) -> ManifestSchema | None:
     """`raw` (parsed JSON, or None/empty for "no manifest") checked against `slot`'s schema.
 
-    Returns the manifest dict unchanged, or None; ManifestError (one line that names the command
+    Returns the manifest typed by that schema, or None; ManifestError (one line that names the command
     which clears it) when it does not validate.
     """
     if raw is None or raw == {}:
         return None
-    problem = _problem(raw, slot)
-    if problem:
-        raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({problem}); "
+    parsed = _parse(raw, slot)
+    if isinstance(parsed, str):
+        raise ManifestError(f"the {slot} manifest of {collection!r} is malformed ({parsed}); "
                             f"clear it with `{fix_command(slot, collection)}`")
-    return raw
+    return parsed
 
 
-def check_outgoing(manifest: dict[str, Any], slot: str, collection: str) -> None:
-    """ManifestError before writing a manifest that readers would refuse (a NaN in it, say): amips never
-    stores one, so a reader never meets a bad value that amips itself wrote. Checked as it reads back: as JSON."""
+def check_outgoing(manifest: dict[str, Any], slot: str, collection: str) -> ManifestSchema:
+    """The manifest as a reader will read it back (as JSON), typed; ManifestError before writing one that
+    readers would refuse (a NaN in it, say): amips never stores one, so a reader never meets a bad value
+    that amips itself wrote."""
     try:
-        problem = _problem(json.loads(json.dumps(manifest, allow_nan=False)), slot)
+        parsed = _parse(json.loads(json.dumps(manifest, allow_nan=False)), slot)
     except (ValueError, TypeError) as exc:  # NaN or Infinity anywhere, or no JSON value at all
-        problem = str(exc)[:120]
-    if problem:
+        parsed = str(exc)[:120]
+    if isinstance(parsed, str):
         raise ManifestError(f"refusing to store a {slot} manifest of {collection!r} that would not read back "
-                            f"({problem}); nothing was written")
+                            f"({parsed}); nothing was written")
+    return parsed
 
 
-def _problem(raw: Any, slot: str) -> str | None:
-    """What keeps `raw` from validating against `slot`'s schema, in one line (None: nothing)."""
+def _parse(raw: Any, slot: str) -> ManifestSchema | str:
+    """`raw` typed by `slot`'s schema, or what keeps it from validating, in one line."""
     base = slot.partition("@")[0]  # a named vector's slot ("model@text") has its base slot's schema
-    schema = MANIFEST_SCHEMAS.get(base, ManifestSchema)
+    schema = MANIFEST_SCHEMAS.get(base, BlobManifestSchema)
     if not isinstance(raw, dict):
         return f"expected an object, found {type(raw).__name__}"
     try:
@@ -286,8 +295,18 @@ def _problem(raw: Any, slot: str) -> str | None:
         return one_line(exc)
     except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or integers
         return f"{type(exc).__name__}"
-    named = getattr(parsed, "slot", None)
-    return f"it names slot {named!r}" if named is not None and named != base else None
+    return f"it names slot {parsed.slot!r}" if parsed.slot is not None and parsed.slot != base else parsed
+
+
+Typed = TypeVar("Typed", bound=ManifestSchema)
+
+
+def as_schema(manifest: ManifestSchema | None, schema: type[Typed]) -> Typed | None:
+    """A manifest read from a slot (so typed by that slot's schema) as that schema's class, for the type
+    checker; ManifestError should it be another (a store that does not validate what it reads)."""
+    if manifest is None or isinstance(manifest, schema):
+        return manifest
+    raise ManifestError(f"a {schema.__name__} was expected, the store read a {type(manifest).__name__}")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -295,7 +314,7 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> dict[str, Any] | None:
+def parse_manifest_json(text: bytes | str, slot: str, collection: str) -> ManifestSchema | None:
     """A manifest read from a file: bounded, parsed as strict JSON (no NaN / Infinity), then validated like
     any other."""
     if len(text) > limits.MAX_MANIFEST_BYTES:

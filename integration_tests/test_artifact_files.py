@@ -67,7 +67,7 @@ def test_status_lists_leftovers_and_clean_removes_only_them(edge):
     spec, store, folder = edge
     planted = _plant_leftovers(folder)
     live = store.read_manifest("c")
-    _age(folder / f"blob-{live['blob']}.amips")  # old, but named: never a leftover
+    _age(folder / f"blob-{live.blob}.amips")  # old, but named: never a leftover
     fresh = folder / "blob-888.amips"  # a live writer's blob, not committed yet
     fresh.write_bytes(b"z")
     store.close()
@@ -79,7 +79,7 @@ def test_status_lists_leftovers_and_clean_removes_only_them(edge):
 
     assert f"c: removed 4 leftover file(s), {size} bytes" in _status(spec, "--clean")
     assert not any((folder / name).exists() for name in planted)
-    assert fresh.exists() and (folder / f"blob-{live['blob']}.amips").exists() and (folder / ".manifest.lock").exists()
+    assert fresh.exists() and (folder / f"blob-{live.blob}.amips").exists() and (folder / ".manifest.lock").exists()
     assert "leftover" not in _status(spec)
     reopened = open_store(spec)
     assert model_registry.load(reopened, "c").manifest == live
@@ -95,14 +95,14 @@ def test_a_publish_removes_old_leftovers_but_not_a_concurrent_writers_blob(edge)
     model_registry.publish(store, "c", _blob(2), {"count": 50})
     assert not any((folder / name).exists() for name in planted)
     assert in_flight.exists()
-    assert model_registry.load(store, "c").manifest["version"] == 2
+    assert model_registry.load(store, "c").manifest.version == 2
 
 
 def test_a_blob_any_manifest_names_or_might_name_is_never_a_leftover(edge):
     spec, store, folder = edge
     named = folder / "blob-4242.amips"
     named.write_bytes(b"named by the model slot of a vector 'text' (as another client could have left it)")
-    manifest = {key: value for key, value in store.read_manifest("c").items() if key != "slot"}
+    manifest = {key: value for key, value in store.read_manifest("c").to_dict().items() if key != "slot"}
     (folder / "manifest@text.json").write_text(json.dumps({**manifest, "blob": 4242}))
     unnamed = folder / "blob-5151.amips"
     unnamed.write_bytes(b"orphan")
@@ -129,7 +129,7 @@ def test_a_lock_file_linked_elsewhere_is_never_created_or_locked(edge, tmp_path)
     with pytest.raises(StoreError, match=r"\.manifest\.lock is a symbolic link"):
         model_registry.publish(store, "c", _blob(2), {"count": 50})
     assert not target.exists()
-    assert model_registry.load(store, "c").manifest["version"] == 1
+    assert model_registry.load(store, "c").manifest.version == 1
 
 
 def test_the_lock_keeps_its_timeout_and_busy_error(edge):
@@ -151,7 +151,7 @@ def test_an_amips_folder_linked_elsewhere_is_refused_and_nothing_there_is_delete
     outside.mkdir()
     victim = outside / "blob-1.amips"
     victim.write_bytes(b"someone else's file")
-    manifest = store.read_manifest("c")
+    manifest = store.read_manifest("c").to_dict()
     (outside / "manifest.json").write_text(json.dumps({**manifest, "blob": 1}))
     folder.rename(tmp_path / "moved-amips")
     folder.symlink_to(outside)
@@ -169,7 +169,7 @@ def test_an_amips_folder_linked_elsewhere_is_refused_and_nothing_there_is_delete
 def test_manifest_and_blob_links_are_neither_read_nor_written_through(edge, tmp_path):
     spec, store, folder = edge
     secret = tmp_path / "secret.json"
-    secret.write_text(json.dumps(store.read_manifest("c")))  # valid: read through a link, it would serve
+    secret.write_text(json.dumps(store.read_manifest("c").to_dict()))  # valid: read through a link, it would serve
     (folder / "manifest.json").unlink()
     (folder / "manifest.json").symlink_to(secret)
     result, report = QueryRewriter(store).search("c", np.ones((1, 8), np.float32), 3)
@@ -177,7 +177,7 @@ def test_manifest_and_blob_links_are_neither_read_nor_written_through(edge, tmp_
     model_registry.publish(store, "c", _blob(2), model_registry.current_fingerprint(store, "c"))
     assert not (folder / "manifest.json").is_symlink()  # the link was replaced, its target untouched
     assert json.loads(secret.read_text())["version"] == 1
-    blob = store.read_manifest("c")["blob"]
+    blob = store.read_manifest("c").blob
     real = folder / f"blob-{blob}.amips"
     (tmp_path / "real-blob").write_bytes(real.read_bytes())
     real.unlink()

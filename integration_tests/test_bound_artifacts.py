@@ -15,6 +15,7 @@ import pytest
 from amips_plugin import collection_ops as ops
 from amips_plugin import model_registry, serving_policy, tuning
 from amips_plugin.adapters import SearchParams, open_store
+from amips_plugin.core.manifest_schema import BlobManifestSchema
 from amips_plugin import pq_build
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
@@ -105,9 +106,9 @@ def test_artifacts_copied_into_another_collection_of_the_same_size_are_stale(tmp
         ops.ingest(store, "c2", other)
         for slot in ("model", "pq", "policy"):  # what an operator copying the files (or metadata) does
             manifest = store.read_manifest("c1", slot)
-            if "blob" in manifest:
-                store.write_blob("c2", manifest["blob"], store.read_blob("c1", manifest["blob"]))
-            store.write_manifest("c2", manifest, slot)
+            if isinstance(manifest, BlobManifestSchema):
+                store.write_blob("c2", manifest.blob, store.read_blob("c1", manifest.blob))
+            store.write_manifest("c2", manifest.to_dict(), slot)
         assert _fresh(store, "c2") == {"model": False, "pq": False, "policy": False}
         _assert_plain(store, "c2", test_queries)
         assert _fresh(store, "c1") == {"model": True, "pq": True, "policy": True}  # the original is untouched

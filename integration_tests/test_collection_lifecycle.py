@@ -111,11 +111,11 @@ def test_model_lives_alongside_the_collection(store_spec, collection_name, files
     store = open_store(store_spec)
     try:
         manifest = store.read_manifest(c)
-        assert manifest["version"] == 2
-        blob = store.read_blob(c, manifest["blob"])
+        assert manifest.version == 2
+        blob = store.read_blob(c, manifest.blob)
         assert decode_model(blob).model.config.dim == 32
         with pytest.raises(ArtifactError):
-            store.read_blob(c, first["blob"])  # the replaced blob was removed after the new manifest landed
+            store.read_blob(c, first.blob)  # the replaced blob was removed after the new manifest landed
         assert c in store.collections() and all(not n.endswith("__amips") for n in store.collections())
     finally:
         store.close()
@@ -157,8 +157,8 @@ def test_compressed_key_store_serves_as_the_candidate_stage(store_spec, collecti
     store = open_store(store_spec)
     try:
         manifest = store.read_manifest(c, "pq")
-        assert manifest["bits_per_key"] == 64 and manifest["bytes"] < manifest["keys_fp32_bytes"]
-        assert store.read_blob(c, manifest["blob"])  # the codes live alongside the collection
+        assert manifest.bits_per_key == 64 and manifest.bytes < manifest.keys_fp32_bytes
+        assert store.read_blob(c, manifest.blob)  # the codes live alongside the collection
     finally:
         store.close()
     engine = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--exact")
@@ -198,8 +198,8 @@ def test_routed_lists_serve_as_the_candidate_stage(store_spec, collection_name, 
     store = open_store(store_spec)
     try:
         manifest = store.read_manifest(c, "router")
-        assert manifest["lists"] == 12 and manifest["fingerprint"]["count"] == 600
-        assert store.read_blob(c, manifest["blob"])  # the router lives alongside the collection
+        assert manifest.lists == 12 and manifest.fingerprint.count == 600
+        assert store.read_blob(c, manifest.blob)  # the router lives alongside the collection
     finally:
         store.close()
     every = search(store_spec, c, files["test"], files["truth"], "--mode", "off", "--candidates-from", "route",

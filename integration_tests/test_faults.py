@@ -25,6 +25,7 @@ from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.cli import main
 from amips_plugin.core.errors import StoreError
+from amips_plugin.core.manifest_schema import ModelManifestSchema
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
 from amips_plugin.training import TrainConfig
@@ -135,14 +136,14 @@ def _blob_ids(store, collection: str = "c") -> set[int]:
     return {int(r.payload["blob"]) for r in records if r.payload and "blob" in r.payload}
 
 
-def _answers(store, test: np.ndarray) -> tuple[dict, np.ndarray]:
+def _answers(store, test: np.ndarray) -> tuple[ModelManifestSchema, np.ndarray]:
     """The live manifest and what replace mode answers with it (exact scoring: deterministic)."""
     result, report = QueryRewriter(store).search("c", test, 5, "replace", candidates=20, params=EXACT)
     assert report.fallback_reason is None, report.fallback_reason
     return store.read_manifest("c"), result.ids
 
 
-def _snapshot(spec: str, test: np.ndarray) -> tuple[dict, np.ndarray, set[int]]:
+def _snapshot(spec: str, test: np.ndarray) -> tuple[ModelManifestSchema, np.ndarray, set[int]]:
     store = open_store(spec)
     try:
         manifest, ids = _answers(store, test)
@@ -205,7 +206,7 @@ def test_trainer_processes_killed_interrupted_or_raced(tmp_path, trained):
         old_manifest, old_ids, old_blobs = before[name]
         if sig is None:  # the first trainer, undisturbed by the second: it wins cleanly
             assert code == 0 and "model version 2" in out, (name, code, err[-2000:])
-            assert manifest["version"] == 2 and not manifest["stale"] and blobs == {manifest["blob"]}, name
+            assert manifest.version == 2 and not manifest.stale and blobs == {manifest.blob}, name
             continue
         if sig == signal.SIGKILL:
             assert code == -signal.SIGKILL, (name, code)
@@ -213,7 +214,7 @@ def test_trainer_processes_killed_interrupted_or_raced(tmp_path, trained):
             assert code == 130 and "Traceback" not in err and _last_line(err) == INTERRUPTED, (name, code, err[-2000:])
         assert manifest == old_manifest, name  # same version, blob id, checksum, fingerprint
         np.testing.assert_array_equal(ids, old_ids, err_msg=name)  # and it answers as before
-        assert blobs == old_blobs == {old_manifest["blob"]}, name  # nothing stray, nothing partial
+        assert blobs == old_blobs == {old_manifest.blob}, name  # nothing stray, nothing partial
         status = json.loads(CliRunner().invoke(main, ["--store", specs[name], "status", "c", "--json"]).output)
         assert status["model"]["version"] == 1 and status["model"]["stale"] is False, name
         if sig == signal.SIGKILL:  # what a kill leaves (locks, write-ahead logs) does not stand in the way
@@ -297,9 +298,9 @@ def test_a_store_failing_mid_publish_leaves_the_previous_model_intact(store_with
     manifest, ids = _answers(store, test)
     assert manifest == before and model_registry.load(store, "c").manifest == before
     np.testing.assert_array_equal(ids, answers)
-    assert _blob_ids(store) == {before["blob"]}  # the partial or unchecked blob was removed, never published
+    assert _blob_ids(store) == {before.blob}  # the partial or unchecked blob was removed, never published
     retried = collection_ops.train(store, "c", np.load(paths["train"]), QUICK, progress=False).manifest
-    assert retried["version"] == 2 and _answers(store, test)[0] == retried
+    assert retried["version"] == 2 and _answers(store, test)[0].to_dict() == retried
 
 
 @pytest.mark.parametrize("fault", ["lost_reply", "delete_blob"])
@@ -310,9 +311,9 @@ def test_a_store_failing_after_the_commit_keeps_the_new_model(store_with_model, 
     store, test = store_with_model, np.load(paths["test"])
     before, _ = _answers(store, test)
     new = collection_ops.train(FaultyStore(store, fault), "c", np.load(paths["train"]), QUICK, progress=False).manifest
-    assert new["version"] == 2 and _answers(store, test)[0] == new
-    assert model_registry.load(store, "c").manifest == new
-    leftover = {before["blob"]} if fault == "delete_blob" else set()
+    assert new["version"] == 2 and _answers(store, test)[0].to_dict() == new
+    assert model_registry.load(store, "c").manifest.to_dict() == new
+    leftover = {before.blob} if fault == "delete_blob" else set()
     assert _blob_ids(store) == {new["blob"]} | leftover
 
 
@@ -322,6 +323,6 @@ def test_an_append_failing_part_way_leaves_the_model_marked_stale(store_with_mod
     with pytest.raises(StoreError):
         collection_ops.ingest(FaultyStore(store, "upsert"), "c", np.load(paths["test"])[:40])
     assert store.info("c").count == 100  # half of the append landed
-    assert store.read_manifest("c")["stale"] is True  # so the model no longer claims to describe every key
+    assert store.read_manifest("c").stale is True  # so the model no longer claims to describe every key
     status = collection_ops.status(store, "c", verify=False)
     assert status["model"]["stale"] is True

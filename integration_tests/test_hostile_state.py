@@ -126,7 +126,7 @@ def _unloadable_manifests(good: dict, slot: str) -> list:
 def test_hostile_manifests_mean_plain_search_status_says_why_and_drop_clears_them(hostile, slot):
     spec, store, test = hostile
     plain = _plain(store, test)
-    good = store.read_manifest("c", slot)
+    good = store.read_manifest("c", slot).to_dict()
     source = {"model": "engine", "pq": "pq", "router": "route"}[slot]
     unloadable = _unloadable_manifests(good, slot)
     for manifest in _hostile_manifests(good, slot) + unloadable:
@@ -210,14 +210,14 @@ def test_train_and_ingest_work_over_a_broken_manifest(hostile):
     collection_ops.ingest(store, "c", np.ones((2, 16), dtype=np.float32))  # marks what it can stale
     keys, queries = gaussian_mixture(num_keys=80, num_queries=300, dim=16, clusters=8, seed=13)
     trained = collection_ops.train(store, "c", queries, QUICK, progress=False)
-    assert trained.manifest["version"] == 1 and store.read_manifest("c") == trained.manifest
+    assert trained.manifest["version"] == 1 and store.read_manifest("c").to_dict() == trained.manifest
     _, report = QueryRewriter(store).search("c", test, 5, params=EXACT)
     assert report.fallback_reason is None and report.rewritten == len(test)
 
 
 def test_fuzzed_manifests_never_break_search_or_status(hostile):
     spec, store, test = hostile
-    good = store.read_manifest("c")
+    good = store.read_manifest("c").to_dict()
     plain = _plain(store, test[:8])
     leaf = st.none() | st.booleans() | st.integers(-2 ** 80, 2 ** 80) | st.floats(allow_nan=False) | st.text(max_size=5)
     value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
@@ -249,7 +249,7 @@ def _publish_raw(store, blob: bytes) -> dict:
 
     blob_id = 12345
     store.write_blob("c", blob_id, blob)
-    manifest = {**store.read_manifest("c"), "blob": blob_id, "sha256": hashlib.sha256(blob).hexdigest(),
+    manifest = {**store.read_manifest("c").to_dict(), "blob": blob_id, "sha256": hashlib.sha256(blob).hexdigest(),
                 "bytes": len(blob)}
     store.write_manifest("c", manifest)
     return manifest
@@ -294,10 +294,10 @@ def test_blob_reads_are_bounded_by_the_manifest(hostile):
     spec, store, test = hostile
     manifest = store.read_manifest("c")
     with pytest.raises(ArtifactError):
-        store.read_blob("c", manifest["blob"], manifest["bytes"] // 4 - 1)  # Edge: stat; local: chunk count
+        store.read_blob("c", manifest.blob, manifest.bytes // 4 - 1)  # Edge: stat; local: chunk count
     if spec.startswith("edge:"):
         with pytest.raises(ArtifactError, match="under|over|limit"):
-            store.read_blob("c", manifest["blob"], 10)
+            store.read_blob("c", manifest.blob, 10)
 
 
 def test_malformed_sidecar_chunks_mean_plain_search(hostile):
@@ -306,14 +306,14 @@ def test_malformed_sidecar_chunks_mean_plain_search(hostile):
         pytest.skip("sidecar chunks are qdrant-client's")
     plain = _plain(store, test)
     manifest = store.read_manifest("c")
-    chunk_id = manifest["blob"] << 20
+    chunk_id = manifest.blob << 20
     good = store.client.retrieve("c__amips", [chunk_id], with_payload=True)[0].payload
     for payload in ({**good, "total": "1"}, {**good, "total": 0}, {**good, "total": 10 ** 9}, {**good, "total": -3},
                     {**good, "data": "!!not base64!!"}, {**good, "data": "QUJD!!"}, {**good, "data": 7},
                     {**good, "index": 5}, {"total": 1}):
         store.client.upsert("c__amips", points=[models.PointStruct(id=chunk_id, vector={}, payload=payload)], wait=True)
         with pytest.raises(ArtifactError, match="malformed|incomplete"):
-            store.read_blob("c", manifest["blob"])
+            store.read_blob("c", manifest.blob)
         result, report = QueryRewriter(store).search("c", test, 5, params=EXACT)
         assert report.fallback_reason and "cannot be loaded" in report.fallback_reason
         np.testing.assert_array_equal(result.ids, plain.ids)
@@ -324,8 +324,8 @@ def test_malformed_sidecar_chunks_mean_plain_search(hostile):
 def test_a_model_manifest_naming_the_pq_blob_cannot_get_it_deleted(hostile):
     spec, store, test = hostile
     pq = store.read_manifest("c", "pq")
-    _plant(store, "model", {**store.read_manifest("c"), "blob": pq["blob"], "sha256": pq["sha256"],
-                            "bytes": pq["bytes"]})
+    _plant(store, "model", {**store.read_manifest("c").to_dict(), "blob": pq.blob, "sha256": pq.sha256,
+                            "bytes": pq.bytes})
     assert model_registry.drop(store, "c")
     assert model_registry.read_verified_blob(store, "c", pq)  # still there
     _, report = QueryRewriter(store).search("c", test, 5, "off", params=EXACT, candidate_source="pq")
@@ -463,7 +463,7 @@ def test_checksum_valid_side_indexes_that_do_not_fit_the_collection_mean_engine_
     spec, store, test = hostile
     plain = _plain(store, test)
     rng = np.random.default_rng(0)
-    fields = {"subspaces": 2, "fingerprint": store.read_manifest("c", "pq")["fingerprint"]}
+    fields = {"subspaces": 2, "fingerprint": store.read_manifest("c", "pq").fingerprint.to_dict()}
     for dim, ids, expected in ((8, np.arange(300), "expects dimension 8"),
                                (16, -np.arange(1, 301), "negative point ids")):
         codes = ProductCodes(rng.normal(size=(2, 256, dim // 2)).astype(np.float32),
@@ -502,7 +502,7 @@ def _tiled_key_store(store, times: int) -> bytes:
     real, manifest = pq_store.load(store, "c")
     codes = pq_store.ProductCodes(real.codes.codebooks, np.tile(real.codes.codes, (times, 1)))
     return pq_store.encode_key_store(pq_store.KeyStore(codes, np.tile(real.ids, times)),
-                                     {"fingerprint": manifest["fingerprint"]})
+                                     {"fingerprint": manifest.fingerprint.to_dict()})
 
 
 def _tiled_routed_lists(store, times: int) -> bytes:
@@ -510,13 +510,13 @@ def _tiled_routed_lists(store, times: int) -> bytes:
     assignment = np.repeat(np.arange(len(real.bounds) - 1), np.diff(real.bounds))
     tiled = router_store.RoutedLists.from_assignment(real.ranker, np.tile(real.ids, times),
                                                      np.tile(assignment, times), real.coarse_candidates)
-    return router_store.encode_routed_lists(tiled, {"fingerprint": manifest["fingerprint"]})
+    return router_store.encode_routed_lists(tiled, {"fingerprint": manifest.fingerprint.to_dict()})
 
 
 def _build_fields(store, slot: str) -> dict:
     """The slot's current manifest without what publishing sets: the fields a build of it publishes."""
     published = ("version", "blob", "sha256", "bytes", "slot", "created", "stale", "bound_to")
-    return {k: v for k, v in store.read_manifest("c", slot).items() if k not in published}
+    return {k: v for k, v in store.read_manifest("c", slot).to_dict().items() if k not in published}
 
 
 @pytest.mark.parametrize("source, slot, tiled", [("pq", "pq", _tiled_key_store),

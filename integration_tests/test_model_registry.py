@@ -33,7 +33,7 @@ def test_publish_bumps_versions_and_removes_the_replaced_blob(store):
     first = model_registry.publish(store, "c", _blob(seed=1), {"count": 200})
     second = model_registry.publish(store, "c", _blob(seed=2), {"count": 200})
     assert (first["version"], second["version"]) == (1, 2) and first["blob"] != second["blob"]
-    assert model_registry.load(store, "c").manifest["sha256"] == second["sha256"]
+    assert model_registry.load(store, "c").manifest.sha256 == second["sha256"]
     with pytest.raises(ArtifactError):
         store.read_blob("c", first["blob"])
 
@@ -51,8 +51,8 @@ def test_a_concurrent_publish_wins_and_the_late_writer_backs_off(store):
     with pytest.raises(model_registry.ConcurrentPublishError):
         model_registry.publish(store, "c", _blob(seed=2), {"count": 200})
     survivor = model_registry.load(store, "c")
-    assert survivor.manifest["version"] == 2  # the racer's model, intact and loadable
-    assert survivor.manifest["sha256"] == model_registry.hashlib.sha256(_blob(seed=3)).hexdigest()
+    assert survivor.manifest.version == 2  # the racer's model, intact and loadable
+    assert survivor.manifest.sha256 == model_registry.hashlib.sha256(_blob(seed=3)).hexdigest()
 
 
 def test_unpublishable_blobs_are_refused_before_anything_is_written(store):

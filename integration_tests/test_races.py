@@ -19,6 +19,7 @@ from amips_plugin.adapters.qdrant_client_store import LOCK_POINT_ID, QdrantClien
 from amips_plugin import collection_ops
 from amips_plugin import model_registry
 from amips_plugin.core.errors import ConcurrentPublishError, StoreBusyError
+from amips_plugin.core.manifest_schema import ModelManifestSchema
 from amips_plugin.models import ModelConfig, build_model
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
@@ -102,13 +103,13 @@ def test_two_trainers_overlapping_in_time_one_wins_and_readers_see_old_or_new(st
     assert len(winners) == 1 and len(losers) == 1, outcomes
     assert isinstance(losers[0], ConcurrentPublishError) and "run the command again" in str(losers[0])
     final = store.read_manifest("c")
-    assert final == winners[0] and final["version"] == first["version"] + 1 and not final["stale"]
-    assert _blob_ids(store) == {final["blob"]}  # the loser removed its blob, the winner the replaced one
+    assert final.to_dict() == winners[0] and final.version == first["version"] + 1 and not final.stale
+    assert _blob_ids(store) == {final.blob}  # the loser removed its blob, the winner the replaced one
 
     # every answer came from one whole model: the one it names, never an error or a plain-search fallback
     expected = {version: _replace_search_with(store, version, blob, test)
                 for version, blob in ((first["version"], _blob(1)),
-                                      (final["version"], model_registry.read_blob(store, "c")))}
+                                      (final.version, model_registry.read_blob(store, "c")))}
     assert {version for version, _, _ in seen} == set(expected)  # the readers ran across the swap
     for version, reason, ids in seen:
         assert reason is None
@@ -118,10 +119,12 @@ def test_two_trainers_overlapping_in_time_one_wins_and_readers_see_old_or_new(st
 def _replace_search_with(store, version, blob, queries):
     """What replace mode returns with this model: a rewriter that can only see it."""
     loaded = decode_model(blob)
-    pinned = {"version": version, "sha256": "pinned", "fingerprint": {"count": store.info("c").count}, "stale": False,
-              "model": loaded.header["model"], "bound_to": store.write_stamp("c").as_manifest()}
+    pinned = ModelManifestSchema.model_validate({
+        "version": version, "blob": 0, "sha256": "0" * 64, "bytes": 1, "fingerprint": {"count": store.info("c").count},
+        "stale": False, "model": loaded.header["model"], "dtype": loaded.header["dtype"],
+        "bound_to": store.write_stamp("c").as_manifest()})
     rewriter = QueryRewriter(_PinnedManifest(store, pinned))
-    rewriter._cache[("c", "model")] = ("pinned", model_registry.StoredModel(loaded, pinned), None)
+    rewriter._cache[("c", "model")] = (pinned.sha256, model_registry.StoredModel(loaded, pinned), None)
     result, report = rewriter.search("c", queries, 3, "replace", candidates=20, params=EXACT)
     assert report.fallback_reason is None and report.model_version == version
     return result.ids
@@ -185,7 +188,8 @@ class _SlowCheck:
 def test_simultaneous_commits_are_a_compare_and_swap(store):
     """Two writers reach the commit with the same expected manifest at the same instant: the lock makes
     the check and the write one step, so exactly one commits (without it, both would, one silently lost)."""
-    first = model_registry.publish(store, "c", _blob(1), {"count": 300})
+    model_registry.publish(store, "c", _blob(1), {"count": 300})
+    first = store.read_manifest("c")
     slow = _SlowCheck(store, pause=0.3)
     start = threading.Barrier(2)
     outcomes = {}
@@ -204,7 +208,7 @@ def test_simultaneous_commits_are_a_compare_and_swap(store):
         thread.join(60)
     committed = [m for m in outcomes.values() if isinstance(m, dict)]
     assert len(committed) == 1 and len(outcomes) == 2, outcomes
-    assert store.read_manifest("c") == committed[0] and committed[0]["version"] == 2
+    assert store.read_manifest("c").to_dict() == committed[0] and committed[0]["version"] == 2
     assert _blob_ids(store) == {committed[0]["blob"]}
 
 
@@ -262,7 +266,7 @@ def test_the_server_lock_waits_for_a_live_holder_and_takes_over_an_expired_lease
     store.manifest_lock_timeout = 0.5
     with pytest.raises(StoreBusyError, match="another writer kept the manifest lock"):
         model_registry.publish(store, "c", _blob(2), {"count": 10})
-    assert store.read_manifest("c") == first and _blob_ids(store) == {first["blob"]}
+    assert store.read_manifest("c").to_dict() == first and _blob_ids(store) == {first["blob"]}
     assert _lock_point(store)["lock"] == "another-writer"  # never taken from a live holder
 
     _plant_lock(store, "a-dead-writer", time.time() - 1)  # its lease ran out
@@ -288,7 +292,8 @@ def test_the_edge_manifest_lock_keeps_out_a_writer_in_another_process(tmp_path, 
     spec = f"edge:{tmp_path / 'edge'}"
     store = open_store(spec)
     collection_ops.ingest(store, "c", data[0])
-    first = model_registry.publish(store, "c", _blob(1), {"count": 300})
+    model_registry.publish(store, "c", _blob(1), {"count": 300})
+    first = store.read_manifest("c")
     store.close()
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_EDGE_LOCK, spec], cwd=tmp_path, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -300,12 +305,12 @@ def test_the_edge_manifest_lock_keeps_out_a_writer_in_another_process(tmp_path, 
         with pytest.raises(StoreBusyError, match="another writer kept the manifest lock of 'c' for over 0.5s"):
             model_registry.publish(store, "c", _blob(2), {"count": 300}, expected=first)
         assert time.monotonic() - started >= 0.5
-        assert store.read_manifest("c") == first and _blob_ids(store) == {first["blob"]}
+        assert store.read_manifest("c") == first and _blob_ids(store) == {first.blob}
         holder.stdin.write("\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "released" and holder.wait(30) == 0
         second = model_registry.publish(store, "c", _blob(2), {"count": 300}, expected=first)
-        assert second["version"] == first["version"] + 1 and store.read_manifest("c") == second
+        assert second["version"] == first.version + 1 and store.read_manifest("c").to_dict() == second
     finally:
         holder.kill()
         store.close()

@@ -15,6 +15,7 @@ from amips_plugin import calibration
 from amips_plugin import serving_policy as sp
 from amips_plugin.cli import main
 from amips_plugin.core.errors import ArtifactError
+from amips_plugin.core.manifest_schema import validate_manifest
 from amips_plugin.models import ModelConfig
 from amips_plugin.rewriting import QueryRewriter
 
@@ -218,7 +219,8 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
 
     class Store:
         def read_manifest(self, collection, slot):
-            return {**policy.to_manifest(), "stale": False, "bound_to": None, "fingerprint": {"count": 100}}
+            return validate_manifest({**policy.to_manifest(), "version": 1, "stale": False, "bound_to": None,
+                                      "fingerprint": {"count": 100}}, slot, collection)
 
         def write_stamp(self, collection):
             return None

@@ -9,7 +9,8 @@ from amips_plugin.adapters.base import SearchParams
 from amips_plugin.adapters.names import check_collection_name
 from amips_plugin.core.errors import ArtifactError, InputError
 from amips_plugin.core.manifest_schema import (
-    ManifestError, check_outgoing, fix_command, parse_manifest_json, validate_header, validate_manifest)
+    ManifestError, ManifestSchema, ModelManifestSchema, PolicyManifestSchema, as_schema, check_outgoing, fix_command,
+    parse_manifest_json, validate_header, validate_manifest)
 from amips_plugin import serving_policy as sp
 from amips_plugin.query_bounds import check_query_norms, check_search_inputs
 from amips_plugin.core.redact import redact, userinfo
@@ -21,10 +22,12 @@ GOOD = {"version": 3, "blob": 12345, "sha256": "a" * 64, "bytes": 1000, "stale":
         "dtype": "int8", "metrics": {"match_rate": 0.5, "recall@10": 1}}
 
 
-def test_a_good_manifest_validates_unchanged_and_an_absent_one_is_none():
-    assert validate_manifest(GOOD, "model", "c") is GOOD
+def test_a_good_manifest_validates_typed_and_unchanged_and_an_absent_one_is_none():
+    manifest = validate_manifest(GOOD, "model", "c")
+    assert isinstance(manifest, ModelManifestSchema) and manifest.to_dict() == GOOD
+    assert (manifest.version, manifest.model.kind, manifest.fingerprint.count) == (3, "smoothmax", 80)
     assert validate_manifest(None, "model", "c") is None and validate_manifest({}, "pq", "c") is None
-    assert validate_manifest({**GOOD, "future_field": [1]}, "model", "c")["future_field"] == [1]
+    assert validate_manifest({**GOOD, "future_field": [1]}, "model", "c").to_dict()["future_field"] == [1]
 
 
 @pytest.mark.parametrize("bad", [
@@ -42,6 +45,14 @@ def test_malformed_model_manifests_are_one_line_errors_naming_the_fix(bad):
     assert "\n" not in str(info.value) and "amips drop-model c" in str(info.value)
 
 
+def test_a_read_is_its_slots_class_and_as_schema_refuses_another():
+    policy = validate_manifest(POLICY, "policy", "c")
+    assert isinstance(policy, PolicyManifestSchema) and isinstance(policy, ManifestSchema)
+    assert as_schema(policy, PolicyManifestSchema) is policy and as_schema(None, ModelManifestSchema) is None
+    with pytest.raises(ManifestError, match="a ModelManifestSchema was expected"):
+        as_schema(policy, ModelManifestSchema)
+
+
 def test_side_index_errors_name_drop_index_not_drop_model():
     assert fix_command("pq", "c") == "amips drop-index c pq"
     assert fix_command("router", "c") == "amips drop-index c route"
@@ -57,7 +68,7 @@ def test_manifest_files_that_are_not_json_or_too_large(text):
 
 
 def test_a_manifest_file_round_trips():
-    assert parse_manifest_json(json.dumps(GOOD), "model", "c") == GOOD
+    assert parse_manifest_json(json.dumps(GOOD), "model", "c").to_dict() == GOOD
 
 
 POLICY = {"version": 1, "kind": "two-pass", "ef": 8, "second_ef": 64, "certificate": "s1", "threshold": -0.5,
