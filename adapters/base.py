@@ -179,14 +179,20 @@ def pages(fetch: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Sequenc
 
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
+    counts = [min(len(points), limit) for points in responses]
     flat = [point for points in responses for point in points[:limit]]
     ids = point_ids.as_id_array([point.id for point in flat])
+    scores = np.fromiter((point.score for point in flat), dtype=np.float32, count=len(flat))
+    versions = np.fromiter((point.version or 0 for point in flat), dtype=np.int64, count=len(flat))
+    if all(count == limit for count in counts):  # the common case: every row full, nothing to pad
+        shape = (len(responses), limit)
+        return SearchResult(ids.reshape(shape), scores.reshape(shape), versions.reshape(shape))
     result = SearchResult.empty(len(responses), limit, text=point_ids.is_text(ids))
-    filled = np.arange(limit) < np.array([min(len(points), limit) for points in responses], dtype=np.int64)[:, None]
+    filled = np.arange(limit) < np.array(counts, dtype=np.int64)[:, None]
     result.ids[filled] = ids  # a boolean mask fills row by row, in the order of `flat`
-    result.scores[filled] = np.fromiter((point.score for point in flat), dtype=np.float32, count=len(flat))
+    result.scores[filled] = scores
     assert result.versions is not None
-    result.versions[filled] = np.fromiter((point.version or 0 for point in flat), dtype=np.int64, count=len(flat))
+    result.versions[filled] = versions
     return result
 
 
@@ -270,6 +276,13 @@ class PointStore(abc.ABC):
         for the collection's only dense vector, so a model trained without `using` on a collection whose
         one vector is named "text" is the same as one trained with using="text"."""
         return slot if "@" in slot else vector_slot(slot, self.resolve_vector(collection, None)[0])
+
+    def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
+        """Why the engine answers every search of a vector (`using`, default the only one) by scoring all of
+        it, whatever hnsw_ef says (so that knob is not worth tuning); None when it searches an HNSW index."""
+        if self.searches_exactly:
+            return f"{self.location} searches exactly (brute force: qdrant-client's local mode)"
+        return None
 
     def quantized(self, collection: str, using: str | None = None) -> bool | None:
         """Whether the vector keeps quantized copies that searches use (so `oversampling` means something);

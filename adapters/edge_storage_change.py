@@ -73,9 +73,10 @@ def quantization_json(make_config: Callable[[], edge.EdgeConfig]) -> dict[str, A
 
 
 def changed_config(config: dict[str, Any], vector: str, quantization: dict[str, Any] | None,
-                   on_disk: bool) -> dict[str, Any]:
-    """`config` (edge_config.json) with `vector`'s quantization and on_disk replaced ("": the unnamed vector)."""
-    config = json.loads(json.dumps(config))
+                   on_disk: bool, index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config` (edge_config.json) with `vector`'s quantization and on_disk replaced ("": the unnamed vector);
+    with `index` (a configuration's "hnsw_config" and "optimizers"), its HNSW and optimizer settings too."""
+    config = json.loads(json.dumps({**config, **(index or {})}))
     params = config["vectors"][vector]
     params.pop("quantization_config", None)
     params.pop("on_disk", None)

@@ -58,6 +58,7 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 FULL_SCAN_THRESHOLD_KB = 1
 INDEXING_THRESHOLD_KB = 1
+DEFAULT_INDEXING_THRESHOLD_KB = 10_000  # Qdrant's, where a shard's configuration names none
 UPSERT_BATCH = 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _DISTANCE = {"dot": edge.Distance.Dot, "cosine": edge.Distance.Cosine}
@@ -271,6 +272,28 @@ class EdgeStore(VectorStore):
             self._counts[(collection, name)] = self._shard(collection).count(edge.CountRequest(filter=holds))
         return CollectionInfo(collection, dim, distance, self._counts[(collection, name)], name)
 
+    def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
+        """Qdrant builds a segment's HNSW index only once the segment's vectors outgrow the optimizer's
+        indexing_threshold (DEFAULT_INDEXING_THRESHOLD_KB unless configured; 0 turns indexing off) and
+        m > 0; until then it scores every vector. A shard made with the defaults for a few thousand
+        384-d vectors has no index at all."""
+        name, dim, _ = self.resolve_vector(collection, using)
+        config = self._shard_config(collection)
+        threshold = (config.get("optimizers") or {}).get("indexing_threshold")
+        threshold = DEFAULT_INDEXING_THRESHOLD_KB if threshold is None else threshold
+        count = self.info(collection, using).count
+        what = f"Qdrant holds no HNSW index for {collection!r}{f' [{name}]' if name else ''}"
+        if not count:
+            return None
+        if threshold == 0 or (config.get("hnsw_config") or {}).get("m") == 0:
+            return f"{what} (its configuration turns HNSW indexing off), so it scores every vector"
+        if count * dim * 4 <= threshold * 1024:
+            return (f"{what}: its {count:,} vectors ({count * dim * 4 / 2**20:,.1f} MiB) are below the optimizer's "
+                    f"indexing_threshold ({threshold:,} KB), so it scores every vector")
+        if not self._shard(collection).info().indexed_vectors_count:
+            return f"{what} yet (0 of its {count:,} points indexed), so it scores every vector"
+        return None
+
     def _forget_counts(self, collection: str) -> None:
         for key in [k for k in self._counts if k[0] == collection]:
             del self._counts[key]
@@ -307,7 +330,8 @@ class EdgeStore(VectorStore):
         storage.quantization(quantization)
         name = self.resolve_vector(collection, using)[0]
         before = self.storage(collection, using)
-        if before == (quantization, on_disk):
+        unindexed = self.exact_scan_reason(collection, using) is not None  # the new shard gets amips' HNSW settings
+        if before == (quantization, on_disk) and not unindexed:
             return f"{collection!r} already stores its vectors as {storage.label(quantization, on_disk)}"
         folder = self._folder(collection)
         with self.manifest_lock(collection):
@@ -316,9 +340,10 @@ class EdgeStore(VectorStore):
             self.check_room(f"a copy of {collection!r} in its new storage",
                             int(info.points_count)
                             * sum(dim for dim, _ in self.vector_spaces(collection)[0].values()) * 4)
-            codes = storage_change.quantization_json(lambda: self._config(1, "dot", quantization, ""))["vectors"][""]
+            ours = storage_change.quantization_json(lambda: self._config(1, "dot", quantization, ""))
+            index = {part: ours[part] for part in ("hnsw_config", "optimizers")} if unindexed else None
             config = storage_change.changed_config(self._shard_config(collection), name,
-                                                   codes.get("quantization_config"), on_disk)
+                                                   ours["vectors"][""].get("quantization_config"), on_disk, index)
             new_dir = folder / storage_change.NEW
             with _file_errors(f"prepare the new storage of {collection!r}"):
                 shutil.rmtree(new_dir, ignore_errors=True)
@@ -343,8 +368,9 @@ class EdgeStore(VectorStore):
                 with _file_errors(f"undo the storage change of {collection!r}"):
                     storage_change.recover(folder)
                 raise
+        indexed = ", now HNSW-indexed" if unindexed else ""
         return (f"{collection!r}: {copied:,} points moved from {storage.label(*before)} to "
-                f"{storage.label(quantization, on_disk)}, every id, payload and vector checked")
+                f"{storage.label(quantization, on_disk)}{indexed}, every id, payload and vector checked")
 
     def close_collection(self, collection: str) -> None:
         """Close the collection's shard and forget what was read of it (opened again on next use)."""
@@ -484,7 +510,10 @@ class EdgeStore(VectorStore):
         return edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
 
     def _run(self, collection: str, requests: list[edge.QueryRequest], limit: int) -> SearchResult:
-        return collect_results(self._shard(collection).query_batch(edge.QueryBatchRequest(requests)), limit)
+        shard = self._shard(collection)
+        if len(requests) == 1:  # a single query: the engine's own call for one, without a batch around it
+            return collect_results([shard.query(requests[0])], limit)
+        return collect_results(shard.query_batch(edge.QueryBatchRequest(requests)), limit)
 
     def search(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams,
                using: str | None = None) -> SearchResult:

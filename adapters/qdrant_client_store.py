@@ -260,6 +260,18 @@ class QdrantClientStore(VectorStore):
         return (storage.name_of(quantization.model_dump(mode="json") if quantization is not None else None),
                 bool(params is not None and params.on_disk))
 
+    def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
+        """Local mode scans always; a server scans a collection none of whose points is HNSW-indexed yet (it
+        indexes a segment above the optimizer's indexing_threshold, 10 MB of vectors by default)."""
+        if self.searches_exactly:
+            return super().exact_scan_reason(collection, using)
+        described = self.client.get_collection(collection)
+        if described.points_count and not described.indexed_vectors_count:
+            return (f"Qdrant holds no HNSW index for {collection!r} (0 of its {described.points_count:,} points "
+                    "indexed: it indexes a segment only above the optimizer's indexing_threshold, 10 MB of vectors "
+                    "by default), so it scores every vector")
+        return None
+
     def change_storage(self, collection: str, quantization: str, on_disk: bool = False, using: str | None = None,
                        progress: Callable[[int], None] | None = None) -> str:
         """A server rebuilds a collection's quantized copies itself (`update_collection` with the new

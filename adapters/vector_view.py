@@ -91,6 +91,9 @@ class VectorView(VectorStore):
     def free_bytes(self) -> int | None:
         return self.store.free_bytes()
 
+    def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
+        return self.store.exact_scan_reason(collection, self.using)
+
     def write_manifest(self, collection: str, manifest: dict[str, Any] | None, slot: str = "model") -> None:
         self.store.write_manifest(collection, manifest, vector_slot(slot, self.using))
 

@@ -1,9 +1,12 @@
 """`amips advise`: which storage of the collection's vectors, and which serving policy on it, answers its
 queries cheapest at a declared recall@1 (issue 23).
 
+0. The collection as it is comes first ("as is"): tuned where it stands, nothing stored, so that every
+   other configuration is read against what the user has now (a shard made with Qdrant's defaults below
+   10 MB of vectors holds no HNSW index and scores every vector: `tune` says so).
 1. The collection's points (ids and vectors) are copied, once per candidate storage (adapters/storage.py:
    float32, int8, TurboQuant, binary), into a scratch Qdrant Edge store in a temporary folder: the same
-   engine, HNSW parameters and ids as the collection, which itself is only read.
+   engine and ids as the collection, HNSW-indexed with amips' parameters; the collection itself is only read.
 2. `tuning.tune` runs on each copy with the same query sample and seed, so every configuration is
    calibrated on the same held-out queries and stores its cheapest policy meeting the target (plain search
    at some hnsw_ef × oversampling, or two passes); a storage on which no setting reaches it says so.
@@ -46,6 +49,7 @@ from .serving_policy import serve
 from .tuning import DEFAULT_REPEATS, TuneReport, check_sample_size, check_target, split_sample, tune
 
 SCRATCH = "advise"  # the scratch collection's name
+AS_IS = "as is"  # the configuration that is the collection itself
 ON_DISK = "+disk"  # a configuration's suffix: its float32 originals on disk
 
 
@@ -93,11 +97,12 @@ class Configuration:
     plain_qps: float | None = None  # the cheapest plain setting meeting the target on this storage
     rss_growth: int | None = None  # bytes the process's resident memory grew while this copy was built and tuned
     recommended: bool = False
+    as_is: bool = False  # the collection itself, not a scratch copy
 
     @property
     def name(self) -> str:
-        """As --configs names it: "none", "int8", "int8+disk"."""
-        return self.storage + (ON_DISK if self.on_disk else "")
+        """As --configs names it: "none", "int8", "int8+disk"; the collection itself is "as is"."""
+        return AS_IS if self.as_is else self.storage + (ON_DISK if self.on_disk else "")
 
     @property
     def public_name(self) -> str:
@@ -106,7 +111,7 @@ class Configuration:
 
     def to_dict(self) -> dict[str, Any]:
         chosen = self.report.chosen if self.report else None
-        return {"storage": self.public_name, "on_disk": self.on_disk, "configuration": self.name,
+        return {"storage": self.public_name, "on_disk": self.on_disk, "configuration": self.name, "as_is": self.as_is,
                 "bytes_per_key": self.bytes_per_key,
                 "recall@1": chosen.recall if chosen else None, "lower_bound": chosen.lower_bound if chosen else None,
                 "queries_per_second": self.qps, "plain_queries_per_second": self.plain_qps,
@@ -153,9 +158,21 @@ def advise(store: VectorStore, collection: str, queries: np.ndarray, target: flo
     advice = Advice(target, len(held), max_bytes_per_key)
     scratches: list[EdgeStore] = []
     names = with_disk_variants(tuple(dict.fromkeys(storages)), keys.shape[1], max_bytes_per_key)
+    tasks: dict[tuple[str, str], Any] = {}
+    stored, on_disk_now = store.storage(collection) or ("none", False)
+    as_is = Configuration(stored, QUANTIZATIONS[stored].ram_bytes_per_key(keys.shape[1], on_disk_now), on_disk_now,
+                          as_is=True)
+    advice.configurations.append(as_is)
+    say(f"[0/{len(names)}] {collection} as it is ({label(stored, on_disk_now)}): tuning, nothing stored")
+    try:
+        as_is.report = tune(store, collection, queries, target, limit, repeats=repeats, seed=seed, publish=False)
+    except InputError as exc:
+        as_is.error = str(exc)
+    else:
+        for role, row in (("policy", as_is.report.chosen), ("plain", as_is.report.plain)):
+            tasks[(AS_IS, role)] = partial(serve, store, collection, held, limit, row.policy)
     with tempfile.TemporaryDirectory(prefix="amips-advise-", dir=scratch_root) as folder:
         try:
-            tasks: dict[tuple[str, str], Any] = {}
             for step, name in enumerate(names, 1):
                 storage, on_disk = parse_configuration(name)
                 configuration = Configuration(storage, QUANTIZATIONS[storage].ram_bytes_per_key(keys.shape[1], on_disk),
@@ -200,7 +217,8 @@ def apply(store: VectorStore, collection: str, advice: Advice, queries: np.ndarr
     best = advice.recommended
     if best is None:
         raise InputError("no configuration met the target within the budget: nothing to apply")
-    moved = store.change_storage(collection, best.storage, best.on_disk, progress=progress)
+    moved = (f"{collection!r} stays as it is: no configuration tried was faster" if best.as_is else
+             store.change_storage(collection, best.storage, best.on_disk, progress=progress))
     return moved, tune(store, collection, queries, advice.target, limit, repeats=repeats, seed=seed)
 
 
@@ -220,8 +238,13 @@ def format_advice(advice: Advice) -> str:
                      f"{c.report.chosen.recall:>9.4f} {c.qps or 0:>11,.0f} {c.plain_qps or 0:>10,.0f}  "
                      f"{c.report.chosen.policy.describe()}")
     best = advice.recommended
-    lines.append(f"recommended: {label(best.storage, best.on_disk)} (`amips advise ... --apply` moves the collection "
-                 "to it and tunes it there)" if best else "no storage reached the target within the budget")
+    if best is None:
+        lines.append("no storage reached the target within the budget")
+    elif best.as_is:
+        lines.append("recommended: the collection as it is (`amips tune` stores its policy)")
+    else:
+        lines.append(f"recommended: {label(best.storage, best.on_disk)} (`amips advise ... --apply` moves the "
+                     "collection to it and tunes it there)")
     return "\n".join(lines)
 
 

@@ -759,9 +759,9 @@ def advise_command(ctx: click.Context, collection: str, queries: np.ndarray, tar
                    quiet: bool) -> None:
     """Which storage (float32, int8, TurboQuant, binary, product quantization; originals in RAM or on disk) and
     which tuned policy on it serve COLLECTION's queries fastest at --target-recall: each is built on a scratch
-    copy of the collection (Qdrant Edge, in a temporary folder; the collection is only read), tuned like
-    `amips tune`, and timed in interleaved rounds. Prints the frontier and the recommendation; --apply moves
-    the collection to it."""
+    copy of the collection (Qdrant Edge, in a temporary folder, HNSW-indexed; the collection is only read), tuned
+    like `amips tune`, and timed in interleaved rounds beside the collection as it is ("as is": tuned where it
+    stands, nothing stored). Prints the frontier and the recommendation; --apply moves the collection to it."""
     from .advise import advise, apply, format_advice
 
     store = _store(ctx)

@@ -183,7 +183,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     check_sample_size(len(queries), target)
     grid, notes = search_grid(store, collection, ef_grid, oversampling_grid, params)
     expected = model_registry.read_for_replace(store, collection, SLOT)  # a broken policy is replaced
-    stamp = store.write_stamp(collection, create=True)  # before the keys: a write while tuning makes it stale
+    stamp = store.write_stamp(collection, create=publish)  # before the keys: a write while tuning makes it stale
     keys, ids, fingerprint = read_keys(store, collection)
     truth = ids[exact_top1(keys, queries).index]
     del keys
@@ -259,9 +259,14 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
 def search_grid(store: VectorStore, collection: str, ef_grid: tuple[int, ...],
                 oversampling_grid: tuple[float, ...] | None, params: SearchParams) -> tuple[list[Effort], list[str]]:
     """The search settings to measure, cheapest knobs first, and notes on knobs this store does not have."""
-    if store.searches_exactly:
-        return [Effort(min(ef_grid))], [f"{store.location} searches exactly (brute force: qdrant-client's local mode), "
-                                        "so hnsw_ef and oversampling do not apply: plain search is stored, untuned"]
+    scans = store.exact_scan_reason(collection)
+    if scans:
+        advice = "" if store.searches_exactly else (
+            f"; `amips advise {collection}` measures an HNSW-indexed copy, and its --apply moves the collection to it")
+        # the most thorough setting: should the collection be indexed later (`advise --apply`, growth) before it
+        # is tuned again, the stored policy still searches thoroughly rather than at the cheapest hnsw_ef
+        return [Effort(max(ef_grid))], [f"{scans}, so hnsw_ef and oversampling do not apply: plain search is stored, "
+                                        f"untuned{advice}"]
     quantized = store.quantized(collection)
     if not quantized or params.oversampling is not None:  # no int8 copies, or the caller fixed it
         return [Effort(ef) for ef in sorted(set(ef_grid))], []

@@ -263,3 +263,48 @@ def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, mon
         assert reads["read"] == 0
     finally:
         client.close()
+
+
+def _users_edge_shard(root, keys: np.ndarray) -> None:
+    """Collection "docs" under `root`, made by qdrant-edge directly with its default configuration, as an
+    application would: a named vector "text", UUID-free integer ids, empty payloads."""
+    import qdrant_edge as edge
+
+    shard_dir = root / "docs" / "shard"
+    shard_dir.mkdir(parents=True)
+    shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(
+        vectors={"text": edge.EdgeVectorParams(size=keys.shape[1], distance=edge.Distance.Dot)}))
+    shard.update(edge.UpdateOperation.upsert_points([edge.Point(i, {"text": v.tolist()}, {}) for i, v in
+                                                     enumerate(keys)]))
+    shard.optimize()
+    shard.flush()
+    shard.close()
+
+
+def test_tune_says_when_the_engine_scans_every_vector_and_does_not_tune_hnsw_ef(tmp_path):
+    """A shard made with Qdrant's defaults holds no HNSW index below 10 MB of vectors (the first-hour trial's
+    5,183 × 384 keys: every search scored every vector, so hnsw_ef changed nothing), yet tune stored "plain
+    search at hnsw_ef 8" as if it had tuned it. It says why and stores plain search untuned; the same keys in
+    a collection amips made (HNSW-indexed) are tuned."""
+    from amips_plugin import collection_ops as ops
+    from amips_plugin import tuning
+    from amips_plugin.adapters import open_store
+
+    rng = np.random.default_rng(8)
+    keys = rng.standard_normal((3000, 32)).astype(np.float32)
+    queries = rng.standard_normal((2000, 32)).astype(np.float32)
+    _users_edge_shard(tmp_path / "users", keys)
+    users = open_store(f"edge:{tmp_path / 'users'}")
+    ours = open_store(f"edge:{tmp_path / 'ours'}")
+    try:
+        assert "no HNSW index for 'docs' [text]: its 3,000 vectors" in users.exact_scan_reason("docs", "text")
+        report = AmipsClient(users).tune("docs", queries, 0.95, using="text", progress=False)
+        assert [row.name for row in report.rows] == [report.plain.name] and report.manifest["kind"] == "plain"
+        assert "no HNSW index" in report.verdict() and "amips advise docs" in report.verdict()
+        ops.ingest(ours, "docs", keys)
+        assert ours.exact_scan_reason("docs") is None
+        tuned = tuning.tune(ours, "docs", queries, 0.95, repeats=1)
+        assert not tuned.notes and len({row.policy.first for row in tuned.rows}) > 1
+    finally:
+        users.close()
+        ours.close()

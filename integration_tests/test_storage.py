@@ -70,10 +70,12 @@ def test_advise_tunes_each_storage_on_a_scratch_copy_and_recommends_one_within_t
     report = json.loads(advised.stdout)  # progress lines go to stderr
     rows = {c["configuration"]: c for c in report["configurations"]}
     # int8's codes fit the budget only with the originals on disk: that variant is tried too
-    assert list(rows) == ["none", "int8", "bq1", "int8+disk"] and rows["none"]["bytes_per_key"] == 128
+    # the collection as it is comes first, read against the copies (tuned where it stands, nothing stored)
+    assert list(rows) == ["as is", "none", "int8", "bq1", "int8+disk"] and rows["none"]["bytes_per_key"] == 128
+    assert rows["as is"]["as_is"] is True and rows["as is"]["bytes_per_key"] == 128
     assert rows["int8"]["bytes_per_key"] == 128 + 32 and rows["bq1"]["bytes_per_key"] == 128 + 4
     assert rows["int8+disk"]["bytes_per_key"] == 32 and rows["int8+disk"]["on_disk"] is True
-    assert [row["storage"] for row in rows.values()] == ["float32", "int8", "bq1", "int8"]
+    assert [row["storage"] for row in rows.values()] == ["float32", "float32", "int8", "bq1", "int8"]
     for row in rows.values():
         assert (row["recall@1"] is None) == (row["error"] is not None)
         assert row["error"] or (row["lower_bound"] >= 0.9 and row["queries_per_second"] > 0

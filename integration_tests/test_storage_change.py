@@ -90,6 +90,26 @@ def test_a_storage_change_keeps_every_point_and_the_model_but_not_the_policy(tmp
     assert sorted(os.listdir(tmp_path / "docs")) == ["amips", "shard"]
 
 
+def test_a_collection_without_an_hnsw_index_is_moved_to_an_indexed_copy_of_itself(tmp_path):
+    """Made with Qdrant's defaults, 3,000 points hold no HNSW index (every search scores every vector). Moving
+    it to the storage it already has was refused as a no-op, and a move to another storage kept the defaults,
+    so `advise --apply` could not give it the index `tune` points it to. Now the move builds one, keeping every
+    id, payload and vector."""
+    rng = np.random.default_rng(4)
+    _users_collection(tmp_path, rng)
+    before = _contents(tmp_path)
+    store = open_store(f"edge:{tmp_path}")
+    view = ops.for_vector(store, "text")
+    said = "3,000 vectors (0.4 MiB) are below the optimizer's indexing_threshold (10,000 KB)"
+    assert said in view.exact_scan_reason("docs")
+    said = view.change_storage("docs", "none")
+    assert f"{POINTS:,} points moved from float32 to float32, now HNSW-indexed" in said
+    assert view.exact_scan_reason("docs") is None and store._shard("docs").info().indexed_vectors_count > 0
+    assert "already stores its vectors as float32" in view.change_storage("docs", "none")
+    store.close()
+    assert _contents(tmp_path) == before
+
+
 def test_a_server_store_changes_quantization_and_local_mode_says_it_has_none(tmp_path):
     store = open_store(str(tmp_path / "local"))
     ops.ingest(store, "c", np.random.default_rng(1).standard_normal((50, 4)).astype(np.float32))
@@ -161,8 +181,8 @@ def test_advise_apply_moves_the_collection_and_tunes_it_there(tmp_path):
                                   "--apply", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
-    assert [c["configuration"] for c in advice["configurations"]] == ["none", "int8", "int8+disk"]
-    assert all(type(c["rss_growth_bytes"]) is int and c["rss_growth_bytes"] >= 0 for c in advice["configurations"])
+    assert [c["configuration"] for c in advice["configurations"]] == ["as is", "none", "int8", "int8+disk"]
+    assert all(type(c["rss_growth_bytes"]) is int and c["rss_growth_bytes"] >= 0 for c in advice["configurations"][1:])
     recommended = [c for c in advice["configurations"] if c["recommended"]]
     assert advice["recommended"] == "int8" and [c["on_disk"] for c in recommended] == [True]
     assert "points moved from float32 to int8 (originals on disk)" in advice["applied"]["moved"]
@@ -179,3 +199,31 @@ def _payloads(folder: Path, n: int) -> Path:
     path = folder / "payloads.jsonl"
     path.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(n)))
     return path
+
+
+def test_advise_reads_every_copy_against_the_collection_as_it_is_and_apply_keeps_it_when_it_wins(tmp_path):
+    """The collection itself is tuned where it stands (nothing stored) and timed beside the copies; when it is
+    the fastest, --apply leaves it as it is, else it moves (and an unindexed collection gets its index)."""
+    from amips_plugin import advise as adv
+
+    rng = np.random.default_rng(6)
+    _users_collection(tmp_path, rng)
+    before = _contents(tmp_path)
+    store = open_store(f"edge:{tmp_path}")
+    view = ops.for_vector(store, "text")
+    queries = rng.standard_normal((800, 32)).astype(np.float32)
+    advice = adv.advise(view, "docs", queries, 0.9, ("none",), repeats=1)
+    rows = advice.to_dict()["configurations"]
+    assert [(r["configuration"], r["storage"], r["as_is"]) for r in rows] == [("as is", "float32", True),
+                                                                             ("none", "float32", False)]
+    assert "no HNSW index" in advice.configurations[0].report.verdict() and view.read_manifest("docs", "policy") is None
+    assert all(r["queries_per_second"] > 0 and r["recall@1"] >= 0.9 for r in rows)
+    assert sum(r["recommended"] for r in rows) == 1
+    moved, report = adv.apply(view, "docs", advice, queries, repeats=1)
+    if advice.recommended.as_is:
+        assert "stays as it is" in moved and view.exact_scan_reason("docs") is not None
+    else:
+        assert "now HNSW-indexed" in moved and view.exact_scan_reason("docs") is None
+    assert report.manifest is not None and view.read_manifest("docs", "policy") is not None
+    store.close()
+    assert _contents(tmp_path) == before
