@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar, cast
+from typing import Callable, TypeVar, cast
 
 import numpy as np
 
@@ -146,18 +146,14 @@ class QueryRewriter:
             return None
 
     def model_for(self, collection: str, dim: int,
-                  count: int | None = None) -> tuple[MIPSModel | None, dict[str, Any] | None, str | None]:
-        """(model, manifest as stored (a dict), reason it cannot be used); never raises for model problems.
+                  count: int | None = None) -> tuple[MIPSModel | None, ModelManifestSchema | None, str | None]:
+        """(model, its validated manifest, reason it cannot be used); never raises for model problems.
 
         Staleness and dimension are read from the validated manifest, so a stale or mismatched
         model's blob is never read or decoded."""
         stamp = self._stamp(collection)
-
-        def answer() -> tuple[MIPSModel | None, dict[str, Any] | None, str | None]:
-            model, manifest, reason = self._read_model(collection, dim, count, stamp)
-            return model, None if manifest is None else manifest.to_dict(), reason
-
-        return self._kept(collection, "model", (self._token(collection), dim, count, stamp), answer)
+        return self._kept(collection, "model", (self._token(collection), dim, count, stamp),
+                          lambda: self._read_model(collection, dim, count, stamp))
 
     def _stamp(self, collection: str) -> WriteStamp | None:
         """The collection's write stamp; StoreError (a store failure) propagates like any other."""
@@ -215,7 +211,7 @@ class QueryRewriter:
         predicted, confident = queries, np.zeros(len(queries), dtype=bool)
         if mode != "off":
             model, manifest, reason = self.model_for(collection, info.dim, info.count)
-            report.model_version = (manifest or {}).get("version")
+            report.model_version = manifest.version if manifest else None
             if model is None:
                 self._warn_once(f"amips: plain search for {collection!r}: {reason}")
                 report.fallback_reason = reason

@@ -45,7 +45,7 @@ from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore
 
 from .core.errors import AmipsError, ArtifactError
-from .core.manifest_schema import PolicyFields, PolicyManifestSchema, as_schema, parse_policy
+from .core.manifest_schema import ModelManifestSchema, PolicyFields, PolicyManifestSchema, as_schema, parse_policy
 from .core.limits import MAX_OVERSAMPLING
 from .freshness import NOT_CHECKED, stale_reason
 from .inference import forward_in_chunks
@@ -434,7 +434,7 @@ def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int,
     return merge(first, second, rows, limit), escalated
 
 
-ModelLookup = Callable[[str, int, "int | None"], "tuple[MIPSModel | None, dict | None, str | None]"]
+ModelLookup = Callable[[str, int, "int | None"], "tuple[MIPSModel | None, ModelManifestSchema | None, str | None]"]
 
 
 def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
@@ -452,7 +452,7 @@ def stored_policy(store: VectorStore, collection: str, dim: int, count: int,
         return None, None, f"the serving policy cannot be read: {exc}"
     model, model_manifest, reason = model_for(collection, dim, count) if policy.uses_model else (None, None, None)
     why = stale_reason(manifest, stamp, count, storage=storage,
-                       model_sha256=model_manifest.get("sha256") if model_manifest else NOT_CHECKED)
+                       model_sha256=model_manifest.sha256 if model_manifest else NOT_CHECKED)
     if why:
         return None, None, f"the serving policy is stale ({why}); run `amips tune`"
     if policy.uses_model and model is None:

@@ -231,7 +231,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         policy = row.policy
         first_cost = per_query[policy.first] + (per_query.get("sigma", 0.0) if policy.uses_model else 0.0)
         row.policy = replace(policy,
-                             model_sha256=(manifest or {}).get("sha256") if policy.uses_model else None,
+                             model_sha256=manifest.sha256 if manifest and policy.uses_model else None,
                              fallback_ef=plain.policy.ef, fallback_oversampling=plain.policy.oversampling,
                              break_even=min(1.0, max(0.0, (plain_cost - first_cost) / per_query[policy.second])))
     timed = best_times({row.name: partial(serve, store, collection, held_queries, limit, row.policy, model, params)

@@ -2,6 +2,7 @@
 the fail-safe, stale / missing policies, and `amips tune` end to end (Edge: a real HNSW graph;
 qdrant-client local mode: exact search)."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -229,11 +230,11 @@ def test_a_policy_reading_the_model_goes_stale_when_the_model_changes():
             return None  # as qdrant-client's local mode: no storage to compare
 
     model = object()
-    assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, {"sha256": "a" * 64}, None))[1:] == (model, None)
-    assert "model it reads changed" in sp.stored_policy(Store(), "c", 16, 100,
-                                                        lambda *a: (model, {"sha256": "b" * 64}, None))[2]
+    same, other = SimpleNamespace(sha256="a" * 64), SimpleNamespace(sha256="b" * 64)  # the model manifest's checksum
+    assert sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, same, None))[1:] == (model, None)
+    assert "model it reads changed" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (model, other, None))[2]
     assert "cannot be used" in sp.stored_policy(Store(), "c", 16, 100, lambda *a: (None, None, "no model"))[2]
-    assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, {"sha256": "a" * 64}, None))[2]
+    assert "stale" in sp.stored_policy(Store(), "c", 16, 101, lambda *a: (model, same, None))[2]
 
 
 def test_tune_command_round_trip_on_edge(tmp_path):
