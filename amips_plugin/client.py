@@ -101,7 +101,7 @@ class AmipsClient:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, request in enumerate(requests):
             if _rewritable(request) and self._servable(collection_name, request.using):
-                groups.setdefault(_options_key(request), []).append(index)
+                groups.setdefault(_options_key(request) if len(requests) > 1 else (), []).append(index)
             else:
                 responses[index] = self._pass_through(collection_name, request, **kwargs)
         for indexes in groups.values():
@@ -122,11 +122,15 @@ class AmipsClient:
         result, report = self.rewriter(first.using).search(collection, queries, offset + limit, mode or self.mode,
                                                            candidates or self.candidates, params)
         self._local.report = report
-        keep = point_ids.present(result.ids) & (result.scores >= (-np.inf if first.score_threshold is None
-                                                                  else first.score_threshold))
+        keep = point_ids.present(result.ids)
+        if first.score_threshold is not None:
+            keep &= result.scores >= first.score_threshold
         versions = result.versions if result.versions is not None else np.zeros(result.ids.shape, dtype=np.int64)
-        rows = [(ids[mask][offset:], scores[mask][offset:], version[mask][offset:])
-                for ids, scores, version, mask in zip(result.ids, result.scores, versions, keep)]
+        if offset == 0 and keep.all():  # every row full and kept: no per-row selection
+            rows = list(zip(result.ids, result.scores, versions))
+        else:
+            rows = [(ids[mask][offset:], scores[mask][offset:], version[mask][offset:])
+                    for ids, scores, version, mask in zip(result.ids, result.scores, versions, keep)]
         extras = self._extras(collection, [(ids, scores) for ids, scores, _ in rows], first.with_payload,
                               first.with_vector)
         return [QueryResponse(points=[_scored_point(i, s, v, extras) for i, s, v in

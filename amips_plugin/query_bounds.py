@@ -39,7 +39,10 @@ def check_search_inputs(limit: object, candidates: object, params: SearchParams)
 
 
 def check_query_norms(queries: np.ndarray) -> None:
-    """InputError when a (finite, float32) query's norm exceeds MAX_QUERY_NORM (computed in float64)."""
+    """InputError when a (finite, float32) query's norm exceeds MAX_QUERY_NORM (computed in float64). No
+    norm is computed when no coordinate is large enough for one to (‖x‖ ≤ √d · max |xᵢ|)."""
+    if queries.size and float(np.abs(queries).max()) * math.sqrt(queries.shape[1]) <= MAX_QUERY_NORM:
+        return
     norms = np.linalg.norm(queries.astype(np.float64), axis=1)
     bad = np.flatnonzero(norms > MAX_QUERY_NORM)
     if len(bad):

@@ -265,8 +265,8 @@ def search_grid(store: VectorStore, collection: str, ef_grid: tuple[int, ...],
             f"; `amips advise {collection}` measures an HNSW-indexed copy, and its --apply moves the collection to it")
         # the most thorough setting: should the collection be indexed later (`advise --apply`, growth) before it
         # is tuned again, the stored policy still searches thoroughly rather than at the cheapest hnsw_ef
-        return [Effort(max(ef_grid))], [f"{scans}, so hnsw_ef and oversampling do not apply: plain search is stored, "
-                                        f"untuned{advice}"]
+        return [Effort(max(ef_grid))], [f"{scans}: hnsw_ef and oversampling do not apply, and plain search is "
+                                        f"stored untuned{advice}"]
     quantized = store.quantized(collection)
     if not quantized or params.oversampling is not None:  # no int8 copies, or the caller fixed it
         return [Effort(ef) for ef in sorted(set(ef_grid))], []

@@ -11,13 +11,17 @@ SciFact trial). The exact answers are recomputed over those keys. Two stores:
    the size it needs), then with --tune-queries. Local mode searches exactly: the report says so and
    stores plain search. Single queries timed through `AmipsClient.query_points` and through the plain
    `QdrantClient.query_points`, interleaved.
-2. Qdrant Edge (the shard made by `qdrant_edge.EdgeShard` directly), opened by `AmipsClient("edge:DIR")`,
-   tuned for 0.99, then served under the default mode "auto" — batches (`query_batch_points`) and
-   single queries (`query_points`) — against plain search at every hnsw_ef of GRID, two ways: through
-   the same client (`mode="off"`, `search_params=SearchParams(hnsw_ef=...)`: the same API without the
-   policy) and by the engine itself (`EdgeShard.query_batch` / `EdgeShard.query`, no amips code: what
-   the client's own layers cost shows here). Each read at the cheapest plain ef whose recall@1 reaches
-   the policy's, and at plain cost interpolated to exactly the policy's recall.
+2. Qdrant Edge (the shard made by `qdrant_edge.EdgeShard` with its default configuration, which holds no
+   HNSW index below 10 MB of vectors), opened by `AmipsClient("edge:DIR")`, tuned for 0.99, then served
+   under the default mode "auto" — batches (`query_batch_points`) and single queries (`query_points`) —
+   against plain search at every hnsw_ef of GRID, two ways: through the same client (`mode="off"`,
+   `search_params=SearchParams(hnsw_ef=...)`: the same API without the policy) and by the engine itself
+   (`EdgeShard.query_batch` / `EdgeShard.query`, no amips code: what the client's own layers cost shows
+   here). Each read at the cheapest plain ef whose recall@1 reaches the policy's, and at plain cost
+   interpolated to exactly the policy's recall.
+3. `advise` (float32 and int8 copies, HNSW-indexed, beside the collection as it is) and `apply`, which moves
+   the collection to the recommendation and tunes it there; then the same measurements again, read also
+   against the engine's plain search on the collection as the application made it.
 
 Timing: interleaved rounds, best of --repeats; recall@1 of the exact argmax on --test-queries unseen
 test questions. The numbers are this machine's; quote the ratios.
@@ -38,6 +42,8 @@ from qdrant_client import QdrantClient, models
 from bench.datasets import load_dataset
 from bench.policy_bench import interpolated_plain_qps
 
+from amips_plugin.adapters.vector_view import for_vector
+from amips_plugin.advise import advise, apply, format_advice
 from amips_plugin.client import AmipsClient
 from amips_plugin.core.errors import InputError
 from amips_plugin.core.timing import best_times
@@ -122,12 +128,32 @@ def local_trial(root: Path, keys, ids, payloads, tune_queries, test, truth, repe
 
 
 def edge_trial(root: Path, keys, ids, payloads, tune_queries, test, truth, repeats: int) -> dict:
+    """Tune and serve the collection as the application made it; then `advise --apply` (float32 and int8,
+    the collection as it is beside them) and serve it again where advise moved it. Each state is read against
+    the engine's plain search on the collection as the application made it (`as_made_engine`) and on the
+    state itself."""
     edge_collection(root, keys, ids, payloads)
     client = AmipsClient(f"edge:{root / 'edge'}")
-    out: dict = {"tune": try_tune(client, tune_queries)}
-    log(f"Edge: {out['tune']}")
+    out: dict = {"as_made": {"tune": try_tune(client, tune_queries)}}
+    log(f"Edge as made: {out['as_made']['tune']}")
+    out["as_made"] |= serve_and_time(client, test, truth, repeats, "as made")
+    view = for_vector(client.store, "text")
+    advice = advise(view, "docs", tune_queries, 0.99, ("none", "int8"), repeats=repeats)
+    moved, report = apply(view, "docs", advice, tune_queries, repeats=repeats)
+    out["advise"] = {**advice.to_dict(), "applied": moved, "tune": report.verdict()}
+    log(f"advise: {format_advice(advice)}\n{moved}\n{report.verdict()}")
+    out["after_apply"] = serve_and_time(client, test, truth, repeats, "after advise --apply",
+                                        as_made=out["as_made"])
+    client.close()
+    return out
+
+
+def serve_and_time(client: AmipsClient, test, truth, repeats: int, state: str, as_made: dict | None = None) -> dict:
+    """Batches and single queries under "auto", against plain search at every hnsw_ef of GRID through the
+    engine's own API and through the same client (mode "off"), in interleaved rounds."""
     shard = client.store._shard("docs")  # the engine itself: plain search with no amips code in the way
     rows = [q.tolist() for q in test]
+    out: dict = {"exact_scan": client.store.exact_scan_reason("docs", "text")}
 
     def plain_request(q: list, ef: int) -> edge.QueryRequest:
         return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(q, using="text"),
@@ -169,22 +195,29 @@ def edge_trial(root: Path, keys, ids, payloads, tune_queries, test, truth, repea
         out[kind] = {"amips": {"recall@1": served_recall, "queries_per_second": amips_qps,
                                "notes": report.notes if report else [],
                                "fallback_reason": report.fallback_reason if report else None}}
-        for baseline in ("engine", "client"):
-            qps = {ef: len(rows) / seconds[(baseline, ef)] for ef in GRID}
-            reaching = [ef for ef in GRID if recalls[ef] >= served_recall]
-            cheapest = max(reaching, key=lambda ef: qps[ef]) if reaching else None
-            interpolated = interpolated_plain_qps({ef: {"recall": recalls[ef], "qps": qps[ef]} for ef in GRID},
-                                                  served_recall)
-            out[kind][baseline] = {
-                "plain": {str(ef): {"recall@1": recalls[ef], "queries_per_second": qps[ef]} for ef in GRID},
-                "cheapest_plain_ef_reaching": cheapest,
-                "ratio": amips_qps / qps[cheapest] if cheapest else None,
-                "ratio_interpolated": amips_qps / interpolated if interpolated else None}
-            log(f"Edge {kind}: amips {served_recall:.4f} @ {amips_qps:,.0f} q/s; plain through the {baseline}: "
-                f"cheapest reaching it ef {cheapest} {recalls.get(cheapest, 0):.4f} @ {qps.get(cheapest, 0):,.0f} q/s "
-                f"→ {out[kind][baseline]['ratio']}; interpolated {out[kind][baseline]['ratio_interpolated']}")
-    client.close()
+        baselines = {"engine": {ef: {"recall": recalls[ef], "qps": len(rows) / seconds[("engine", ef)]} for ef in GRID},
+                     "client": {ef: {"recall": recalls[ef], "qps": len(rows) / seconds[("client", ef)]} for ef in GRID}}
+        if as_made is not None:
+            baselines["as_made_engine"] = {int(ef): {"recall": v["recall@1"], "qps": v["queries_per_second"]}
+                                           for ef, v in as_made[kind]["engine"]["plain"].items()}
+        for baseline, plain in baselines.items():
+            out[kind][baseline] = read_against(plain, served_recall, amips_qps)
+            log(f"{state}, {kind}: amips {served_recall:.4f} @ {amips_qps:,.0f} q/s; plain through the {baseline}: "
+                f"cheapest reaching it ef {out[kind][baseline]['cheapest_plain_ef_reaching']} → "
+                f"{out[kind][baseline]['ratio']}; interpolated {out[kind][baseline]['ratio_interpolated']}")
     return out
+
+
+def read_against(plain: dict, served_recall: float, amips_qps: float) -> dict:
+    """The policy's throughput over plain search's cheapest hnsw_ef reaching its recall, and over plain's cost
+    interpolated to exactly that recall."""
+    reaching = [ef for ef in plain if plain[ef]["recall"] >= served_recall]
+    cheapest = max(reaching, key=lambda ef: plain[ef]["qps"]) if reaching else None
+    interpolated = interpolated_plain_qps(plain, served_recall)
+    return {"plain": {str(ef): {"recall@1": v["recall"], "queries_per_second": v["qps"]} for ef, v in plain.items()},
+            "cheapest_plain_ef_reaching": cheapest,
+            "ratio": amips_qps / plain[cheapest]["qps"] if cheapest else None,
+            "ratio_interpolated": amips_qps / interpolated if interpolated else None}
 
 
 def main() -> None:

@@ -49,12 +49,13 @@ def as_id_array(values: Iterable[Any]) -> np.ndarray:
             raise ValueError("point ids must be non-negative integers below 2**63 or UUIDs")
         return values.astype(np.int64)
     values = list(values)
-    if values and all(type(v) is int for v in values):  # the common case, without a call per id
+    kinds = set(map(type, values))
+    if kinds == {int}:  # the common case, without a call per id
         array = np.array(values)  # int64 when every id fits, else uint64 or object: the general path below
         if array.dtype == np.int64 and array.min() >= 0:
             return array
-    if values and all(type(v) is uuid.UUID for v in values):  # a UUID collection's search hits
-        return np.array([str(v) for v in values], dtype=TEXT_DTYPE)
+    if kinds == {uuid.UUID}:  # a UUID collection's search hits
+        return np.array(list(map(str, values)), dtype=TEXT_DTYPE)
     ids = [canonical(v) for v in values]
     if all(isinstance(i, int) and i < 2**63 for i in ids):
         return np.array(ids, dtype=np.int64).reshape(len(ids))
