@@ -177,6 +177,18 @@ def pages(fetch: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Sequenc
             return
 
 
+def engine_search_params(params: SearchParams, api: Any) -> Any:
+    """`params` as the engine's SearchParams, built from `api` — `qdrant_edge` or `qdrant_client.models`, whose
+    SearchParams and QuantizationSearchParams take the same fields: rescoring from the originals whenever an
+    oversampling is given, the quantized copies passed over when `ignore_quantization`."""
+    quantization = None
+    if params.ignore_quantization:
+        quantization = api.QuantizationSearchParams(ignore=True)
+    elif params.oversampling is not None:
+        quantization = api.QuantizationSearchParams(ignore=False, rescore=True, oversampling=params.oversampling)
+    return api.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
+
+
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
     counts = [min(len(points), limit) for points in responses]

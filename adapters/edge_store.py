@@ -49,7 +49,7 @@ from .edge_integrity import damaged_vector_files
 from . import edge_storage_change as storage_change
 from . import storage
 from .base import (CollectionInfo, SearchParams, SearchResult, StoredFile, VectorStore, WriteStamp,
-                   collect_results, pages,
+                   collect_results, engine_search_params, pages,
                    UNNAMED, VectorSpaces, classify_vectors, records_as_arrays, split_slot, vector_of,
                    vectors_in_order)
 from .names import check_collection_name
@@ -181,7 +181,7 @@ class EdgeStore(VectorStore):
         self._counts: dict[tuple[str, str], int] = {}  # (collection, vector) -> points holding it
         self._manifest_writes = 0  # by this store object: part of every manifest token
         self._manifest_paths: dict[tuple[str, str], Path] = {}
-        self._stamps: dict[str, WriteStamp] = {}  # the shard is this process's alone: only we change them
+        self._stamps: dict[str, WriteStamp | None] = {}  # the shard is this process's alone: only we change them
 
     def _folder(self, collection: str) -> Path:
         check_collection_name(collection)
@@ -406,20 +406,19 @@ class EdgeStore(VectorStore):
         self._stamps[collection] = stamp
 
     def write_stamp(self, collection: str, create: bool = False) -> WriteStamp | None:
-        """Read once per process (the shard's WAL lock keeps other processes out, so only this object's
-        writes change it); a missing or unreadable stamp file is no stamp, replaced by a new one when `create`."""
-        stamp = self._stamps.get(collection)
-        if stamp is None:
+        """Read once per process, its absence included (the shard's WAL lock keeps other processes out, so only
+        this object's writes change it); a missing or unreadable stamp file is no stamp, replaced by a new one
+        when `create`."""
+        if collection not in self._stamps:
             self._shard(collection)  # the collection must exist
             try:
-                stamp = WriteStamp.parse(json.loads(read_bounded(self._stamp_path(collection), 256)))
+                self._stamps[collection] = WriteStamp.parse(json.loads(read_bounded(self._stamp_path(collection), 256)))
             except (OSError, ValueError):
-                stamp = None
-            if stamp is None and create:
-                stamp = WriteStamp.new()
-                self._write_stamp(collection, stamp)
-            if stamp is not None:
-                self._stamps[collection] = stamp
+                self._stamps[collection] = None
+        stamp = self._stamps[collection]
+        if stamp is None and create:
+            stamp = WriteStamp.new()
+            self._write_stamp(collection, stamp)
         return stamp
 
     def read_pending_write(self, collection: str) -> dict[str, Any] | None:
@@ -502,12 +501,7 @@ class EdgeStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     @staticmethod
     def _params(params: SearchParams) -> edge.SearchParams:
-        quantization = None
-        if params.ignore_quantization:
-            quantization = edge.QuantizationSearchParams(ignore=True)
-        elif params.oversampling is not None:
-            quantization = edge.QuantizationSearchParams(ignore=False, rescore=True, oversampling=params.oversampling)
-        return edge.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
+        return engine_search_params(params, edge)
 
     def _run(self, collection: str, requests: list[edge.QueryRequest], limit: int) -> SearchResult:
         shard = self._shard(collection)

@@ -48,7 +48,8 @@ from amips_plugin.core.redact import redact, userinfo
 from amips_plugin.core import point_ids
 from . import storage
 from .base import (UNNAMED, CollectionInfo, SearchParams, SearchResult, VectorSpaces, VectorStore, WriteStamp,
-                   classify_vectors, collect_results, pages, records_as_arrays, split_slot, vector_of,
+                   classify_vectors, collect_results, engine_search_params, pages, records_as_arrays,
+                   split_slot, vector_of,
                    vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
 
@@ -358,14 +359,7 @@ class QdrantClientStore(VectorStore):
     # search ----------------------------------------------------------------------------------
     def _params(self, params: SearchParams) -> models.SearchParams | None:
         """The engine's search params; none in local mode, which searches exactly and warns of any it is given."""
-        if self.searches_exactly:
-            return None
-        quantization = None
-        if params.ignore_quantization:
-            quantization = models.QuantizationSearchParams(ignore=True)
-        elif params.oversampling is not None:
-            quantization = models.QuantizationSearchParams(ignore=False, rescore=True, oversampling=params.oversampling)
-        return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
+        return None if self.searches_exactly else engine_search_params(params, models)
 
     def _run(self, collection: str, requests: list[models.QueryRequest], limit: int) -> SearchResult:
         """One call for the batch; a single query as `query_points`, the call plain search makes (qdrant-client's

@@ -53,6 +53,7 @@ POINT_WRITES = frozenset({"upsert", "delete", "update_vectors", "delete_vectors"
                           "upload_points", "upload_collection"})
 DEFAULT_MODE = "auto"  # the collection's tuned serving policy (`amips tune`); plain search until there is one
 _REWRITABLE = (list, tuple, np.ndarray)
+_NO_PARAMS = models.SearchParams()
 
 
 class AmipsClient:
@@ -86,10 +87,13 @@ class AmipsClient:
                      lookup_from: Any = None, mode: str | None = None, candidates: int | None = None,
                      **kwargs: Any) -> QueryResponse:
         """qdrant-client's `query_points`; `mode` / `candidates` override the client's defaults."""
-        request = models.QueryRequest(query=_as_query(query), using=using, prefetch=prefetch, filter=query_filter,
-                                      params=search_params, limit=limit, offset=offset, with_payload=with_payload,
-                                      with_vector=with_vectors, score_threshold=score_threshold,
-                                      lookup_from=lookup_from)
+        dense = isinstance(query, np.ndarray) and query.ndim == 1  # kept as it is: not a list to validate
+        request = models.QueryRequest(query=None if dense else _as_query(query), using=using, prefetch=prefetch,
+                                      filter=query_filter, params=search_params, limit=limit, offset=offset,
+                                      with_payload=with_payload, with_vector=with_vectors,
+                                      score_threshold=score_threshold, lookup_from=lookup_from)
+        if dense:
+            request.query = query  # a vector of any numeric dtype: _rewritable checks it, qdrant-client takes arrays
         return self.query_batch_points(collection_name, [request], mode=mode, candidates=candidates, **kwargs)[0]
 
     def query_batch_points(self, collection_name: str, requests: Sequence[models.QueryRequest],
@@ -114,7 +118,7 @@ class AmipsClient:
                    candidates: int | None) -> list[QueryResponse]:
         first = requests[0]
         offset, limit = _paging(first)
-        engine = first.params or models.SearchParams()
+        engine = first.params or _NO_PARAMS
         quantization = engine.quantization
         params = SearchParams(hnsw_ef=engine.hnsw_ef, exact=bool(engine.exact), filter=first.filter,
                               oversampling=quantization.oversampling if quantization else None)
@@ -133,8 +137,7 @@ class AmipsClient:
                     for ids, scores, version, mask in zip(result.ids, result.scores, versions, keep)]
         extras = self._extras(collection, [(ids, scores) for ids, scores, _ in rows], first.with_payload,
                               first.with_vector)
-        return [QueryResponse(points=[_scored_point(i, s, v, extras) for i, s, v in
-                                      zip(point_ids.to_qdrant_list(ids), scores.tolist(), version.tolist())])
+        return [_response(point_ids.to_qdrant_list(ids), scores.tolist(), version.tolist(), extras)
                 for ids, scores, version in rows]
 
     def rewriter(self, using: str | None = None) -> QueryRewriter:
@@ -299,6 +302,11 @@ def _payload_selector(with_payload: Any) -> tuple[Any, set[str]]:
     return with_payload, set()
 
 
-def _scored_point(point_id: Any, score: float, version: int, extras: dict[Any, tuple[Any, Any]]) -> models.ScoredPoint:
-    payload, vector = extras.get(point_id, (None, None))
-    return models.ScoredPoint(id=point_id, version=version, score=score, payload=payload, vector=vector)
+def _response(ids: list[Any], scores: list[float], versions: list[int],
+              extras: dict[Any, tuple[Any, Any]]) -> QueryResponse:
+    """One query's hits as qdrant-client returns them, validated in one call rather than a ScoredPoint per hit."""
+    points = [{"id": i, "version": v, "score": s} for i, s, v in zip(ids, scores, versions)]
+    if extras:
+        for point in points:
+            point["payload"], point["vector"] = extras.get(point["id"], (None, None))
+    return QueryResponse.model_validate({"points": points})

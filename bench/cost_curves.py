@@ -27,6 +27,7 @@ from amips_plugin.model_artifact import encode_model
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed
 from amips_plugin.models import MIPSModel
 from amips_plugin.rewriting import QueryRewriter
+from amips_plugin.truth import recall_at_1
 from bench.faiss_policy_store import FaissStore, Search
 
 
@@ -97,7 +98,7 @@ def measure(answer: Callable[[np.ndarray], tuple[np.ndarray, float]], queries: n
     answer(queries[:4])  # warm-up
     (top1, ipe), batch_seconds = timed(lambda: answer(queries))
     p50, p99 = latency_ms(one_at_a_time(answer, queries[:latency_queries])[1])
-    return {"recall_at_1": float(np.mean(top1 == truth)), "ipe": float(ipe),
+    return {"recall_at_1": recall_at_1(top1, truth), "ipe": float(ipe),
             "latency_ms_p50": p50, "latency_ms_p99": p99, "batch_qps": len(queries) / batch_seconds}
 
 

@@ -38,6 +38,7 @@ from amips_plugin import pq_build
 from amips_plugin.core.errors import InputError, UnknownCollectionError
 from amips_plugin.core.timing import best_times
 from amips_plugin.rewriting import QueryRewriter
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10
 GRID = (16, 32, 48, 64, 96, 128, 192, 256)
@@ -95,14 +96,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         rows = {}
         for label, (collection, params) in settings.items():
             ids = store.search(collection, queries, LIMIT, params).ids
-            rows[label] = {"recall": float(np.mean(ids[:, 0] == truth)), "qps": len(queries) / seconds[label]}
+            rows[label] = {"recall": recall_at_1(ids, truth), "qps": len(queries) / seconds[label]}
         policies = {}
         for quantization, collection in collections.items():
             if quantization not in tuned:
                 policies[quantization] = {"bytes_per_key": _bytes_per_key(quantization, dim), "tuned": None}
                 continue
             result, served = rewriter.search(collection, queries, LIMIT, "auto")
-            auto = {"recall": float(np.mean(result.ids[:, 0] == truth)),
+            auto = {"recall": recall_at_1(result.ids, truth),
                     "qps": len(queries) / seconds[f"amips auto ({quantization})"],
                     "policy": served.notes[0] if served.notes else served.fallback_reason,
                     "bytes_per_key": _bytes_per_key(quantization, dim), "tuned": tuned[quantization]}
@@ -143,7 +144,7 @@ def amips_key_store(store, collection: str, queries: np.ndarray, truth: np.ndarr
         for L in PQ_CANDIDATES:
             result, report = rewriter.search(collection, queries, LIMIT, "off", L, SearchParams(), "pq")
             assert not report.notes, report.notes  # the side index answered, not engine candidates
-            rows[str(L)] = {"recall": float(np.mean(result.ids[:, 0] == truth)), "qps": len(queries) / seconds[L]}
+            rows[str(L)] = {"recall": recall_at_1(result.ids, truth), "qps": len(queries) / seconds[L]}
             log(f"  amips PQ M={subspaces} L={L}: {rows[str(L)]['recall']:.4f} at {rows[str(L)]['qps']:,.0f} q/s")
         out[str(subspaces)] = {"bytes_per_key": subspaces, "candidates": rows}
     return out

@@ -41,10 +41,10 @@ import numpy as np
 
 from amips_plugin import serving_policy, tuning
 from amips_plugin.adapters import SearchParams
-from amips_plugin.adapters.base import SearchResult
 from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import InputError
 from amips_plugin.rewriting import QueryRewriter
+from amips_plugin.truth import recall_at_1
 from bench.datasets import SYNTHETIC_SETS, Dataset, load_dataset, synthetic_dataset
 from bench.faiss_policy_store import FaissHNSWStore, FaissIVFStore, FaissStore
 
@@ -92,16 +92,12 @@ def counted(store: FaissStore, queries: int, answer: Callable[[], T]) -> tuple[T
     return value, store.inner_products / queries
 
 
-def recall_at_1(result: SearchResult, truth: np.ndarray) -> float:
-    return float(np.mean(result.ids[:, 0] == truth))
-
-
 def plain_curve(store: FaissStore, queries: np.ndarray, truth: np.ndarray, grid: tuple[int, ...]) -> Curve:
     curve = {}
     for knob in grid:
         result, ipe = counted(store, len(queries), partial(store.search, store.name, queries, LIMIT,
                                                            SearchParams(hnsw_ef=knob)))
-        curve[knob] = {"ipe": ipe, "recall": recall_at_1(result, truth)}
+        curve[knob] = {"ipe": ipe, "recall": recall_at_1(result.ids, truth)}
     return curve
 
 
@@ -128,7 +124,7 @@ def served_rows(store: FaissStore, report: tuning.TuneReport, queries: np.ndarra
             continue
         (result, escalated), ipe = counted(store, len(queries), partial(serving_policy.serve, store, store.name,
                                                                           queries, LIMIT, row.policy))
-        recall = recall_at_1(result, truth)
+        recall = recall_at_1(result.ids, truth)
         rows.append({"policy": row.name, "chosen": row is report.chosen, "describe": row.policy.describe(),
                      "recall": recall, "ipe": ipe, "escalated": float(escalated.mean()),
                      **versus_plain(plain, recall, ipe)})
@@ -152,7 +148,7 @@ def new_topics(store: FaissStore, grid: tuple[int, ...]) -> dict[str, Any]:
     store.inner_products, recalls, escalated, notes = 0.0, [], 0, list(warm.notes)
     for _ in range(serving_policy.PROBE_EVERY):
         result, report = path.search(store.name, queries, LIMIT, mode="auto")
-        recalls.append(recall_at_1(result, truth))
+        recalls.append(recall_at_1(result.ids, truth))
         escalated += report.escalated
         notes.extend(n for n in report.notes if n not in notes)
     calls = serving_policy.PROBE_EVERY * len(queries)

@@ -1,6 +1,7 @@
 """A Qdrant user's first hour, re-run (issue 24): amips on a collection it did not make.
 
-    nice python -m bench.first_hour_trial [--keys 5183] [--tune-queries 4000] [--out docs/results/first-hour.json]
+    nice python -m bench.first_hour_trial [--keys 5183] [--tune-queries 4000] [--stores local edge]
+        [--out docs/results/first-hour.json]
 
 The collection is made without amips, as an application would: UUID ids, one named dense vector
 "text", a payload per point; the first --keys keys of squad-train (384-d MiniLM, the size of the
@@ -226,6 +227,8 @@ def main() -> None:
     parser.add_argument("--tune-queries", type=int, default=4000)
     parser.add_argument("--test-queries", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--stores", nargs="+", choices=("local", "edge"), default=["local", "edge"],
+                        help="which trials to run: qdrant-client local mode, Qdrant Edge")
     parser.add_argument("--out", type=Path, default=Path("docs/results/first-hour.json"))
     args = parser.parse_args()
 
@@ -239,8 +242,10 @@ def main() -> None:
               "test_queries": len(test), "limit": LIMIT, "repeats": args.repeats,
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     with tempfile.TemporaryDirectory(prefix="amips-first-hour-") as root:
-        result["local_mode"] = local_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
-        result["edge"] = edge_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
+        if "local" in args.stores:
+            result["local_mode"] = local_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
+        if "edge" in args.stores:
+            result["edge"] = edge_trial(Path(root), keys, ids, payloads, tune_queries, test, truth, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {args.out}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from bench.datasets import load_dataset
@@ -22,6 +21,7 @@ from bench.datasets import load_dataset
 from amips_plugin.adapters import SearchParams, open_store  # noqa: E402
 from amips_plugin.collection_ops import read_keys  # noqa: E402
 from amips_plugin.rewriting import QueryRewriter  # noqa: E402
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10
 
@@ -54,7 +54,7 @@ def main() -> None:
             result, report = rewriter.search(args.collection, queries, LIMIT, mode, LIMIT, params)
             seconds = time.perf_counter() - started
             share = report.plain / len(queries)
-            print(f"{name:>36} {label:>14} {share:>9.3f} {np.mean(result.ids[:, 0] == truth):>9.4f} "
+            print(f"{name:>36} {label:>14} {share:>9.3f} {recall_at_1(result.ids, truth):>9.4f} "
                   f"{len(queries) / seconds:>7.0f}", flush=True)
     model.gate_threshold.fill_(calibrated)
     store.close()

@@ -41,6 +41,7 @@ from amips_plugin.arrays import load_vectors
 from amips_plugin.core.errors import UnknownCollectionError
 from amips_plugin.core.timing import best_times, latency_ms, one_at_a_time, round_times
 from amips_plugin.rewriting import QueryRewriter
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10
 PLAIN_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -138,11 +139,11 @@ def run_target(store, collection: str, path: QueryRewriter, model, sample: np.nd
     for label, policy in policies.items():
         result, escalated = serving_policy.serve(store, collection, queries, LIMIT, policy, model)
         row = {"policy": label, "describe": policy.describe(), "escalated": float(escalated.mean()),
-               **versus_plain(float(np.mean(result.ids[:, 0] == truth)), len(queries) / seconds[label])}
+               **versus_plain(recall_at_1(result.ids, truth), len(queries) / seconds[label])}
         entry["policies"].append(row)
         log(f"{name} @ {target}: {label}: recall {row['recall']:.4f}, {row['qps']:,.0f} q/s, "
             f"{row['escalated']:.1%} escalated → {_x(row['ratio_interpolated'])} plain at equal recall")
-    auto_row = versus_plain(float(np.mean(auto_result.ids[:, 0] == truth)), len(queries) / seconds["auto"])
+    auto_row = versus_plain(recall_at_1(auto_result.ids, truth), len(queries) / seconds["auto"])
     single = queries[: args.single]
     p50, p99 = latency_ms(one_at_a_time(auto, single)[1])
     ef = auto_row["plain_ef"]
@@ -175,7 +176,7 @@ def new_topics(store, collection: str, keys: np.ndarray, fallback_ef: int | None
     def auto() -> None:
         nonlocal escalated
         result, report = path.search(collection, queries, LIMIT, mode="auto")
-        recalls.append(float(np.mean(result.ids[:, 0] == truth)))
+        recalls.append(recall_at_1(result.ids, truth))
         escalated += report.escalated
         notes.extend(n for n in report.notes if n not in notes)
 

@@ -20,6 +20,7 @@ import numpy as np
 from bench.datasets import load_dataset, run_all
 
 from amips_plugin.core.timing import best_times
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10
 LEAVES_TO_SEARCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -46,7 +47,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         return searcher.search_batched(queries, leaves_to_search=n, pre_reorder_num_neighbors=args.reorder)[0]
 
     seconds = best_times({str(n): (lambda n=n: answer(n)) for n in grid}, args.repeats)
-    rows = [{"leaves_to_search": n, "recall": float(np.mean(answer(n)[:, 0] == truth)),
+    rows = [{"leaves_to_search": n, "recall": recall_at_1(answer(n), truth),
              "qps": len(queries) / seconds[str(n)]} for n in grid]
     cheapest = {}
     for target in args.targets:

@@ -28,6 +28,7 @@ from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed  # noqa: E402
 from amips_plugin.rewriting import MODES, QueryRewriter  # noqa: E402
 from amips_plugin.training import TrainConfig  # noqa: E402
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10
 
@@ -77,7 +78,7 @@ def main() -> None:
 
             (result, report), batch_seconds = timed(lambda: answer(queries))
             p50, p99 = latency_ms(one_at_a_time(answer, queries[:args.latency_queries])[1])
-            row = {"hnsw_ef": ef, "mode": mode, "recall@1": float(np.mean(result.ids[:, 0] == truth)),
+            row = {"hnsw_ef": ef, "mode": mode, "recall@1": recall_at_1(result.ids, truth),
                    "latency_ms_p50": p50, "latency_ms_p99": p99,
                    "batch_qps": len(queries) / batch_seconds, "rewritten": report.rewritten}
             rows.append(row)
