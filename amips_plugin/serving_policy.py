@@ -178,13 +178,16 @@ class Policy:
         """The escalated share above which the shift guard serves plain search: the break-even share, or —
         lower — the share escalated at tuning plus SHIFT_SIGMAS binomial standard deviations over a
         GUARD_WINDOW of queries (a share that far above calibration means queries unlike the tuning
-        sample, for which the calibrated recall is not promised)."""
+        sample, for which the calibrated recall is not promised). The deviation's share is floored at one query
+        in GUARD_WINDOW: a share measured as 0 has no spread, and a limit of 0 would take one escalated query
+        for a shift, and never let go (the average only tends to 0)."""
         if self.break_even is None:
             return None
         tuned = self.tuned_share
         if tuned is None:
             return self.break_even
-        return min(self.break_even, tuned + SHIFT_SIGMAS * math.sqrt(tuned * (1 - tuned) / GUARD_WINDOW))
+        spread = max(tuned, 1 / GUARD_WINDOW)
+        return min(self.break_even, tuned + SHIFT_SIGMAS * math.sqrt(spread * (1 - spread) / GUARD_WINDOW))
 
     @property
     def tuned_share(self) -> float | None:
@@ -204,7 +207,8 @@ class Policy:
         share_text = f", {share:.1%} of queries escalated at tuning" if isinstance(share, float) else ""
         limit, fallback = self.shift_limit, self.fallback
         guard_text = "" if limit is None or fallback is None else (
-            f"; plain search at {fallback.describe()} while more than {limit:.0%} are escalated")
+            f"; plain search at {fallback.describe()} while more than {limit:.{0 if limit >= 0.01 else 1}%} are "
+            "escalated")
         return (f"two-pass: {self.first.describe()} for every query, {self.second.describe()} for those the "
                 f"{self.certificate} certificate flags{share_text}{guard_text}")
 

@@ -139,3 +139,19 @@ def test_one_unlucky_first_query_does_not_hand_the_stream_to_plain_search():
     for _ in range(256):  # a stream escalated far more often still turns to plain search
         guard.observe(np.ones(1, dtype=bool))
     assert guard.plain_now(may_probe=False)
+
+
+def test_a_policy_that_escalated_no_tuning_query_is_not_disabled_by_one_escalation():
+    """A share of 0 measured at tuning has no spread: a limit of exactly 0 handed the stream to plain search
+    at the first escalated query, for good (the average never returns to 0). The spread is floored at one
+    query in a window, so an escalation now and then is not a shift, and a shifted stream still is one."""
+    policy = sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.5, measured={"escalated": 0.0})
+    floor = 1 / sp.GUARD_WINDOW
+    assert policy.shift_limit == pytest.approx(sp.SHIFT_SIGMAS * np.sqrt(floor * (1 - floor) / sp.GUARD_WINDOW))
+    guard = sp.ShiftGuard(policy.shift_limit, prior=0.0)
+    for query in range(1000):  # one escalated query in a hundred, one query per call
+        guard.observe(np.array([query % 100 == 0]))
+        assert not guard.plain_now(may_probe=False)
+    for _ in range(64):
+        guard.observe(np.ones(1, dtype=bool))
+    assert guard.plain_now(may_probe=False)
