@@ -170,7 +170,13 @@ def test_tune_stores_a_policy_that_meets_its_target_on_unseen_queries(hard_edge)
     hits = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=3) for q in queries[2000:]])
     assert client.last_report.mode == "auto" and client.last_report.fallback_reason is None
     assert policy.describe() in client.last_report.notes[0]
-    assert np.mean([r.points[0].id == t for r, t in zip(hits, truth[2000:])]) == pytest.approx(recall, abs=0.01)
+    # the same answers as the policy served with its shift guard (which, where two passes barely pay, may answer
+    # part of a batch by the plain search that meets the target), and the target met
+    guard = sp.ShiftGuard(policy.shift_limit, policy.tuned_share) if policy.shift_limit is not None else None
+    expected, _ = sp.serve(store, "c", queries[2000:], 3, policy, guard=guard)
+    assert [r.points[0].id for r in hits] == expected.ids[:, 0].tolist()
+    served = np.mean([r.points[0].id == t for r, t in zip(hits, truth[2000:])])
+    assert served >= TARGET - 2 * np.sqrt(TARGET * (1 - TARGET) / 4000)
 
 
 @pytest.mark.parametrize("kind", ["local", "edge"])
