@@ -49,8 +49,7 @@ from amips_plugin.core import point_ids
 from . import storage
 from .base import (UNNAMED, CollectionInfo, SearchParams, SearchResult, VectorSpaces, VectorStore, WriteStamp,
                    classify_vectors, collect_results, engine_search_params, pages, records_as_arrays,
-                   split_slot, vector_of,
-                   vectors_in_order)
+                   split_slot, vector_of, vectors_in_order)
 from .names import SIDECAR_SUFFIX, check_collection_name
 
 SIDECAR_MARKER = "amips_sidecar_of"  # the sidecar's metadata: {SIDECAR_MARKER: collection}

@@ -39,6 +39,7 @@ from amips_plugin.model_artifact import load_model, save_model
 from amips_plugin.router_training import RouterTraining, fit_router
 from amips_plugin.routing import CorrectedModelRouter, PointRouter, TwoLevelPartition, rank_by_centroids
 from amips_plugin.training import TrainConfig, fit
+from amips_plugin.truth import recall_at_1
 
 LIMIT = 10  # candidates rescored with x in replace / hybrid
 SUBLISTS = 8
@@ -116,7 +117,7 @@ def sweep(work: Workload, index: str, mode: str, model: str, knob: str, values: 
         stats = measure(answer, work.queries, work.truth, latency_queries)
         point = CurvePoint(work.data.name, index, mode, model, knob, value, **stats)
         if work.new_queries is not None:
-            point.recall_at_1_new_topics = float(np.mean(answer(work.new_queries)[0] == work.new_truth))
+            point.recall_at_1_new_topics = recall_at_1(answer(work.new_queries)[0], work.new_truth)
         work.points.append(point)
         if point.recall_at_1 >= STOP_AT_RECALL:
             break
