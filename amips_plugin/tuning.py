@@ -224,7 +224,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
     if not notes and len(split.certify) < min_held_out(target):
         notes.append(f"{len(queries):,} sample queries certify two-pass plans on {len(split.certify):,}; recall@1 "
                      f"{target} needs {min_held_out(target):,} (a sample of {two_pass_sample_size(target):,})")
-    first_passes = [effort for effort in grid if not plain.policy.first.below(effort)]  # beyond plain's cannot pay
+    first_passes = first_passes_that_can_pay(grid, plain.policy.first, per_query)
     candidates = [plain] + ([] if notes else _two_pass_candidates(certificates, grid, first_passes, measured, split,
                                                                   target, model is not None))
     for row in candidates[1:]:
@@ -331,6 +331,14 @@ def fit_size(samples: int) -> int:
     """Queries of the sample that fit the classifier and the guard's range: FIT_SHARE of them, but at
     least FIT_MIN (or half the sample, if that is fewer); the rest are held out for calibration."""
     return max(int(FIT_SHARE * samples), min(samples // 2, FIT_MIN))
+
+
+def first_passes_that_can_pay(grid: list[Effort], plain: Effort, per_query: dict[Any, float]) -> list[Effort]:
+    """The efforts a two-pass plan may start with: a plan costs t(first) + p·t(second), so a first pass that is
+    plain's own effort, beyond it, or measured no cheaper than it costs at least plain search for any share p
+    escalated (its break-even share is 0)."""
+    cost = per_query[plain]
+    return [effort for effort in grid if effort != plain and not plain.below(effort) and per_query[effort] < cost]
 
 
 def choose(plain: FrontierRow, two_pass: list[FrontierRow], target: float) -> FrontierRow:
