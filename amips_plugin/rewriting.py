@@ -225,8 +225,9 @@ class QueryRewriter:
                         f"{int((~finite).sum())} rewrite(s) were not finite; those queries got plain search")
         report.rewritten, report.plain = int(confident.sum()), int((~confident).sum())
 
-        result = SearchResult.empty(len(queries), limit)
-        for rows, probes in self._probe_groups(mode, queries, predicted, confident):
+        groups = self._probe_groups(mode, queries, predicted, confident)
+        result = SearchResult.empty(len(queries), limit) if len(groups) > 1 else None  # one group: its answer
+        for rows, probes in groups:
             if side_index is not None:
                 try:
                     part = self._rescored_candidates(collection, side_index, queries[rows], probes, L, limit)
@@ -237,7 +238,8 @@ class QueryRewriter:
                     side_index = None
             if side_index is None:
                 part = self._engine_candidates(collection, queries[rows], probes, L, limit, params)
-            result = result.assign(rows, part)
+            result = part if result is None else result.assign(rows, part)
+        assert result is not None  # every query is in one group
         return result, report
 
     def _auto(self, collection: str, queries: np.ndarray, limit: int, params: SearchParams, dim: int,
