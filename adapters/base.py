@@ -29,6 +29,7 @@ from amips_plugin.core.limits import MAX_BLOB_BYTES
 
 from amips_plugin.core import point_ids
 from amips_plugin.core.manifest_schema import SLOTS, ManifestSchema
+from . import storage
 
 DISTANCES = ("dot", "cosine")
 MANIFEST_SLOTS = tuple(SLOTS)  # "model", "pq", "router", "policy" (core/manifest_schema.py: one entry each)
@@ -300,7 +301,7 @@ class PointStore(abc.ABC):
         """Whether the vector keeps quantized copies that searches use (so `oversampling` means something);
         None where the store cannot tell or ignores quantization anyway (qdrant-client's local mode)."""
         stored = self.storage(collection, using)
-        return None if stored is None else stored[0] != "none"
+        return None if stored is None else stored[0] not in storage.ORIGINALS_ONLY
 
     @abc.abstractmethod
     def info(self, collection: str, using: str | None = None) -> CollectionInfo:

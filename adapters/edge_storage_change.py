@@ -39,6 +39,7 @@ JOURNAL = "storage-change.json"
 NEW, OLD, LIVE = "shard.new", "shard.old", "shard"
 COPY_BATCH = 1024
 VECTOR_TOLERANCE = 1e-5  # float32 rounding of a re-normalised cosine vector
+HALF_TOLERANCE = 2.0 ** -11  # float16's rounding, relative (10 stored mantissa bits)
 ENGINE_FILES = {"wal", "segments", "edge_config.json"}  # the rest of a shard's folder is amips' (stamp, pending write)
 
 
@@ -72,14 +73,18 @@ def quantization_json(make_config: Callable[[], edge.EdgeConfig]) -> dict[str, A
         return json.loads((Path(scratch) / "edge_config.json").read_text())
 
 
-def changed_config(config: dict[str, Any], vector: str, quantization: dict[str, Any] | None,
-                   on_disk: bool, index: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`config` (edge_config.json) with `vector`'s quantization and on_disk replaced ("": the unnamed vector);
-    with `index` (a configuration's "hnsw_config" and "optimizers"), its HNSW and optimizer settings too."""
+def changed_config(config: dict[str, Any], vector: str, storage: dict[str, Any], on_disk: bool,
+                   index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config` (edge_config.json) with `vector`'s quantization, datatype and on_disk replaced by `storage`'s (a
+    vector's parameters as the engine writes them; "": the unnamed vector); with `index` (a configuration's
+    "hnsw_config" and "optimizers"), its HNSW and optimizer settings too."""
     config = json.loads(json.dumps({**config, **(index or {})}))
     params = config["vectors"][vector]
-    params.pop("quantization_config", None)
-    params.pop("on_disk", None)
+    for key in ("quantization_config", "datatype", "on_disk"):
+        params.pop(key, None)
+    quantization = storage.get("quantization_config")
+    if storage.get("datatype"):
+        params["datatype"] = storage["datatype"]
     if quantization:
         params["quantization_config"] = quantization
     elif config.get("quantization_config"):
@@ -105,24 +110,26 @@ def _dense(vector: Any) -> bool:
     return isinstance(vector, list) and (not vector or not isinstance(vector[0], list))
 
 
-def _same_vector(a: Any, b: Any) -> bool:
+def _same_vector(a: Any, b: Any, half: bool = False) -> bool:
+    """Equal within float32 rounding; with `half` (b stored as float16), within float16's too (a relative
+    HALF_TOLERANCE)."""
     if _dense(a) and _dense(b):
-        return len(a) == len(b) and bool(np.allclose(a, b, rtol=0, atol=VECTOR_TOLERANCE))
+        return len(a) == len(b) and bool(np.allclose(a, b, rtol=HALF_TOLERANCE if half else 0, atol=VECTOR_TOLERANCE))
     if isinstance(a, edge.SparseVector) and isinstance(b, edge.SparseVector):
         return list(a.indices) == list(b.indices) and bool(np.allclose(a.values, b.values, rtol=0,
                                                                        atol=VECTOR_TOLERANCE))
     if isinstance(a, list) and isinstance(b, list):  # a multivector
-        return len(a) == len(b) and all(_same_vector(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_vector(x, y, half) for x, y in zip(a, b))
     return False
 
 
-def _same_point(a: Any, b: Any) -> bool:
+def _same_point(a: Any, b: Any, half: bool = False) -> bool:
     if a.id != b.id or json.dumps(a.payload, sort_keys=True) != json.dumps(b.payload, sort_keys=True):
         return False
     va, vb = a.vector, b.vector
     if isinstance(va, dict) and isinstance(vb, dict):
-        return va.keys() == vb.keys() and all(_same_vector(va[k], vb[k]) for k in va)
-    return _same_vector(va, vb)
+        return va.keys() == vb.keys() and all(_same_vector(va[k], vb[k], half) for k in va)
+    return _same_vector(va, vb, half)
 
 
 def copy_points(source: edge.EdgeShard, target: edge.EdgeShard, progress: Callable[[int], None]) -> int:
@@ -138,12 +145,13 @@ def copy_points(source: edge.EdgeShard, target: edge.EdgeShard, progress: Callab
     return copied
 
 
-def check_copy(source: edge.EdgeShard, target: edge.EdgeShard, collection: str) -> int:
-    """StoreError unless both shards hold the same points (ids, payloads, vectors); the count checked."""
+def check_copy(source: edge.EdgeShard, target: edge.EdgeShard, collection: str, half: bool = False) -> int:
+    """StoreError unless both shards hold the same points (ids, payloads, vectors; `half`: the target stores them
+    as float16); the count checked."""
     checked = 0
     old, new = _records(source), _records(target)
     for a, b in zip(old, new):
-        if len(a) != len(b) or not all(_same_point(x, y) for x, y in zip(a, b)):
+        if len(a) != len(b) or not all(_same_point(x, y, half) for x, y in zip(a, b)):
             raise StoreError(f"the copy of {collection!r} differs from it near point {a[0].id}; the collection was "
                              "left as it was")
         checked += len(a)

@@ -192,7 +192,9 @@ class EdgeStore(VectorStore):
     def _config(self, dim: int, distance: str, quantization: str, vector: str,
                 on_disk: bool = False) -> edge.EdgeConfig:
         params = edge.EdgeVectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None,
-                                       quantization_config=_edge_quantization(quantization))
+                                       quantization_config=_edge_quantization(quantization),
+                                       datatype=(edge.VectorStorageDatatype.Float16 if quantization == "float16"
+                                                 else None))
         return edge.EdgeConfig(
             vectors={vector: params} if vector else params,
             hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT,
@@ -251,7 +253,8 @@ class EdgeStore(VectorStore):
         name = self.resolve_vector(collection, using)[0]
         config = self._shard_config(collection)
         vector = (config.get("vectors") or {}).get(name) or {}
-        return (storage.name_of(vector.get("quantization_config") or config.get("quantization_config")),
+        return (storage.name_of(vector.get("quantization_config") or config.get("quantization_config"),
+                                vector.get("datatype")),
                 bool(vector.get("on_disk")))
 
     def _shard_config(self, collection: str) -> dict[str, Any]:
@@ -342,8 +345,8 @@ class EdgeStore(VectorStore):
                             * sum(dim for dim, _ in self.vector_spaces(collection)[0].values()) * 4)
             ours = storage_change.quantization_json(lambda: self._config(1, "dot", quantization, ""))
             index = {part: ours[part] for part in ("hnsw_config", "optimizers")} if unindexed else None
-            config = storage_change.changed_config(self._shard_config(collection), name,
-                                                   ours["vectors"][""].get("quantization_config"), on_disk, index)
+            config = storage_change.changed_config(self._shard_config(collection), name, ours["vectors"][""], on_disk,
+                                                   index)
             new_dir = folder / storage_change.NEW
             with _file_errors(f"prepare the new storage of {collection!r}"):
                 shutil.rmtree(new_dir, ignore_errors=True)
@@ -357,7 +360,7 @@ class EdgeStore(VectorStore):
                         copied = storage_change.copy_points(old, new, progress or (lambda n: None))
                         new.optimize()
                         new.flush()
-                        storage_change.check_copy(old, new, collection)
+                        storage_change.check_copy(old, new, collection, half=quantization == "float16")
                     finally:
                         new.close()
                 self.close_collection(collection)

@@ -257,7 +257,8 @@ class QdrantClientStore(VectorStore):
         vectors = config.params.vectors
         params = vectors if isinstance(vectors, models.VectorParams) else (vectors or {}).get(name)
         quantization = (params.quantization_config if params is not None else None) or config.quantization_config
-        return (storage.name_of(quantization.model_dump(mode="json") if quantization is not None else None),
+        datatype = params.datatype.value if params is not None and params.datatype is not None else None
+        return (storage.name_of(quantization.model_dump(mode="json") if quantization is not None else None, datatype),
                 bool(params is not None and params.on_disk))
 
     def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
@@ -282,6 +283,11 @@ class QdrantClientStore(VectorStore):
         storage.quantization(quantization)
         name = self.resolve_vector(collection, using)[0]
         before = self.storage(collection, using)
+        was = before[0] if before else None
+        if quantization != was and "float16" in (quantization, was):
+            raise InputError(f"a server cannot change the datatype of {collection!r}'s vectors in place (float16 is "
+                             "the stored vectors' own precision, not a quantized copy): create a new collection with "
+                             "--quantization float16 and ingest into it")
         config = _client_quantization(quantization) or models.Disabled.DISABLED
         self.client.update_collection(collection, vectors_config={name: models.VectorParamsDiff(
             on_disk=on_disk, quantization_config=config)})
@@ -312,7 +318,8 @@ class QdrantClientStore(VectorStore):
         self._spaces.pop(collection, None)
         self._described.pop(collection, None)
         self._counts = {key: value for key, value in self._counts.items() if key[0] != collection}
-        params = models.VectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None)
+        params = models.VectorParams(size=dim, distance=_DISTANCE[distance], on_disk=on_disk or None,
+                                     datatype=models.Datatype.FLOAT16 if quantization == "float16" else None)
         self.client.create_collection(collection, vectors_config={using: params} if using else params,
                                       shard_number=shards, replication_factor=replication_factor,
                                       quantization_config=config,

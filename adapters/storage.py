@@ -3,9 +3,11 @@
 Each quantization keeps compressed copies of the vectors in RAM that HNSW searches; a search's
 `oversampling` × limit candidates are rescored with the float32 originals (in RAM, or read from disk
 with `on_disk`). Bytes per key in RAM count the codes, plus the originals unless they are on disk
-(HNSW links are the same for every storage and not counted).
+(HNSW links are the same for every storage and not counted). "float16" keeps no copies: the originals
+themselves are stored (and scored) at half precision, so there is nothing to oversample or rescore.
 
     none     float32 originals only                        32 bits a dimension
+    float16  float16 originals only                        16
     int8     scalar int8, quantile 0.99                    8
     turbo4   TurboQuant, 4 bits                            4
     turbo2   TurboQuant, 2 bits                            2
@@ -29,17 +31,28 @@ SCALAR_QUANTILE = 0.99  # int8 scalar quantization clips each vector coordinate 
 @dataclass(frozen=True)
 class Quantization:
     name: str
-    kind: str  # "none", "scalar", "turbo", "binary", "product": the engine's configuration family
-    bits: float  # per dimension, of the copy HNSW searches
+    kind: str  # "none", "float16", "scalar", "turbo", "binary", "product": the engine's configuration family
+    bits: float  # per dimension, of the vectors HNSW searches (the copy, or the originals when there is none)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether searches use compressed copies (and `oversampling` rescoring means something)."""
+        return self.kind not in ORIGINALS_ONLY
 
     def ram_bytes_per_key(self, dim: int, on_disk: bool = False) -> float:
-        """Vector bytes in RAM per key: the codes, and the float32 originals unless they are on disk."""
-        codes = 0.0 if self.kind == "none" else self.bits * dim / 8
-        return codes + (0.0 if on_disk and self.kind != "none" else 4.0 * dim)
+        """Vector bytes in RAM per key: the codes, and the float32 originals unless they are on disk; with no
+        copies, the originals (HNSW scores them, so on disk they are read into the page cache anyway)."""
+        if not self.quantized:
+            return self.bits * dim / 8
+        return self.bits * dim / 8 + (0.0 if on_disk else 4.0 * dim)
+
+
+ORIGINALS_ONLY = ("none", "float16")  # storages without quantized copies
 
 
 QUANTIZATIONS: dict[str, Quantization] = {q.name: q for q in (
-    Quantization("none", "none", 32), Quantization("int8", "scalar", 8), Quantization("turbo4", "turbo", 4),
+    Quantization("none", "none", 32), Quantization("float16", "float16", 16),
+    Quantization("int8", "scalar", 8), Quantization("turbo4", "turbo", 4),
     Quantization("turbo2", "turbo", 2), Quantization("turbo1", "turbo", 1), Quantization("bq2", "binary", 2),
     Quantization("bq1", "binary", 1), Quantization("pq8", "product", 4), Quantization("pq16", "product", 2),
     Quantization("pq32", "product", 1))}
@@ -57,17 +70,19 @@ def quantization(name: str) -> Quantization:
 
 def label(name: str, on_disk: bool = False) -> str:
     """A storage in words: "float32", "int8", "int8 (originals on disk)"."""
-    if name == "none":
-        return "float32" + (" (on disk)" if on_disk else "")
+    if name in ORIGINALS_ONLY:
+        return ("float32" if name == "none" else name) + (" (on disk)" if on_disk else "")
     return name + (" (originals on disk)" if on_disk else "")
 
 
-def name_of(config: dict[str, Any] | None) -> str:
+def name_of(config: dict[str, Any] | None, datatype: str | None = None) -> str:
     """The amips name of a quantization configuration as Qdrant stores it (JSON: {"scalar": {...}},
     {"turbo": {"bits": "bits4"}}, {"binary": {"encoding": "two_bits"}}, {"product": {"compression": "x16"}});
-    "none" for none, "other" for one amips has no name for (other encodings and ratios)."""
+    without one, the originals' `datatype` names it ("float16"; "none" for float32, the default); "other" for what
+    amips has no name for (other encodings, ratios and datatypes)."""
     if not config:
-        return "none"
+        kind = str(datatype or "float32").lower()
+        return {"float32": "none", "float16": "float16"}.get(kind, "other")
     if "scalar" in config:
         return "int8" if str((config["scalar"] or {}).get("type", "")).lower() == "int8" else "other"
     if "turbo" in config:

@@ -78,7 +78,7 @@ def with_disk_variants(names: tuple[str, ...], dim: int, max_bytes_per_key: floa
     """`names`, plus NAME+disk for each quantized storage whose codes fit the budget but not with its originals."""
     if max_bytes_per_key is None:
         return names
-    extra = [f"{n}{ON_DISK}" for n in names if not n.endswith(ON_DISK) and n != "none"
+    extra = [f"{n}{ON_DISK}" for n in names if not n.endswith(ON_DISK) and QUANTIZATIONS[n].quantized
              and QUANTIZATIONS[n].ram_bytes_per_key(dim) > max_bytes_per_key
              >= QUANTIZATIONS[n].ram_bytes_per_key(dim, on_disk=True)]
     return tuple(dict.fromkeys((*names, *extra)))

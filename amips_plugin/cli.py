@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from amips_plugin.adapters import SearchParams, VectorStore, open_store
 from amips_plugin.core import point_ids
-from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS
+from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS, label
 from amips_plugin.adapters.vector_view import for_vector
 from amips_plugin.model_artifact import load_model, read_header, save_model
 from amips_plugin.compression.quantization import STORAGE_DTYPES
@@ -365,7 +365,8 @@ def quantize_command(model_path: str, output: str, dtype: str) -> None:
               help="New collection: compressed copies of the vectors in RAM that HNSW searches, candidates rescored "
                    "with the originals — int8 (4× less memory to search), turbo4 / turbo2 / turbo1 (TurboQuant, "
                    "8× / 16× / 32×), bq2 / bq1 (binary, queries as int8), pq8 / pq16 / pq32 (product quantization, "
-                   "8× / 16× / 32×). `amips tune` then tunes oversampling too; `amips advise` compares them.")
+                   "8× / 16× / 32×); or float16: the vectors themselves at half precision (2× less memory, no "
+                   "copies). `amips tune` then tunes oversampling too; `amips advise` compares them.")
 @click.option("--scalar-quantization", is_flag=True, help="The same as --quantization int8.")
 @click.option("--on-disk", is_flag=True,
               help="New collection: keep the float32 originals on disk (rescoring reads them); with --quantization.")
@@ -485,7 +486,7 @@ def _status_line(r: dict[str, Any]) -> str:
     model = r["model"]
     stored = r.get("storage")
     storage = "" if not stored or stored["quantization"] == "none" else (
-        f", {stored['quantization']}" + (" (originals on disk)" if stored["on_disk"] else ""))
+        ", " + label(stored["quantization"], stored["on_disk"]))
     line = f"{name}: {r['points']:,} points, dim {r['dim']}, {r['distance']}{storage}; "
     if model is None:
         line += "no model"

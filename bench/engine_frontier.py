@@ -84,7 +84,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         queries, truth = data.test_queries[: args.test_queries], data.test_argmax[: args.test_queries]
         settings = {}
         for quantization, collection in collections.items():
-            factors = (None,) if parse_configuration(quantization)[0] == "none" else OVERSAMPLING
+            factors = OVERSAMPLING if QUANTIZATIONS[parse_configuration(quantization)[0]].quantized else (None,)
             settings |= {_label(quantization, ef, factor): (collection, SearchParams(hnsw_ef=ef, oversampling=factor))
                          for ef in GRID for factor in factors}
         rewriter = QueryRewriter(store)

@@ -30,17 +30,18 @@ def amips(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _edge_with_base(folder: Path) -> str:
+def _edge_with_base(folder: Path, quantization: str = "none") -> str:
     store = open_store(f"edge:{folder}")
-    ops.ingest(store, "c", BASE)
+    ops.ingest(store, "c", BASE, quantization=quantization)
     store.close()
     return f"edge:{folder}"
 
 
 # -- a truncated vector file (22.5) -------------------------------------------------------------------------------
 
-def test_a_truncated_vector_file_is_refused_not_answered_from(tmp_path):
-    spec = _edge_with_base(tmp_path)
+@pytest.mark.parametrize("quantization", ["none", "float16"])  # 4 and 2 bytes a coordinate
+def test_a_truncated_vector_file_is_refused_not_answered_from(tmp_path, quantization):
+    spec = _edge_with_base(tmp_path, quantization)
     (matrix,) = tmp_path.glob("c/shard/segments/*/vector_storage/matrix.dat")
     size = matrix.stat().st_size
     os.truncate(matrix, size // 3)

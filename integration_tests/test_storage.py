@@ -5,9 +5,12 @@ import pytest
 from click.testing import CliRunner
 
 from amips_plugin import collection_ops as ops
+from amips_plugin import tuning
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin.adapters.storage import QUANTIZATIONS
 from amips_plugin.cli import main
+from amips_plugin.core.errors import InputError
+from amips_plugin.rewriting import QueryRewriter
 
 RNG = np.random.default_rng(8)
 KEYS = RNG.standard_normal((3000, 32)).astype(np.float32)
@@ -15,7 +18,7 @@ QUERIES = RNG.standard_normal((300, 32)).astype(np.float32)
 TRUTH = (QUERIES @ KEYS.T).argmax(axis=1)
 
 
-@pytest.mark.parametrize("name", [n for n in QUANTIZATIONS if n != "none"])
+@pytest.mark.parametrize("name", [n for n in QUANTIZATIONS if QUANTIZATIONS[n].quantized])
 def test_each_quantization_is_created_reported_and_searched(tmp_path, name):
     store = open_store(f"edge:{tmp_path}")
     try:
@@ -28,6 +31,35 @@ def test_each_quantization_is_created_reported_and_searched(tmp_path, name):
                                    atol=1e-4)  # rescored with the originals
         # rescoring 40 candidates: 1-bit codes of random 32-d keys rank the best key among them less often
         assert np.mean(found.ids[:, 0] == TRUTH) >= (0.6 if QUANTIZATIONS[name].bits == 1 else 0.9)
+    finally:
+        store.close()
+
+
+def test_float16_stores_the_vectors_at_half_precision_with_no_copies_to_oversample(tmp_path):
+    """Edge keeps the float16 vectors themselves: reported as float16 (not quantized, so `tune` has no oversampling
+    knob), half float32's bytes, scored in float16 (keys and query), moved to and from float32 with every point."""
+    store = open_store(f"edge:{tmp_path}")
+    try:
+        ops.ingest(store, "c", KEYS, quantization="float16")
+        assert store.storage("c") == ("float16", False) and store.quantized("c") is False
+        assert QUANTIZATIONS["float16"].ram_bytes_per_key(32) == 64 == QUANTIZATIONS["none"].ram_bytes_per_key(32) / 2
+        assert ops.status(store, "c", verify=False)["storage"] == {"quantization": "float16", "on_disk": False}
+        found = store.search("c", QUERIES, 10, SearchParams(exact=True))
+        half, half_queries = (a.astype(np.float16).astype(np.float32) for a in (KEYS, QUERIES))
+        scores = np.take_along_axis(half_queries @ half.T, found.ids, axis=1)  # the engine scores in float16 too
+        np.testing.assert_allclose(found.scores, scores, rtol=1e-5, atol=1e-4)
+        assert not np.allclose(found.scores, np.take_along_axis(QUERIES @ KEYS.T, found.ids, axis=1), atol=1e-3)
+        assert np.mean(found.ids[:, 0] == TRUTH) >= 0.97
+        with pytest.raises(InputError, match="oversampling applies to a scalar-quantized collection"):
+            QueryRewriter(store).search("c", QUERIES[:2], 3, mode="off", params=SearchParams(oversampling=2.0))
+        report = tuning.tune(store, "c", np.tile(QUERIES, (4, 1)), 0.9, repeats=1, ef_grid=(16, 64))
+        assert report.chosen.policy.oversampling is None
+        assert "3,000 points moved from float16 to float32" in store.change_storage("c", "none")
+        assert store.storage("c") == ("none", False)
+        back = store.retrieve("c", np.arange(len(KEYS)))
+        np.testing.assert_array_equal(back, half)  # float16 values are float32 values: nothing more was lost
+        assert "3,000 points moved from float32 to float16" in store.change_storage("c", "float16")
+        np.testing.assert_array_equal(store.retrieve("c", np.arange(len(KEYS))), half)
     finally:
         store.close()
 
