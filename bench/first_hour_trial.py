@@ -15,11 +15,13 @@ SciFact trial). The exact answers are recomputed over those keys. Two stores:
 2. Qdrant Edge (the shard made by `qdrant_edge.EdgeShard` with its default configuration, which holds no
    HNSW index below 10 MB of vectors), opened by `AmipsClient("edge:DIR")`, tuned for 0.99, then served
    under the default mode "auto" — batches (`query_batch_points`) and single queries (`query_points`) —
-   against plain search at every hnsw_ef of GRID, two ways: through the same client (`mode="off"`,
-   `search_params=SearchParams(hnsw_ef=...)`: the same API without the policy) and by the engine itself
-   (`EdgeShard.query_batch` / `EdgeShard.query`, no amips code: what the client's own layers cost shows
-   here). Each read at the cheapest plain ef whose recall@1 reaches the policy's, and at plain cost
-   interpolated to exactly the policy's recall.
+   against plain search at every hnsw_ef of GRID (on a quantized collection, × oversampling 1 and 2,
+   rescored with the originals, as `tune` searches it: without rescoring int8 stays below 0.99), two ways:
+   through the same client (`mode="off"`, `search_params=SearchParams(hnsw_ef=...)`: the same API without
+   the policy) and by the engine itself (`EdgeShard.query_batch` / `EdgeShard.query`, no amips code, the
+   hits' ids read as an application reads them: what the client's own layers cost shows here). Each read
+   at the cheapest plain setting whose recall@1 reaches the policy's, and at plain cost interpolated to
+   exactly the policy's recall.
 3. `advise` (float32 and int8 copies, HNSW-indexed, beside the collection as it is) and `apply`, which moves
    the collection to the recommendation and tunes it there; then the same measurements again, read also
    against the engine's plain search on the collection as the application made it.
@@ -51,6 +53,7 @@ from amips_plugin.core.timing import best_times
 from amips_plugin.targets import exact_top1
 
 GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+OVERSAMPLING = (1.0, 2.0)  # plain search's rescoring on a quantized collection
 LIMIT = 10
 TRIAL_SAMPLE = 807  # the trial's tuning sample
 
@@ -155,25 +158,40 @@ def serve_and_time(client: AmipsClient, test, truth, repeats: int, state: str, a
     shard = client.store._shard("docs")  # the engine itself: plain search with no amips code in the way
     rows = [q.tolist() for q in test]
     out: dict = {"exact_scan": client.store.exact_scan_reason("docs", "text")}
+    settings = [(ef, factor) for ef in GRID for factor in (OVERSAMPLING if client.store.quantized("docs", "text")
+                                                            else (None,))]
 
-    def plain_request(q: list, ef: int) -> edge.QueryRequest:
+    def label(setting: tuple[int, float | None]) -> str:
+        ef, factor = setting
+        return f"ef {ef}" + ("" if factor is None else f"×{factor:g}")
+
+    def plain_request(q: list, setting: tuple[int, float | None]) -> edge.QueryRequest:
+        ef, factor = setting
+        quantization = None if factor is None else edge.QuantizationSearchParams(rescore=True, oversampling=factor)
         return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(q, using="text"),
-                                 params=edge.SearchParams(hnsw_ef=ef), with_payload=False, with_vector=False)
+                                 params=edge.SearchParams(hnsw_ef=ef, quantization=quantization),
+                                 with_payload=False, with_vector=False)
 
-    def plain_batch(ef: int):
-        return lambda: shard.query_batch(edge.QueryBatchRequest([plain_request(q, ef) for q in rows]))
+    def plain_batch(setting):
+        return lambda: [[p.id for p in points] for points in
+                        shard.query_batch(edge.QueryBatchRequest([plain_request(q, setting) for q in rows]))]
 
-    def plain_single(ef: int):
-        return lambda: [shard.query(plain_request(q, ef)) for q in rows]
+    def plain_single(setting):
+        return lambda: [[p.id for p in shard.query(plain_request(q, setting))] for q in rows]
 
-    def client_batch(ef: int):
+    def client_params(setting: tuple[int, float | None]) -> models.SearchParams:
+        ef, factor = setting
+        return models.SearchParams(hnsw_ef=ef, quantization=None if factor is None else models.QuantizationSearchParams(
+            rescore=True, oversampling=factor))
+
+    def client_batch(setting):
         return lambda: [r.points for r in client.query_batch_points("docs", [models.QueryRequest(
-            query=q, using="text", limit=LIMIT, with_payload=False, params=models.SearchParams(hnsw_ef=ef))
+            query=q, using="text", limit=LIMIT, with_payload=False, params=client_params(setting))
             for q in rows], mode="off")]
 
-    def client_single(ef: int):
+    def client_single(setting):
         return lambda: [client.query_points("docs", query=q, using="text", limit=LIMIT, with_payload=False,
-                                            search_params=models.SearchParams(hnsw_ef=ef), mode="off").points
+                                            search_params=client_params(setting), mode="off").points
                         for q in rows]
 
     def amips_batch() -> list:
@@ -186,37 +204,38 @@ def serve_and_time(client: AmipsClient, test, truth, repeats: int, state: str, a
 
     for kind, engine, same_api, served in (("batch", plain_batch, client_batch, amips_batch),
                                            ("single", plain_single, client_single, amips_single)):
-        recalls = {ef: recall(engine(ef)(), truth) for ef in GRID}
+        recalls = {label(s): recall(same_api(s)(), truth) for s in settings}
         served_recall = recall(served(), truth)
         report = client.last_report
-        tasks = {("engine", ef): engine(ef) for ef in GRID} | {("client", ef): same_api(ef) for ef in GRID}
-        tasks[("amips", 0)] = served
+        tasks = {("engine", label(s)): engine(s) for s in settings} | {("client", label(s)): same_api(s)
+                                                                         for s in settings}
+        tasks[("amips", "")] = served
         seconds = best_times(tasks, repeats)
-        amips_qps = len(rows) / seconds[("amips", 0)]
+        amips_qps = len(rows) / seconds[("amips", "")]
         out[kind] = {"amips": {"recall@1": served_recall, "queries_per_second": amips_qps,
                                "notes": report.notes if report else [],
                                "fallback_reason": report.fallback_reason if report else None}}
-        baselines = {"engine": {ef: {"recall": recalls[ef], "qps": len(rows) / seconds[("engine", ef)]} for ef in GRID},
-                     "client": {ef: {"recall": recalls[ef], "qps": len(rows) / seconds[("client", ef)]} for ef in GRID}}
+        baselines = {way: {name: {"recall": recalls[name], "qps": len(rows) / seconds[(way, name)]}
+                           for name in recalls} for way in ("engine", "client")}
         if as_made is not None:
-            baselines["as_made_engine"] = {int(ef): {"recall": v["recall@1"], "qps": v["queries_per_second"]}
-                                           for ef, v in as_made[kind]["engine"]["plain"].items()}
+            baselines["as_made_engine"] = {name: {"recall": v["recall@1"], "qps": v["queries_per_second"]}
+                                           for name, v in as_made[kind]["engine"]["plain"].items()}
         for baseline, plain in baselines.items():
             out[kind][baseline] = read_against(plain, served_recall, amips_qps)
             log(f"{state}, {kind}: amips {served_recall:.4f} @ {amips_qps:,.0f} q/s; plain through the {baseline}: "
-                f"cheapest reaching it ef {out[kind][baseline]['cheapest_plain_ef_reaching']} → "
+                f"cheapest reaching it {out[kind][baseline]['cheapest_plain_reaching']} → "
                 f"{out[kind][baseline]['ratio']}; interpolated {out[kind][baseline]['ratio_interpolated']}")
     return out
 
 
 def read_against(plain: dict, served_recall: float, amips_qps: float) -> dict:
-    """The policy's throughput over plain search's cheapest hnsw_ef reaching its recall, and over plain's cost
+    """The policy's throughput over plain search's cheapest setting reaching its recall, and over plain's cost
     interpolated to exactly that recall."""
-    reaching = [ef for ef in plain if plain[ef]["recall"] >= served_recall]
-    cheapest = max(reaching, key=lambda ef: plain[ef]["qps"]) if reaching else None
+    reaching = [name for name in plain if plain[name]["recall"] >= served_recall]
+    cheapest = max(reaching, key=lambda name: plain[name]["qps"]) if reaching else None
     interpolated = interpolated_plain_qps(plain, served_recall)
-    return {"plain": {str(ef): {"recall@1": v["recall"], "queries_per_second": v["qps"]} for ef, v in plain.items()},
-            "cheapest_plain_ef_reaching": cheapest,
+    return {"plain": {name: {"recall@1": v["recall"], "queries_per_second": v["qps"]} for name, v in plain.items()},
+            "cheapest_plain_reaching": cheapest,
             "ratio": amips_qps / plain[cheapest]["qps"] if cheapest else None,
             "ratio_interpolated": amips_qps / interpolated if interpolated else None}
 
