@@ -2,8 +2,8 @@
 
 Qdrant Edge opens a segment whose vector file (`vector_storage[-NAME]/matrix.dat`, an immutable
 segment's dense rows, float32 or the vector's `datatype`, after a 4-byte header) was truncated — a full
-disk, a bad copy — by extending it with zeros: searches then answer from the rows that survived, and nothing says so
-(recall@1 0.34 on a 3,000-point collection cut to a third). Each such file must hold one row per
+disk, a bad copy — by extending it with zeros: searches then answer from the rows that survived, and
+nothing says so (recall@1 0.34 on a 3,000-point collection cut to a third). Each such file must hold one row per
 internal id of its segment (`id_tracker.versions`: 8 bytes an id), with the vector size its
 `segment.json` states. This checks the sizes only (no read of the data), and only where it recognises
 the layout: a segment laid out otherwise is left to the engine.

@@ -338,7 +338,7 @@ def first_passes_that_can_pay(grid: list[Effort], plain: Effort, per_query: dict
     plain's own effort, beyond it, or measured no cheaper than it costs at least plain search for any share p
     escalated (its break-even share is 0)."""
     cost = per_query[plain]
-    return [effort for effort in grid if effort != plain and not plain.below(effort) and per_query[effort] < cost]
+    return [effort for effort in grid if not plain.below(effort) and per_query[effort] < cost]  # plain's: not <
 
 
 def choose(plain: FrontierRow, two_pass: list[FrontierRow], target: float) -> FrontierRow:
