@@ -158,6 +158,7 @@ class Policy:
     oversampling: float | None = None  # on a quantized vector, each pass's oversampling (Effort)
     second_oversampling: float | None = None
     fallback_oversampling: float | None = None
+    min_batch: int | None = None  # two-pass: the fewest queries a call must bring to be served two-pass (None: 1)
 
     @property
     def first(self) -> Effort:
@@ -195,6 +196,15 @@ class Policy:
         tuned = self.measured.get("escalated")
         return tuned if isinstance(tuned, float) and 0 <= tuned <= 1 else None
 
+    def two_pass_for(self, queries: int) -> bool:
+        """Serve a call of `queries` queries two-pass? A two-pass policy's per-call work (the certificate, the
+        merge: a few numpy calls whatever the call's size) can cost more than it saves on a small call, so tune
+        measures one query a call against plain search and stores `min_batch`, the fewest queries a call must
+        bring (`tuning.smallest_paying_call`); a smaller call gets plain search at the fallback, which meets the
+        same target. Plain policies: never."""
+        return self.kind == "two-pass" and (self.min_batch is None or self.fallback is None
+                                            or queries >= self.min_batch)
+
     @property
     def uses_model(self) -> bool:
         return self.kind == "two-pass" and (self.certificate == "margin" or (
@@ -209,8 +219,10 @@ class Policy:
         guard_text = "" if limit is None or fallback is None else (
             f"; plain search at {fallback.describe()} while more than {limit:.{0 if limit >= 0.01 else 1}%} are "
             "escalated")
+        small_text = "" if (self.min_batch or 1) <= 1 or fallback is None else (
+            f"; calls of fewer than {self.min_batch} queries: plain search at {fallback.describe()}")
         return (f"two-pass: {self.first.describe()} for every query, {self.second.describe()} for those the "
-                f"{self.certificate} certificate flags{share_text}{guard_text}")
+                f"{self.certificate} certificate flags{share_text}{guard_text}{small_text}")
 
     def escalate(self, z: np.ndarray) -> np.ndarray:
         """Queries to search again: suspicious, or outside the calibrated feature range (or NaN)."""
@@ -254,7 +266,7 @@ class Policy:
                      fallback_ef=fields.fallback_ef, break_even=_float(fields.break_even),
                      measured=dict(fields.measured or {}), oversampling=_float(fields.oversampling),
                      second_oversampling=_float(fields.second_oversampling),
-                     fallback_oversampling=_float(fields.fallback_oversampling))
+                     fallback_oversampling=_float(fields.fallback_oversampling), min_batch=fields.min_batch)
         problem = policy.problem()
         if problem:
             raise ArtifactError(f"the stored serving policy is malformed ({problem})")
@@ -268,12 +280,14 @@ def _float(value: float | int | None) -> float | None:
 def _shape_problem(policy: Policy) -> str | None:
     """Fields missing, or of the wrong length, for the policy's kind and certificate (None: none are)."""
     classifier = policy.classifier
-    well_formed = policy.kind in KINDS and policy.ef >= 1 and (policy.kind == "plain" or (
+    two_pass = policy.kind == "two-pass" and (
         policy.certificate in CERTIFICATES and policy.second_ef is not None and policy.threshold is not None
         and (policy.certificate != "classifier" or classifier is not None)
         and (classifier is None or len(classifier.weights) == len(classifier.mean) + 1 == len(classifier.scale) + 1)
         and (policy.fallback_ef is None) == (policy.break_even is None)
-        and (policy.guard_low is None) == (policy.guard_high is None)))
+        and (policy.guard_low is None) == (policy.guard_high is None)
+        and (policy.min_batch is None or (policy.fallback_ef is not None and policy.min_batch >= 1)))
+    well_formed = policy.ef >= 1 and (policy.kind == "plain" and policy.min_batch is None or two_pass)
     if well_formed and policy.kind == "two-pass":
         assert policy.certificate is not None  # checked to be one of CERTIFICATES just above
         columns = len(used_columns(policy.certificate, policy.uses_model))
@@ -396,11 +410,15 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
           guard: ShiftGuard | None = None) -> tuple[SearchResult, np.ndarray]:
     """Answer `queries` with `policy`; returns the results and which queries were escalated.
     `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
-    needs `model`. With a `guard` (and a policy that names its fallback_ef), the first GUARD_CHUNK queries
-    and then the rest are each served two-pass or — while the guard sees the escalated share above
-    break-even — by plain search at fallback_ef (two pieces at most, so that a large batch of unusual
-    queries is noticed after its head, and a usual one costs one more store call, not one per chunk)."""
+    needs `model`. A call of fewer queries than the policy's `min_batch` is searched plainly at its fallback
+    (`Policy.two_pass_for`), escalating none. With a `guard` (and a policy that names its fallback_ef), the
+    first GUARD_CHUNK queries and then the rest are each served two-pass or — while the guard sees the
+    escalated share above break-even — by plain search at fallback_ef (two pieces at most, so that a large
+    batch of unusual queries is noticed after its head, and a usual one costs one more store call, not one
+    per chunk)."""
     fallback = policy.fallback
+    if policy.kind == "two-pass" and fallback is not None and not policy.two_pass_for(len(queries)):
+        return store.search(collection, queries, limit, fallback.params(params)), np.zeros(len(queries), dtype=bool)
     if guard is None or policy.kind == "plain" or fallback is None:
         return _serve(store, collection, queries, limit, policy, model, params)
     plain_params = fallback.params(params)

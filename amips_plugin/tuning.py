@@ -28,7 +28,10 @@ recall@1, and publish it in the collection's "policy" manifest slot (amips_plugi
    plain search up through ever more complex plans (the s1 rule, a classifier without σ̂, the
    certificates reading σ̂), a plan replaces the one kept so far only when, still meeting the target
    end to end, it measures at least MIN_GAIN× its batch throughput: within noise, the simpler policy
-   (no model, so no model forward per call and no staleness with the model) is kept.
+   (no model, so no model forward per call and no staleness with the model) is kept. A two-pass winner is
+   then timed one query a call against that plain search: its per-call work (the certificate, the merge) can
+   cost more than it saves on a small call, so it stores the fewest queries a call must bring
+   (`smallest_paying_call`); a smaller call, as an application's one query per request, gets plain search.
 4. Publication is a compare-and-swap under the store's manifest lock: the policy slot must still
    hold what it held when tuning began. The policy records the keys' fingerprint and, when its
    certificate reads σ̂, the model's SHA-256; it is stale when either changes. A two-pass policy also
@@ -78,6 +81,7 @@ EF_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 OVERSAMPLING_GRID = (1.0, 2.0, 4.0)  # on a quantized vector: int8 candidates per result, rescored exactly
 MIN_QUERIES = 200
 DEFAULT_REPEATS = 3
+SINGLES = 200  # held-out queries a chosen two-pass plan and plain search are timed on, one query a call
 FIT_SHARE, FIT_MIN = 0.25, 2000  # the fit part of the sample (`fit_size`)
 ROOM = 0.25  # min_held_out: the share of the target's allowed misses a policy may have and still be promised
 MIN_GAIN = 1.05  # a more complex policy must measure this much faster than a simpler one to be chosen (noise)
@@ -125,6 +129,7 @@ class FrontierRow:
     escalated: float  # share of queries searched twice
     qps: float | None = None  # measured batch throughput (queries per second), end to end
     predicted_qps: float | None = None
+    singles: dict[str, float] = field(default_factory=dict)  # a chosen two-pass plan: one query a call, q/s
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "policy": self.policy.to_manifest(), "recall": self.recall,
@@ -153,8 +158,14 @@ class TuneReport:
         if self.chosen.policy.kind == "plain":
             return (f"plain search wins: no two-pass policy beat {plain} at recall@1 ≥ {self.target} here; the "
                     f"stored policy is plain search at {plain}")
-        return (f"{self.chosen.name} wins: {self.speedup:.2f}× the batch throughput of plain search at {plain}, the "
-                f"cheapest plain search meeting recall@1 ≥ {self.target}")
+        verdict = (f"{self.chosen.name} wins: {self.speedup:.2f}× the batch throughput of plain search at {plain}, "
+                   f"the cheapest plain search meeting recall@1 ≥ {self.target}")
+        singles, min_batch = self.chosen.singles, self.chosen.policy.min_batch or 1
+        if min_batch > 1 and singles:
+            verdict += (f"; one query a call it measured {singles['single_qps']:,.0f} q/s against plain's "
+                        f"{singles['plain_single_qps']:,.0f}, so calls of fewer than {min_batch} queries get plain "
+                        f"search at {plain}")
+        return verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "held_out": self.held_out, "chosen": self.chosen.to_dict(),
@@ -244,6 +255,8 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
         k, n = int(found.sum()), len(found)
         row.recall, row.lower_bound, row.escalated = k / n, wilson_lower_bound(k, n), float(escalated[rows].mean())
     chosen = choose(plain, candidates[1:], target)
+    if chosen.policy.kind == "two-pass":
+        chosen.policy = with_min_batch(store, collection, held_queries, limit, chosen, plain, model, params, repeats)
     report = TuneReport(target, len(held), chosen, plain, plain_rows[: plain_rows.index(plain) + 1] + candidates[1:],
                         notes=notes)
     if publish:
@@ -251,7 +264,7 @@ def tune(store: VectorStore, collection: str, queries: np.ndarray, target: float
                          measured={"recall": chosen.recall, "lower_bound": chosen.lower_bound,
                                    "escalated": chosen.escalated, "qps": chosen.qps, "plain_ef": plain.policy.ef,
                                    "plain_oversampling": plain.policy.oversampling, "plain_qps": plain.qps,
-                                   "held_out": len(held), "limit": limit})
+                                   "held_out": len(held), "limit": limit, **chosen.singles})
         report.manifest = publish_policy(store, collection, policy, fingerprint, expected, stamp)
     return report
 
@@ -339,6 +352,47 @@ def first_passes_that_can_pay(grid: list[Effort], plain: Effort, per_query: dict
     escalated (its break-even share is 0)."""
     cost = per_query[plain]
     return [effort for effort in grid if not plain.below(effort) and per_query[effort] < cost]  # plain's: not <
+
+
+def with_min_batch(store: VectorStore, collection: str, held_queries: np.ndarray, limit: int, chosen: FrontierRow,
+                   plain: FrontierRow, model: Any, params: SearchParams, repeats: int) -> Policy:
+    """The chosen two-pass policy with its `min_batch` (`Policy.two_pass_for`): the first SINGLES held-out queries
+    served one a call by the plan and by plain search, interleaved, best of `repeats`; `chosen.singles` gets both
+    throughputs."""
+    singles = held_queries[:SINGLES]
+
+    def one_a_call(policy: Policy) -> Callable[[], Any]:
+        return lambda: [serve(store, collection, singles[row:row + 1], limit, policy, model, params)
+                        for row in range(len(singles))]
+
+    seconds = best_times({"plan": one_a_call(chosen.policy), "plain": one_a_call(plain.policy)}, repeats)
+    chosen.singles = {"single_qps": len(singles) / seconds["plan"], "plain_single_qps": len(singles) / seconds["plain"]}
+    assert chosen.qps and plain.qps  # measured end to end just before
+    return replace(chosen.policy, min_batch=smallest_paying_call(
+        plan=(seconds["plan"] / len(singles), 1 / chosen.qps), plain=(seconds["plain"] / len(singles), 1 / plain.qps),
+        batch=len(held_queries)))
+
+
+def smallest_paying_call(plan: tuple[float, float], plain: tuple[float, float], batch: int) -> int:
+    """The fewest queries a call must bring for a two-pass plan to cost less than plain search, from each one's
+    seconds per query measured one query a call and in a call of `batch` queries, (t(1), t(batch)).
+
+    Per query, a call of m queries costs t(m) = a/m + b: a, the call's own work (a two-pass plan's certificate
+    and merge are a few numpy calls at any m), b, each query's. Two measurements give a = (t(1) − t(batch))·
+    batch/(batch − 1) and b = t(1) − a; the plan costs less from m* = (a_plan − a_plain)/(b_plain − b_plan) on.
+    1 when the plan costs less one query a call; when it costs less only in the batch, m* lies in [1, batch)
+    and the answer in [2, batch]."""
+    if plan[0] < plain[0] or batch <= 1:
+        return 1
+
+    def call_and_query_costs(t: tuple[float, float]) -> tuple[float, float]:
+        per_call = (t[0] - t[1]) * batch / (batch - 1)
+        return per_call, t[0] - per_call
+
+    (a_plan, b_plan), (a_plain, b_plain) = call_and_query_costs(plan), call_and_query_costs(plain)
+    if b_plan >= b_plain:  # no cheaper per query either: the plan never pays (it then lost the batch too)
+        return batch
+    return int(min(batch, max(2, np.floor((a_plan - a_plain) / (b_plain - b_plan)) + 1)))
 
 
 def choose(plain: FrontierRow, two_pass: list[FrontierRow], target: float) -> FrontierRow:

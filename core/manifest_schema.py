@@ -169,6 +169,7 @@ class PolicyFields(_Schema):
     oversampling: Optional[Oversampling] = None
     second_oversampling: Optional[Oversampling] = None
     fallback_oversampling: Optional[Oversampling] = None
+    min_batch: Optional[StrictInt] = Field(default=None, ge=1, le=1 << 31)  # queries a call needs to go two-pass
     measured: Optional[dict[StrictStr, Optional[Number]]] = None
 
 

@@ -2,6 +2,7 @@
 the fail-safe, stale / missing policies, and `amips tune` end to end (Edge: a real HNSW graph;
 qdrant-client local mode: exact search)."""
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -178,6 +179,25 @@ def test_tune_stores_a_policy_that_meets_its_target_on_unseen_queries(hard_edge)
     assert [r.points[0].id for r in hits] == expected.ids[:, 0].tolist()
     served = np.mean([r.points[0].id == t for r, t in zip(hits, truth[2000:])])
     assert served >= TARGET - 2 * np.sqrt(TARGET * (1 - TARGET) / 4000)
+
+    # one query a call: the plan is timed against plain search, and calls it does not pay on get plain search
+    row = next(r for r in report.rows if r.policy.kind == "two-pass")
+    timed = tuning.with_min_batch(store, "c", queries[:2000], 10, row, report.plain, None, SearchParams(), 1)
+    assert timed.min_batch is not None and 1 <= timed.min_batch <= 2000 and timed.problem() is None
+    assert (timed.min_batch == 1) == (row.singles["single_qps"] > row.singles["plain_single_qps"])
+    if report.chosen.policy.kind == "two-pass":
+        assert report.manifest["min_batch"] >= 1 and report.manifest["measured"]["plain_single_qps"] > 0
+    store.write_manifest("c", {**report.manifest, **replace(row.policy, min_batch=4).to_manifest()}, sp.SLOT)
+    try:
+        plain_ids = store.search("c", queries[2000:2003], 3, SearchParams(hnsw_ef=report.plain.policy.ef)).ids
+        requests = [models.QueryRequest(query=q.tolist(), limit=3) for q in queries[2000:2004]]
+        small = client.query_batch_points("c", requests[:3])
+        assert [[p.id for p in r.points] for r in small] == plain_ids.tolist() and client.last_report.escalated == 0
+        assert "only in calls of at least 4 queries (this one has 3)" in client.last_report.notes[-1]
+        client.query_batch_points("c", requests)  # served as the policy says (two-pass, or its guard's plain search)
+        assert not any("only in calls of at least" in note for note in client.last_report.notes)
+    finally:
+        store.write_manifest("c", report.manifest, sp.SLOT)
 
 
 @pytest.mark.parametrize("kind", ["local", "edge"])

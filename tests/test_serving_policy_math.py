@@ -1,4 +1,6 @@
 """The numbers behind serving policies: the Wilson bound, threshold calibration, the logistic fit, the merge."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,7 @@ from amips_plugin.adapters.base import SearchResult
 from amips_plugin.core.errors import ArtifactError
 from amips_plugin import calibration
 from amips_plugin import serving_policy as sp
+from amips_plugin import tuning
 
 
 def test_wilson_lower_bound_matches_the_formula():
@@ -116,6 +119,32 @@ def test_a_policy_with_one_of_fallback_ef_and_break_even_is_malformed():
             sp.Policy.from_manifest(broken)
     with pytest.raises(ArtifactError, match="malformed"):
         sp.Policy.from_manifest({**policy.to_manifest(), "break_even": float("nan")})
+
+
+def test_min_batch_belongs_to_a_two_pass_policy_with_a_fallback_and_is_at_least_one():
+    policy = sp.Policy("two-pass", 8, 64, "s1", 0.1, fallback_ef=32, break_even=0.2, min_batch=16)
+    assert sp.Policy.from_manifest(policy.to_manifest()) == policy
+    assert "calls of fewer than 16 queries: plain search at hnsw_ef 32" in policy.describe()
+    assert [policy.two_pass_for(n) for n in (1, 15, 16, 1000)] == [False, False, True, True]
+    assert replace(policy, min_batch=None).two_pass_for(1) and not sp.Policy("plain", 32).two_pass_for(1000)
+    for broken in ({"min_batch": 0}, {"min_batch": 2.5}, {"fallback_ef": None, "break_even": None},
+                   {"kind": "plain"}):
+        with pytest.raises(ArtifactError, match="malformed"):
+            sp.Policy.from_manifest({**policy.to_manifest(), **broken})
+
+
+def test_the_smallest_paying_call_is_where_per_call_and_per_query_costs_cross():
+    """t(m) = a/m + b per query for a call of m queries; the plan (a 210 µs, b 100 µs) costs less than plain
+    search (a 80 µs, b 120 µs) from m* = 130/20 = 6.5 on, i.e. from calls of 7 queries."""
+    def t(a, b, m):
+        return a / m + b
+
+    plan, plain = (210e-6, 100e-6), (80e-6, 120e-6)
+    measured = {name: (t(*cost, 1), t(*cost, 2000)) for name, cost in (("plan", plan), ("plain", plain))}
+    m = tuning.smallest_paying_call(measured["plan"], measured["plain"], 2000)
+    assert m == 7 and t(*plan, m) < t(*plain, m) and t(*plan, m - 1) > t(*plain, m - 1)
+    assert tuning.smallest_paying_call((100e-6, 90e-6), (110e-6, 100e-6), 2000) == 1  # cheaper one a call
+    assert tuning.smallest_paying_call((300e-6, 100e-6), (100e-6, 90e-6), 2000) == 2000  # never cheaper per query
 
 
 def test_the_shift_limit_is_the_break_even_or_the_tuned_share_plus_four_deviations_if_lower():
