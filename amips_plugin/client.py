@@ -114,6 +114,19 @@ class AmipsClient:
                 responses[i] = response
         return [r for r in responses if r is not None]
 
+    def query_arrays(self, collection_name: str, queries: np.ndarray, limit: int = 10, using: str | None = None,
+                     query_filter: models.Filter | None = None,
+                     mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Dense queries (M, d) as arrays in and out: (ids, scores), each (M, limit), best first; ids int64, or
+        UUIDs as text on a collection that has them; a row the search could not fill is padded with -1 (or "")
+        and -inf. The query path of `query_points` (the mode, the tuned policy, the filter, `last_report`)
+        without qdrant-client's request and `ScoredPoint` objects: building those costs more than the engine's
+        own search of a query on Edge (docs/performance.md, "the client's layer")."""
+        result, report = self.rewriter(using).search(collection_name, np.asarray(queries), limit, mode or self.mode,
+                                                     self.candidates, SearchParams(filter=query_filter))
+        self._local.report = report
+        return result.ids, result.scores
+
     def _rewritten(self, collection: str, requests: list[models.QueryRequest], mode: str | None,
                    candidates: int | None) -> list[QueryResponse]:
         first = requests[0]

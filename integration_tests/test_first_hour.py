@@ -193,6 +193,39 @@ def test_filtered_queries_under_auto_get_the_plain_setting_that_met_the_target(t
         store.close()
 
 
+def test_query_arrays_answers_as_query_points_does_without_its_objects(tmp_path):
+    """The array path: the same hits and scores as `query_batch_points` under the tuned policy, a filter held,
+    UUID ids as text, and calls smaller than the policy's min_batch searched plainly as there."""
+    import uuid
+
+    from amips_plugin import collection_ops as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+
+    rng = np.random.default_rng(8)
+    keys, queries = rng.standard_normal((3000, 32)).astype(np.float32), rng.standard_normal((40, 32)).astype(np.float32)
+    ids = [str(uuid.UUID(bytes=rng.bytes(16))) for _ in range(3000)]
+    client = AmipsClient(f"edge:{tmp_path}")
+    try:
+        ops.ingest(client.store, "c", keys, ids=ids, payloads=[{"lang": "en" if i % 3 else "fr"} for i in range(3000)])
+        policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5, min_batch=4)
+        tuning.publish_policy(client.store, "c", policy, ops.read_keys(client.store, "c")[2], None)
+        french = models.Filter(must=[models.FieldCondition(key="lang", match=models.MatchValue(value="fr"))])
+        for rows, flt in ((slice(0, 40), None), (slice(0, 3), None), (slice(0, 40), french)):
+            found, scores = client.query_arrays("c", queries[rows], 5, query_filter=flt)
+            notes = client.last_report.notes
+            hits = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=5, filter=flt,
+                                                                       with_payload=False) for q in queries[rows]])
+            assert client.last_report.notes == notes and found.dtype.kind == "U" and found.shape == (len(hits), 5)
+            assert found.tolist() == [[p.id for p in r.points] for r in hits]
+            np.testing.assert_allclose(scores, [[p.score for p in r.points] for r in hits], rtol=1e-6)
+        assert "filtered" in notes[-1] and set(found.ravel().tolist()) <= {ids[i] for i in range(0, 3000, 3)}
+        found, _ = client.query_arrays("c", queries[:3], 5)
+        assert "only in calls of at least 4 queries" in client.last_report.notes[-1]
+    finally:
+        client.close()
+
+
 def test_scored_points_carry_the_engines_point_version(tmp_path):
     """Issue 24.8: `ScoredPoint.version` was always 0. Qdrant numbers points by the write that last touched
     them, so points written again carry later versions than the rest; through the two-pass policy
