@@ -39,17 +39,19 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
 from amips_plugin.adapters.base import MANIFEST_SLOTS, StoredFile, VectorStore, WriteStamp
-from amips_plugin.model_artifact import LoadedModel, decode_model
 
 from .core.errors import AmipsError, ArtifactError, ConcurrentPublishError, StoreError
 from .core.manifest_schema import (BlobManifestSchema, ManifestError, ManifestSchema, ModelManifestSchema,
                                    PolicyManifestSchema, as_schema, check_outgoing)
 from .fingerprint import KeyFingerprint, check_ids_cover
+
+if TYPE_CHECKING:  # torch: imported only where a model is published or loaded
+    from .model_artifact import LoadedModel
 
 SCROLL_BATCH = 4096
 BLOB_ID_BITS = 40
@@ -261,6 +263,8 @@ def publish(store: VectorStore, collection: str, blob: bytes, fingerprint: dict[
 def model_fields(blob: bytes, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """A model manifest's own fields, from the artifact, which must load (never publish one that does not);
     an undefined metric (NaN: E_rel when every validation query is its own best key) is stored as null."""
+    from .model_artifact import decode_model  # torch: only where a model is published or loaded
+
     header = decode_model(blob).header
     defined = {name: value if not isinstance(value, float) or math.isfinite(value) else None
                for name, value in (metrics or {}).items()}
@@ -307,6 +311,8 @@ def load(store: VectorStore, collection: str) -> StoredModel | None:
     A blob that is gone or changed by the time it is read was replaced by a publish between the two
     reads: the manifest is read again (up to LOAD_ATTEMPTS times), so a reader gets the new model.
     """
+    from .model_artifact import decode_model  # torch: only where a model is published or loaded
+
     for attempt in range(LOAD_ATTEMPTS):
         manifest = as_schema(store.read_manifest(collection), ModelManifestSchema)
         if manifest is None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Callable, TypeVar, cast
 
 import numpy as np
 
@@ -46,11 +46,12 @@ from . import model_registry, serving_policy
 from .arrays import check_vectors
 from .core.errors import AmipsError, InputError, StoreError
 from .core.manifest_schema import BlobManifestSchema, ModelManifestSchema, as_schema
-from .inference import forward_in_chunks
 from .freshness import stale_reason
 from .query_bounds import check_query_norms, check_search_inputs
 from .side_indexes import SIDE_INDEXES
-from .models import MIPSModel, ModelConfig, oversize_reason
+
+if TYPE_CHECKING:  # torch is imported only once a collection has a model
+    from .models import MIPSModel
 
 log = logging.getLogger("amips")
 MODES = ("off", "replace", "hybrid", "auto")
@@ -86,6 +87,8 @@ def _unusable(manifest: ModelManifestSchema, dim: int, count: int | None, stamp:
     if manifest.model.dim != dim:
         return f"the model expects dimension {manifest.model.dim}, the collection has {dim}"
     keys = (manifest.fingerprint.count if manifest.fingerprint else None) if count is None else count
+    from .models import ModelConfig, oversize_reason  # torch: imported once a collection has a model
+
     try:
         return oversize_reason(ModelConfig.from_dict(manifest.model.to_dict()), keys) if keys is not None else None
     except ValueError as exc:  # schema-valid numbers that build no model (e.g. smoothmax with 0 points)
@@ -216,6 +219,8 @@ class QueryRewriter:
                 self._warn_once(f"amips: plain search for {collection!r}: {reason}")
                 report.fallback_reason = reason
             else:
+                from .inference import forward_in_chunks  # torch, as the model itself
+
                 predicted, gated = forward_in_chunks(model, queries, model.predict_with_confidence)
                 confident = gated if mode == "replace" else np.ones(len(queries), dtype=bool)
                 finite = np.isfinite(predicted).all(axis=1)

