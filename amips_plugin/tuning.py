@@ -46,7 +46,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -76,6 +76,9 @@ from .serving_policy import (
     used_columns,
 )
 from .targets import exact_top1
+
+if TYPE_CHECKING:
+    from .models import MIPSModel
 
 EF_GRID = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 OVERSAMPLING_GRID = (1.0, 2.0, 4.0)  # on a quantized vector: int8 candidates per result, rescored exactly
@@ -355,7 +358,7 @@ def first_passes_that_can_pay(grid: list[Effort], plain: Effort, per_query: dict
 
 
 def with_min_batch(store: VectorStore, collection: str, held_queries: np.ndarray, limit: int, chosen: FrontierRow,
-                   plain: FrontierRow, model: Any, params: SearchParams, repeats: int) -> Policy:
+                   plain: FrontierRow, model: MIPSModel | None, params: SearchParams, repeats: int) -> Policy:
     """The chosen two-pass policy with its `min_batch` (`Policy.two_pass_for`): the first SINGLES held-out queries
     served one a call by the plan and by plain search, interleaved, best of `repeats`; `chosen.singles` gets both
     throughputs."""

@@ -91,7 +91,9 @@ def test_a_sample_too_small_for_the_target_is_refused_with_the_size_it_needs(tmp
         # enough to promise plain search, too few to certify a two-pass plan on queries that did not pick it
         report = tuning.tune(store, "c", rng.standard_normal((1000, 16)).astype(np.float32), 0.99, repeats=1,
                              ef_grid=(16, 32))
-        assert report.chosen.policy.kind == "plain" and [row.policy.kind for row in report.rows] == ["plain"]
+        # no two-pass row at all (the plain rows listed are those measured no dearer than the chosen one: on 300
+        # keys, below the engine's indexing threshold, ef 16 and ef 32 are the same scan and either can be)
+        assert report.chosen.policy.kind == "plain" and {row.policy.kind for row in report.rows} == {"plain"}
         assert report.notes == ["1,000 sample queries certify two-pass plans on 250; recall@1 0.99 needs 477 "
                                 "(a sample of 1,907)"]
     finally:
