@@ -270,14 +270,14 @@ class QueryRewriter:
             report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
                                 "calibrated without filters)")
             return self.store.search(collection, queries, limit, plain.params(params)), report
-        if policy.kind == "two-pass" and not policy.two_pass_for(len(queries)):
-            report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
-                                f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
-            return self.store.search(collection, queries, limit, plain.params(params)), report
         guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
         report.escalated = int(escalated.sum())
+        if policy.kind == "two-pass" and not policy.two_pass_for(len(queries)):  # serve searched plainly
+            report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
+                                f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
+            return result, report
         report.notes.append(f"{policy.describe()}; {report.escalated} of {len(queries)} queries escalated")
         if guard is not None and guard.answered_plain > guarded_before:
             report.notes.append(
