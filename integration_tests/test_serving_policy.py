@@ -154,7 +154,9 @@ def test_the_shift_guard_answers_by_plain_search_at_the_fallback_ef_while_querie
 def test_tune_stores_a_policy_that_meets_its_target_on_unseen_queries(hard_edge):
     store, _, queries, truth = hard_edge
     grid = (8, 12, 16, 24, 32, 48, 64, 96, 128, 256)  # efforts below plain's (ef 64) for plans to start at
-    report = tuning.tune(store, "c", queries[:2000], TARGET, repeats=1, ef_grid=grid, certificates=("s1", "classifier"))
+    # best of 3 timing rounds: which first passes can pay, and each certificate's pick, rest on measured costs
+    report = tuning.tune(store, "c", queries[:2000], TARGET, repeats=3, ef_grid=grid,
+                         certificates=("s1", "classifier"))
     assert report.chosen.lower_bound >= TARGET and report.manifest["version"] >= 1
     policy, _, reason = sp.stored_policy(store, "c", 64, 4000, QueryRewriter(store).model_for)
     assert reason is None and policy == sp.Policy.from_manifest(report.manifest)
