@@ -195,8 +195,8 @@ def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchRes
     counts = [min(len(points), limit) for points in responses]
     flat = [point for points in responses for point in points[:limit]]
     ids = point_ids.as_id_array([point.id for point in flat])
-    scores = np.fromiter((point.score for point in flat), dtype=np.float32, count=len(flat))
-    versions = np.fromiter((point.version or 0 for point in flat), dtype=np.int64, count=len(flat))
+    scores = np.array([point.score for point in flat], dtype=np.float32)
+    versions = np.array([point.version or 0 for point in flat], dtype=np.int64)
     if all(count == limit for count in counts):  # the common case: every row full, nothing to pad
         shape = (len(responses), limit)
         return SearchResult(ids.reshape(shape), scores.reshape(shape), versions.reshape(shape))

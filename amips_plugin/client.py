@@ -40,6 +40,7 @@ from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 from amips_plugin.adapters.vector_view import for_vector
 
 from .core.errors import InputError, InvalidRequestError
+from .core.gc_pause import gc_paused
 from .core.limits import MAX_LIMIT
 from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
@@ -110,7 +111,9 @@ class AmipsClient:
                 responses[index] = self._pass_through(collection_name, request, **kwargs)
         for indexes in groups.values():
             batch = [requests[i] for i in indexes]
-            for i, response in zip(indexes, self._rewritten(collection_name, batch, mode, candidates)):
+            with gc_paused():  # the answer's many short-lived objects (core/gc_pause.py)
+                answers = self._rewritten(collection_name, batch, mode, candidates)
+            for i, response in zip(indexes, answers):
                 responses[i] = response
         return [r for r in responses if r is not None]
 
@@ -122,8 +125,10 @@ class AmipsClient:
         and -inf. The query path of `query_points` (the mode, the tuned policy, the filter, `last_report`)
         without qdrant-client's request and `ScoredPoint` objects: building those costs more than the engine's
         own search of a query on Edge (docs/performance.md, "the client's layer")."""
-        result, report = self.rewriter(using).search(collection_name, np.asarray(queries), limit, mode or self.mode,
-                                                     self.candidates, SearchParams(filter=query_filter))
+        with gc_paused():  # the engine's short-lived hits (core/gc_pause.py)
+            result, report = self.rewriter(using).search(collection_name, np.asarray(queries), limit,
+                                                         mode or self.mode, self.candidates,
+                                                         SearchParams(filter=query_filter))
         self._local.report = report
         return result.ids, result.scores
 
