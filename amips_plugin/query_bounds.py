@@ -15,6 +15,7 @@ import numpy as np
 
 from amips_plugin.adapters.base import SearchParams
 
+from .arrays import ACCEPTED_DTYPES, check_vectors
 from .core.errors import InputError
 from .core.limits import MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING, MAX_QUERY_NORM
 
@@ -48,3 +49,19 @@ def check_query_norms(queries: np.ndarray) -> None:
     if len(bad):
         raise InputError(f"{len(bad)} quer{'y has' if len(bad) == 1 else 'ies have'} a norm above {MAX_QUERY_NORM:g} "
                          f"(e.g. row {bad[0]}: {norms[bad[0]]:.3g}), which float32 arithmetic cannot square")
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """The query path's check of its (n, d) queries, returned as float32: `check_vectors` and
+    `check_query_norms` in one pass when they pass. Σᵢ‖xᵢ‖² in float32 is finite and ≤ MAX_QUERY_NORM² exactly
+    when every coordinate is finite and, the terms being non-negative, then every ‖xᵢ‖ ≤ MAX_QUERY_NORM
+    (1e36 is far below float32's largest value, so no valid sum overflows); otherwise the two checks run one by
+    one and name the problem (a large batch of large queries whose sum alone is too large passes them)."""
+    if queries.ndim == 2 and queries.shape[1] == dim and queries.shape[0] and queries.dtype.type in ACCEPTED_DTYPES:
+        checked = np.ascontiguousarray(queries, dtype=np.float32)
+        total = float(np.einsum("ij,ij->", checked, checked))
+        if math.isfinite(total) and total <= MAX_QUERY_NORM ** 2:
+            return checked
+    checked = check_vectors(queries, "queries", dim=dim)
+    check_query_norms(checked)
+    return checked

@@ -43,11 +43,10 @@ from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, WriteStamp
 
 from . import model_registry, serving_policy
-from .arrays import check_vectors
 from .core.errors import AmipsError, InputError, StoreError
 from .core.manifest_schema import BlobManifestSchema, ModelManifestSchema, as_schema
 from .freshness import stale_reason
-from .query_bounds import check_query_norms, check_search_inputs
+from .query_bounds import check_queries, check_search_inputs
 from .side_indexes import SIDE_INDEXES
 
 if TYPE_CHECKING:  # torch is imported only once a collection has a model
@@ -197,8 +196,7 @@ class QueryRewriter:
         if params.oversampling is not None and self.store.quantized(collection) is False:
             raise InputError(f"oversampling applies to a scalar-quantized collection; {collection!r} keeps no int8 "
                              "copies (create it with --scalar-quantization), so leave --oversampling out")
-        queries = check_vectors(np.asarray(queries), "queries", dim=info.dim)
-        check_query_norms(queries)
+        queries = check_queries(np.asarray(queries), info.dim)
         report = SearchReport(mode=mode)
         if mode == "auto":
             if candidate_source != "engine":
@@ -270,7 +268,7 @@ class QueryRewriter:
             report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
                                 "calibrated without filters)")
             return self.store.search(collection, queries, limit, plain.params(params)), report
-        guard = self._shift_guard(collection, policy)
+        guard = self._shift_guard(collection, policy) if policy.two_pass_for(len(queries)) else None
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
         report.escalated = int(escalated.sum())

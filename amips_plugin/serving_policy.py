@@ -33,7 +33,7 @@ Tune-time calibration (the threshold, the classifier, the guard's range) is amip
 from __future__ import annotations
 
 import dataclasses
-
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -163,7 +163,7 @@ class Policy:
     fallback_oversampling: float | None = None
     min_batch: int | None = None  # two-pass: the fewest queries a call must bring to be served two-pass (None: 1)
 
-    @property
+    @functools.cached_property  # the query path asks every call; the fields are frozen
     def first(self) -> Effort:
         """Plain: its one pass; two-pass: the first pass."""
         return Effort(self.ef, self.oversampling)
@@ -173,7 +173,7 @@ class Policy:
         assert self.second_ef is not None, "a two-pass policy"
         return Effort(self.second_ef, self.second_oversampling)
 
-    @property
+    @functools.cached_property  # the query path asks every call; the fields are frozen
     def fallback(self) -> Effort | None:
         return None if self.fallback_ef is None else Effort(self.fallback_ef, self.fallback_oversampling)
 

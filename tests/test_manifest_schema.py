@@ -12,7 +12,7 @@ from amips_plugin.core.manifest_schema import (
     ManifestError, ManifestSchema, ModelManifestSchema, PolicyManifestSchema, as_schema, check_outgoing, fix_command,
     parse_manifest_json, validate_header, validate_manifest)
 from amips_plugin import serving_policy as sp
-from amips_plugin.query_bounds import check_query_norms, check_search_inputs
+from amips_plugin.query_bounds import check_queries, check_query_norms, check_search_inputs
 from amips_plugin.core.redact import redact, userinfo
 
 GOOD = {"version": 3, "blob": 12345, "sha256": "a" * 64, "bytes": 1000, "stale": False, "slot": "model",
@@ -168,6 +168,18 @@ def test_query_norm_bound():
     check_query_norms(np.full((2, 4), 4e17, dtype=np.float32))  # norm 8e17
     with pytest.raises(InputError, match="row 1"):
         check_query_norms(np.array([[1.0, 0.0], [1e19, 0.0]], dtype=np.float32))
+
+
+def test_the_query_paths_one_pass_check_accepts_and_refuses_what_the_two_checks_do():
+    ok = check_queries(np.full((3, 4), 0.5, dtype=np.float16), 4)
+    assert ok.dtype == np.float32 and ok.flags.c_contiguous and (ok == 0.5).all()
+    many_large = np.full((64, 4), 4e17, dtype=np.float32)  # each norm 8e17 is allowed; their sum of squares is not
+    assert check_queries(many_large, 4) is not None
+    for bad, message in ((np.array([[1.0, np.nan]]), "NaN or infinite"), (np.array([[1e19, 0.0]]), "norm above"),
+                         (np.array([[1e300, 0.0]]), "NaN or infinite"), (np.ones((2, 3)), "dimension 3"),
+                         (np.ones((1, 2), dtype=np.longdouble), "dtype"), (np.ones((1, 2), dtype=np.int64), "dtype")):
+        with pytest.raises(InputError, match=message):
+            check_queries(bad, 2)
 
 
 @pytest.mark.parametrize("text, secret", [
