@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 import numpy as np
@@ -25,29 +25,26 @@ from amips_plugin.adapters import SearchParams, VectorStore, open_store
 from amips_plugin.core import point_ids
 from amips_plugin.adapters.storage import DEFAULT_STORAGES, QUANTIZATIONS, label
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.model_artifact import load_model, read_header, save_model
 from amips_plugin.compression.quantization import STORAGE_DTYPES
 
 from . import __version__
 from .arrays import load_ids, load_payloads, load_vectors, regular_file
 from . import collection_ops
-from . import model_registry, pq_build, route_build
+from . import model_registry
 from .side_indexes import BY_SLOT, SIDE_INDEXES
 from .core.errors import AmipsError, InputError, StoreError
 from .core.limits import MAX_BLOB_BYTES, MAX_CANDIDATES, MAX_HNSW_EF, MAX_LIMIT, MAX_OVERSAMPLING
 from .core.redact import redact, userinfo
 from .core.files import atomic_write, read_bounded
 from .fingerprint import keys_fingerprint
-from .inference import predict_keys, resolve_device
-from .metrics import model_report
 from .rewriting import CANDIDATE_SOURCES, MODES, QueryRewriter
 from .search_run import run_queries, summary as search_summary
-from .router_training import RouterTraining
-from .models import MODEL_KINDS
 from .synthetic import gaussian_mixture
-from .targets import exact_top1
 from .truth import load_truth
-from .training import FitResult, TrainConfig, fit
+from .train_config import MODEL_KINDS, TrainConfig
+
+if TYPE_CHECKING:
+    from .training import FitResult
 
 DEFAULTS = TrainConfig()
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
@@ -218,6 +215,8 @@ def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         fields = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in kwargs}
         config = TrainConfig(**{**fields, "time_budget": fields["time_budget"] or None})  # 0: no bound
+        from .inference import resolve_device  # torch: only for the commands that train
+
         resolve_device(config.device)  # fail before any work when the device is unavailable
         return command(*args, config=config, **kwargs)
 
@@ -244,6 +243,9 @@ def fit_command(keys_path: str, queries_path: str, output: str, config: TrainCon
     """
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
+    from amips_plugin.model_artifact import save_model
+    from .training import fit
+
     result = fit(keys, queries, config, progress=not quiet)
     trained = result.model.cpu()
     metadata = result.metadata(keys, len(queries), keys_fingerprint(keys))
@@ -278,6 +280,9 @@ def _quality_line(result: FitResult) -> str:
 @_friendly_errors
 def predict_command(model_path: str, queries_path: str, output: str) -> None:
     """Write the predicted keys ŷ(x), one float32 row per query, to a .npy file."""
+    from amips_plugin.model_artifact import load_model
+    from .inference import predict_keys
+
     model = load_model(model_path).model
     queries = load_vectors(queries_path, "QUERIES")
     _check_model_dim(model.config.dim, queries, "QUERIES")
@@ -298,6 +303,9 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
     (parameters, ρ = parameters / N·d) and its FLOPs per query. For scale it also gives the E_rel
     of the trivial predictor ŷ = ᾱ·x (ᾱ: mean σ(x)), whose match rate is 1 by construction.
     """
+    from amips_plugin.model_artifact import load_model
+    from .metrics import model_report
+
     model = load_model(model_path).model
     keys = load_vectors(keys_path, "KEYS")
     queries = load_vectors(queries_path, "QUERIES", dim=keys.shape[1])
@@ -317,6 +325,8 @@ def evaluate_command(model_path: str, keys_path: str, queries_path: str, as_json
 def inspect_command(model_path: str, as_json: bool) -> None:
     """Verify a model file's checksum and print its header (architecture, training, metrics)."""
     path = regular_file(model_path, "MODEL.amips")
+    from amips_plugin.model_artifact import read_header
+
     header = read_header(_model_file(path))
     if as_json:
         click.echo(_json(header, indent=2, sort_keys=True))
@@ -338,6 +348,8 @@ def inspect_command(model_path: str, as_json: bool) -> None:
 @_friendly_errors
 def quantize_command(model_path: str, output: str, dtype: str) -> None:
     """Rewrite a model file with its weights stored as fp16 or int8."""
+    from amips_plugin.model_artifact import load_model, save_model
+
     loaded = load_model(model_path)
     metadata = {**loaded.header.get("metadata", {}), "quantized_from": loaded.header["dtype"]}
     size = save_model(output, loaded.model, metadata, dtype)
@@ -584,6 +596,8 @@ def pq_build_command(ctx: click.Context, collection: str, subspaces: int, thresh
 
     Searches with `--candidates-from pq` then take their candidates from it and rescore them exactly.
     """
+    from . import pq_build
+
     manifest = pq_build.build(_store(ctx), collection, subspaces, threshold, progress=not quiet)
     ratio = manifest["bytes"] / manifest["keys_fp32_bytes"]
     click.echo(f"{collection}: compressed key store v{manifest['version']}, {manifest['bits_per_key']} bits per key, "
@@ -613,6 +627,9 @@ def route_build_command(ctx: click.Context, collection: str, queries_path: str, 
     --candidates P` then scan the P best-ranked fine lists and rescore their keys exactly.
     """
     queries = load_vectors(queries_path, "QUERIES")
+    from . import route_build
+    from .router_training import RouterTraining
+
     manifest = route_build.build(_store(ctx), collection, queries, lists, sublists, coarse_candidates,
                                   RouterTraining(steps=steps), progress=not quiet)
     click.echo(f"{collection}: routed list index v{manifest['version']}, {manifest['lists']} × {manifest['sublists']} "
@@ -688,6 +705,8 @@ def synth_command(output: str, num_keys: int, dim: int, train_queries: int, test
 
     Files: keys.npy, train_queries.npy, test_queries.npy (float32) and test_argmax.i32.npy
     (the exact MIPS answer of every test query)."""
+    from .targets import exact_top1  # torch
+
     keys, queries = gaussian_mixture(num_keys, train_queries + test_queries, dim, clusters=clusters, seed=seed)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
 
 if TYPE_CHECKING:
-    from .training import TrainConfig
+    from .train_config import TrainConfig
     from .tuning import TuneReport
 
 # QdrantClient calls that change which vectors a collection holds
@@ -218,7 +218,7 @@ class AmipsClient:
         the manifest. `config`: TrainConfig() by default, bounded by its `time_budget` (five minutes); `progress`:
         a progress bar on stderr (None: when stderr is a terminal)."""
         from . import collection_ops  # training code, kept off the query path
-        from .training import TrainConfig
+        from .train_config import TrainConfig
 
         shown = sys.stderr.isatty() if progress is None else progress
         return collection_ops.train(for_vector(self.store, using), collection_name, np.asarray(queries),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -12,7 +12,6 @@ from tqdm import tqdm
 from amips_plugin.core import point_ids
 from amips_plugin.adapters.base import DISTANCES, MANIFEST_SLOTS, VectorStore
 from amips_plugin.adapters.vector_view import for_vector
-from amips_plugin.model_artifact import decode_model, encode_model
 
 from . import model_registry, pending_writes, serving_policy
 from .arrays import check_vectors
@@ -21,7 +20,10 @@ from .fingerprint import KeyFingerprint
 from .freshness import stale_reason
 from .core.manifest_schema import (BlobManifestSchema, ManifestSchema, ModelManifestSchema, PolicyManifestSchema,
                                    as_schema, fix_command)
-from .training import FitResult, TrainConfig, fit
+
+if TYPE_CHECKING:  # training code imports torch: loaded where a model is trained or read
+    from .train_config import TrainConfig
+    from .training import FitResult
 
 log = logging.getLogger("amips")
 INGEST_BATCH = 8192  # points per store call while ingesting (one progress step each)
@@ -244,6 +246,10 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
     """Train on the collection's keys and a query sample; publish the model alongside the collection
     (`build_and_publish`: a compare-and-swap; committed stale when points were added meanwhile)."""
 
+    from amips_plugin.model_artifact import encode_model
+
+    from .training import fit
+
     def build(keys: np.ndarray, ids: np.ndarray, fingerprint: dict[str, Any]) -> Built:
         checked = check_vectors(queries, "queries", dim=keys.shape[1])
         result = fit(keys, checked, config, progress=progress, on_log=on_log)
@@ -258,6 +264,8 @@ def train(store: VectorStore, collection: str, queries: np.ndarray, config: Trai
 def import_model(store: VectorStore, collection: str, blob: bytes) -> dict[str, Any]:
     """Publish a model file's bytes as the collection's model; returns the manifest, committed stale at
     once (in the same manifest write) when the file was fit on other keys than the collection holds."""
+    from amips_plugin.model_artifact import decode_model
+
     loaded = decode_model(blob)
     info = store.info(collection)
     if loaded.model.config.dim != info.dim:

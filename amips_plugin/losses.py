@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCORE_WEIGHT = 0.01
-KEY_WEIGHT = 1.0
+from .train_config import KEY_WEIGHT, SCORE_WEIGHT
 
 
 @dataclass(frozen=True)

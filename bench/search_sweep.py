@@ -27,7 +27,7 @@ from amips_plugin.freshness import stale_reason  # noqa: E402
 from amips_plugin.core.errors import UnknownCollectionError  # noqa: E402
 from amips_plugin.core.timing import latency_ms, one_at_a_time, timed  # noqa: E402
 from amips_plugin.rewriting import MODES, QueryRewriter  # noqa: E402
-from amips_plugin.training import TrainConfig  # noqa: E402
+from amips_plugin.train_config import TrainConfig  # noqa: E402
 from amips_plugin.truth import recall_at_1
 
 LIMIT = 10

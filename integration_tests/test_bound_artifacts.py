@@ -19,7 +19,7 @@ from amips_plugin.core.manifest_schema import BlobManifestSchema
 from amips_plugin import pq_build
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 QUICK = TrainConfig(steps=10, eval_every=10, noise_copies=0, device="cpu", min_match=0.0)
 N, DIM = 3000, 16

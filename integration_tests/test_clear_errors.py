@@ -15,7 +15,7 @@ from amips_plugin.client import AmipsClient
 from amips_plugin.model_artifact import encode_model
 from amips_plugin.core.errors import InputError, InvalidRequestError, StoreError
 from amips_plugin.models import ModelConfig, build_model
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 BACKENDS = ("local-dir", "edge")
 

@@ -16,7 +16,7 @@ from amips_plugin import collection_ops
 from amips_plugin.cli import main
 from amips_plugin.core.errors import InputError
 from amips_plugin.rewriting import QueryRewriter
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

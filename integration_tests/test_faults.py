@@ -28,7 +28,7 @@ from amips_plugin.core.errors import StoreError
 from amips_plugin.core.manifest_schema import ModelManifestSchema
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.synthetic import gaussian_mixture
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

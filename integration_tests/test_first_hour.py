@@ -258,6 +258,46 @@ def test_the_query_path_serves_a_tuned_policy_without_importing_torch(tmp_path):
     assert done.stdout.split() == ["(20,", "5)", "False"]
 
 
+def test_the_cli_commands_that_read_no_model_start_without_importing_torch(tmp_path):
+    """`--help`, `ingest`, `search` and `status` read no model here, so they leave torch (~1.6 s of every command's
+    start) unimported; the training defaults `--help` shows come from train_config. (`tune`, minutes long, imports
+    it for the exact answers: the policy here is published directly.)"""
+    import subprocess
+    import sys
+
+    from amips_plugin import collection_ops as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+    from amips_plugin.adapters import open_store
+
+    rng = np.random.default_rng(10)
+    np.save(tmp_path / "keys.npy", rng.standard_normal((1500, 16)).astype(np.float32))
+    np.save(tmp_path / "queries.npy", rng.standard_normal((300, 16)).astype(np.float32))
+    store = f"edge:{tmp_path / 'store'}"
+    opened = open_store(store)
+    ops.ingest(opened, "c", np.load(tmp_path / "keys.npy"))
+    policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
+    tuning.publish_policy(opened, "c", policy, ops.read_keys(opened, "c")[2], None)
+    opened.close()
+    script = (
+        "import sys\n"
+        "from amips_plugin.cli import main\n"
+        "def run(*args):\n"
+        "    try:\n"
+        f"        main(['--store', {store!r}, *args], standalone_mode=False)\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "run('--help'); run('train', '--help')\n"
+        f"run('ingest', 'd', {str(tmp_path / 'keys.npy')!r})\n"
+        f"run('search', 'c', '--queries', {str(tmp_path / 'queries.npy')!r}, '--mode', 'auto')\n"
+        "run('status', 'c')\n"
+        "print('torch imported:', 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--time-budget" in done.stdout and "torch imported: False" in done.stdout
+    assert "c: 1,500 points" in done.stdout and "policy v1: two-pass" in done.stdout  # the policy stayed fresh
+
+
 def test_scored_points_carry_the_engines_point_version(tmp_path):
     """Issue 24.8: `ScoredPoint.version` was always 0. Qdrant numbers points by the write that last touched
     them, so points written again carry later versions than the rest; through the two-pass policy

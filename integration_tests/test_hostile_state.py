@@ -22,7 +22,7 @@ from amips_plugin.core.errors import ArtifactError, InputError, StoreError
 from amips_plugin.rewriting import QueryRewriter
 from amips_plugin.router_training import RouterTraining
 from amips_plugin.synthetic import gaussian_mixture
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 from amips_plugin import pq_store
 from amips_plugin import pq_build, route_build, router_store
 

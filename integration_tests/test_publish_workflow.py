@@ -5,9 +5,9 @@ import pytest
 
 from amips_plugin.adapters import open_store
 from amips_plugin import collection_ops
-from amips_plugin import pq_build, route_build
+from amips_plugin import pq_build, route_build, training
 from amips_plugin.router_training import RouterTraining
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 
@@ -26,7 +26,7 @@ def _route(store, queries):
 
 
 # each builder's expensive step, which an append will overlap
-BUILDERS = {"train": (_train, collection_ops, "fit"), "pq": (_pq, pq_build, "anisotropic_pq"),
+BUILDERS = {"train": (_train, training, "fit"), "pq": (_pq, pq_build, "anisotropic_pq"),
             "route": (_route, route_build, "fit_router")}
 
 

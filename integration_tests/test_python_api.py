@@ -7,7 +7,7 @@ from qdrant_client import QdrantClient, models
 from amips_plugin.adapters import open_store
 from amips_plugin import collection_ops
 from amips_plugin.client import AmipsClient
-from amips_plugin.training import TrainConfig
+from amips_plugin.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow  # trains models and drives real stores; `pytest -m 'not slow'` skips it
 

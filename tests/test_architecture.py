@@ -25,7 +25,8 @@ FOLDER_IMPORTS = {"core": set(), "adapters": {"core"}, "compression": {"core"},
                   "amips_plugin": {"core", "adapters", "compression"}}  # which other folders each may import
 LAYERS = [  # inside amips_plugin/, lowest first; a package name covers the modules under it
     ("base", ["amips_plugin", "amips_plugin.arrays", "amips_plugin.synthetic", "amips_plugin.fingerprint",
-              "amips_plugin.truth", "amips_plugin.freshness", "amips_plugin.query_bounds"]),
+              "amips_plugin.truth", "amips_plugin.freshness", "amips_plugin.query_bounds",
+              "amips_plugin.train_config"]),
     ("models", ["amips_plugin.models", "amips_plugin.losses", "amips_plugin.metrics", "amips_plugin.targets",
                 "amips_plugin.data", "amips_plugin.inference", "amips_plugin.model_artifact"]),
     ("training", ["amips_plugin.training", "amips_plugin.routing", "amips_plugin.router_training"]),

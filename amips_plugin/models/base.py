@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MODEL_KINDS = ("keynet", "supportnet", "smoothmax")
+from ..train_config import MODEL_KINDS
 
 
 @dataclass(frozen=True)
