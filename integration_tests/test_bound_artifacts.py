@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from amips_plugin import collection_ops as ops
-from amips_plugin import model_registry, serving_policy, tuning
+from amips_plugin import model_registry, serving_policy, training, tuning
 from amips_plugin.adapters import SearchParams, open_store
 from amips_plugin.core.manifest_schema import BlobManifestSchema
 from amips_plugin import pq_build
@@ -124,19 +124,19 @@ def test_an_upsert_racing_the_first_train_is_published_stale(tmp_path, data, bac
     store = open_store(f"edge:{tmp_path}" if backend == "edge" else str(tmp_path / "local"))
     try:
         ops.ingest(store, "c", keys)
-        real_fit = ops.fit
+        real_fit = training.fit  # collection_ops.train imports it when it trains
 
         def fit_while_upserting(*args, **kwargs):
             ops.ingest(store, "c", other[:500], ids=np.arange(500), upsert=True)
             return real_fit(*args, **kwargs)
 
-        monkeypatch.setattr(ops, "fit", fit_while_upserting)
+        monkeypatch.setattr(training, "fit", fit_while_upserting)
         trained = ops.train(store, "c", train_queries, QUICK, progress=False)
         assert trained.manifest["stale"]
         _, report = QueryRewriter(store).search("c", test_queries, 5, mode="replace")
         assert "stale" in report.fallback_reason
 
-        monkeypatch.setattr(ops, "fit", real_fit)  # trained again with nothing racing: fresh
+        monkeypatch.setattr(training, "fit", real_fit)  # trained again with nothing racing: fresh
         assert not ops.train(store, "c", train_queries, QUICK, progress=False).manifest["stale"]
         assert QueryRewriter(store).search("c", test_queries, 5, mode="replace")[1].fallback_reason is None
 
