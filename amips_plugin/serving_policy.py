@@ -32,7 +32,6 @@ Tune-time calibration (the threshold, the classifier, the guard's range) is amip
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -123,9 +122,11 @@ class Effort:
     oversampling: float | None = None
 
     def params(self, base: SearchParams) -> SearchParams:
-        """`base` (a filter, ...) with this pass's knobs."""
-        return dataclasses.replace(base, hnsw_ef=self.ef, oversampling=(
-            base.oversampling if self.oversampling is None else self.oversampling))
+        """`base` (a filter, ...) with this pass's knobs (built directly: `dataclasses.replace` costs 4× as much, on
+        every call of the query path)."""
+        return SearchParams(hnsw_ef=self.ef, exact=base.exact, filter=base.filter,
+                            oversampling=base.oversampling if self.oversampling is None else self.oversampling,
+                            ignore_quantization=base.ignore_quantization)
 
     def below(self, other: "Effort") -> bool:
         """Strictly less search effort: no knob higher than `other`'s, and not the same knobs."""

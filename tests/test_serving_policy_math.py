@@ -184,3 +184,16 @@ def test_a_policy_that_escalated_no_tuning_query_is_not_disabled_by_one_escalati
     for _ in range(64):
         guard.observe(np.ones(1, dtype=bool))
     assert guard.plain_now(may_probe=False)
+
+
+def test_a_pass_keeps_every_knob_of_the_callers_params_but_its_own():
+    """Effort.params builds SearchParams field by field: a field added to SearchParams must be carried too."""
+    import dataclasses
+
+    from amips_plugin.adapters.base import SearchParams
+
+    base = SearchParams(hnsw_ef=7, exact=True, oversampling=3.0, filter={"must": []}, ignore_quantization=True)
+    assert {f.name for f in dataclasses.fields(SearchParams)} == {"hnsw_ef", "exact", "oversampling", "filter",
+                                                                  "ignore_quantization"}
+    assert sp.Effort(64, 2.0).params(base) == dataclasses.replace(base, hnsw_ef=64, oversampling=2.0)
+    assert sp.Effort(64).params(base) == dataclasses.replace(base, hnsw_ef=64)

@@ -1,0 +1,91 @@
+"""What a query costs through each path an application can take on Qdrant Edge, batched and one per call.
+
+On an advised collection (its stored policy read under `auto`) and a float32 copy as ingested (see
+bench/advised_on_test.py for making both): the engine's own API (`EdgeShard.query_batch` / `query`, hit ids
+read) at plain hnsw_ef 64 on each, against `AmipsClient.query_arrays` (numpy in and out) and
+`query_batch_points` / `query_points` (qdrant-client's objects). Interleaved rounds, best of `--repeats`.
+
+    python -m bench.client_paths --dataset squad-train --store edge:runs/advise --collection train --float32 train_f32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as edge
+from qdrant_client import models
+
+from amips_plugin.client import AmipsClient
+from amips_plugin.core.timing import best_times
+from bench.datasets import load_dataset
+
+LIMIT, EF = 10, 64
+
+
+def engine_request(query: list[float], oversampling: float | None) -> edge.QueryRequest:
+    quantization = None if oversampling is None else edge.QuantizationSearchParams(rescore=True,
+                                                                                   oversampling=oversampling)
+    return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(query), with_payload=False, with_vector=False,
+                             params=edge.SearchParams(hnsw_ef=EF, quantization=quantization))
+
+
+def tasks(client: AmipsClient, collection: str, float32: str, queries: np.ndarray,
+          singles: int) -> dict[tuple[str, str], Callable[[], list[Any]]]:
+    """(batch or single, path) -> a call answering the queries with the first hit's id per query."""
+    rows = [q.tolist() for q in queries]
+    shards = {"float32 as made": (client.store._shard(float32), None),  # the engine itself, no amips code
+              "advised": (client.store._shard(collection), 1.0 if client.store.quantized(collection) else None)}
+    out: dict[tuple[str, str], Callable[[], list[Any]]] = {}
+    for name, (shard, factor) in shards.items():
+        out[("batch", f"engine, {name}, ef {EF}")] = lambda shard=shard, factor=factor: [
+            points[0].id for points in shard.query_batch(edge.QueryBatchRequest([engine_request(q, factor)
+                                                                                 for q in rows]))]
+        out[("single", f"engine, {name}, ef {EF}")] = lambda shard=shard, factor=factor: [
+            shard.query(engine_request(q, factor))[0].id for q in rows[:singles]]
+    out[("batch", "query_arrays, auto")] = lambda: list(client.query_arrays(collection, queries, LIMIT)[0][:, 0])
+    out[("batch", "query_batch_points, auto")] = lambda: [r.points[0].id for r in client.query_batch_points(
+        collection, [models.QueryRequest(query=q, limit=LIMIT, with_payload=False) for q in rows])]
+    out[("single", "query_arrays, auto")] = lambda: [client.query_arrays(collection, q[None], LIMIT)[0][0, 0]
+                                                     for q in queries[:singles]]
+    out[("single", "query_points, auto")] = lambda: [client.query_points(
+        collection, query=q, limit=LIMIT, with_payload=False).points[0].id for q in queries[:singles]]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--float32", required=True)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--singles", type=int, default=400, help="queries sent one per call")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    data = load_dataset(args.dataset)
+    queries, truth = data.test_queries[: args.queries], data.test_argmax[: args.queries].astype(np.int64)
+    client = AmipsClient(f"{args.store}")
+    calls = tasks(client, args.collection, args.float32, queries, args.singles)
+    recalls = {}
+    for key, call in calls.items():  # the first call of each also warms it up; ids are row numbers (amips ingest)
+        first_hits = np.array(call(), dtype=np.int64)
+        recalls[key] = float(np.mean(first_hits == truth[: len(first_hits)]))
+    rows = {}
+    for (kind, path), seconds in best_times(calls, args.repeats).items():
+        count = args.singles if kind == "single" else len(queries)
+        rows[f"{kind} | {path}"] = {"us_per_query": seconds / count * 1e6, "qps": count / seconds,
+                                    "recall@1": recalls[(kind, path)]}
+        print(f"{kind:6s} {path:36s} {seconds / count * 1e6:7.1f} µs {count / seconds:9,.0f} q/s  "
+              f"recall@1 {recalls[(kind, path)]:.4f}")
+    if args.out:
+        args.out.write_text(json.dumps({"dataset": args.dataset, "repeats": args.repeats, "rows": rows}, indent=1)
+                            + "\n")
+
+
+if __name__ == "__main__":
+    main()
