@@ -228,23 +228,28 @@ def test_query_arrays_answers_as_query_points_does_without_its_objects(tmp_path)
         client.close()
 
 
+def _edge_collection_with_a_model_free_policy(store_spec: str, keys: np.ndarray) -> None:
+    """Collection "c" of `keys` with a two-pass s1 policy published directly (no torch, no tuning run)."""
+    from amips_plugin import collection_ops as ops
+    from amips_plugin import serving_policy as sp
+    from amips_plugin import tuning
+    from amips_plugin.adapters import open_store
+
+    store = open_store(store_spec)
+    ops.ingest(store, "c", keys)
+    policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
+    tuning.publish_policy(store, "c", policy, ops.read_keys(store, "c")[2], None)
+    store.close()
+
+
 def test_the_query_path_serves_a_tuned_policy_without_importing_torch(tmp_path):
     """torch is imported only once a model is read: an application serving plain or model-free two-pass policies
     starts in ~1 s instead of ~3 s, and its garbage collector walks ~110,000 objects instead of ~250,000."""
     import subprocess
     import sys
 
-    from amips_plugin import collection_ops as ops
-    from amips_plugin import serving_policy as sp
-    from amips_plugin import tuning
-    from amips_plugin.adapters import open_store
-
-    rng = np.random.default_rng(9)
-    store = open_store(f"edge:{tmp_path}")
-    ops.ingest(store, "c", rng.standard_normal((2000, 16)).astype(np.float32))
-    policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
-    tuning.publish_policy(store, "c", policy, ops.read_keys(store, "c")[2], None)
-    store.close()
+    _edge_collection_with_a_model_free_policy(f"edge:{tmp_path}", np.random.default_rng(9).standard_normal(
+        (2000, 16)).astype(np.float32))
     script = (
         "import sys, numpy as np\n"
         "from amips_plugin.client import AmipsClient\n"
@@ -265,20 +270,11 @@ def test_the_cli_commands_that_read_no_model_start_without_importing_torch(tmp_p
     import subprocess
     import sys
 
-    from amips_plugin import collection_ops as ops
-    from amips_plugin import serving_policy as sp
-    from amips_plugin import tuning
-    from amips_plugin.adapters import open_store
-
     rng = np.random.default_rng(10)
     np.save(tmp_path / "keys.npy", rng.standard_normal((1500, 16)).astype(np.float32))
     np.save(tmp_path / "queries.npy", rng.standard_normal((300, 16)).astype(np.float32))
     store = f"edge:{tmp_path / 'store'}"
-    opened = open_store(store)
-    ops.ingest(opened, "c", np.load(tmp_path / "keys.npy"))
-    policy = sp.Policy("two-pass", 8, 64, "s1", -1.0, fallback_ef=48, break_even=0.5)
-    tuning.publish_policy(opened, "c", policy, ops.read_keys(opened, "c")[2], None)
-    opened.close()
+    _edge_collection_with_a_model_free_policy(store, np.load(tmp_path / "keys.npy"))
     script = (
         "import sys\n"
         "from amips_plugin.cli import main\n"
