@@ -111,7 +111,7 @@ class AmipsClient:
                 responses[index] = self._pass_through(collection_name, request, **kwargs)
         for indexes in groups.values():
             batch = [requests[i] for i in indexes]
-            with gc_paused():  # the answer's many short-lived objects (core/gc_pause.py)
+            with gc_paused():  # qdrant-client's objects of the answer too (core/gc_pause.py)
                 answers = self._rewritten(collection_name, batch, mode, candidates)
             for i, response in zip(indexes, answers):
                 responses[i] = response
@@ -125,10 +125,8 @@ class AmipsClient:
         and -inf. The query path of `query_points` (the mode, the tuned policy, the filter, `last_report`)
         without qdrant-client's request and `ScoredPoint` objects: building those costs more than the engine's
         own search of a query on Edge (docs/performance.md, "the client's layer")."""
-        with gc_paused():  # the engine's short-lived hits (core/gc_pause.py)
-            result, report = self.rewriter(using).search(collection_name, np.asarray(queries), limit,
-                                                         mode or self.mode, self.candidates,
-                                                         SearchParams(filter=query_filter))
+        result, report = self.rewriter(using).search(collection_name, np.asarray(queries), limit, mode or self.mode,
+                                                     self.candidates, SearchParams(filter=query_filter))
         self._local.report = report
         return result.ids, result.scores
 

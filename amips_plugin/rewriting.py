@@ -44,6 +44,7 @@ from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, 
 
 from . import model_registry, serving_policy
 from .core.errors import AmipsError, InputError, StoreError
+from .core.gc_pause import gc_paused
 from .core.manifest_schema import BlobManifestSchema, ModelManifestSchema, as_schema
 from .freshness import stale_reason
 from .query_bounds import check_queries, check_search_inputs
@@ -184,6 +185,7 @@ class QueryRewriter:
             self._cache[(collection, "model")] = (stored.manifest.sha256, stored, None)
         return stored.loaded.model, stored.manifest, None
 
+    @gc_paused()  # the engine's many short-lived hits (core/gc_pause.py); every caller of the query path
     def search(self, collection: str, queries: np.ndarray, limit: int, mode: str = "hybrid",
                candidates: int | None = None, params: SearchParams = SearchParams(),
                candidate_source: str = "engine") -> tuple[SearchResult, SearchReport]:
@@ -268,11 +270,12 @@ class QueryRewriter:
             report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
                                 "calibrated without filters)")
             return self.store.search(collection, queries, limit, plain.params(params)), report
-        guard = self._shift_guard(collection, policy) if policy.two_pass_for(len(queries)) else None
+        two_pass = policy.two_pass_for(len(queries))  # serve decides alike: a smaller call is searched plainly
+        guard = self._shift_guard(collection, policy) if two_pass else None
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
         report.escalated = int(escalated.sum())
-        if policy.kind == "two-pass" and not policy.two_pass_for(len(queries)):  # serve searched plainly
+        if policy.kind == "two-pass" and not two_pass:
             report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
                                 f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
             return result, report

@@ -1,8 +1,9 @@
 """What `train` and `fit` are asked to do: the training settings and the model kinds, free of torch.
 
 Kept apart from training.py (which imports torch) so that the CLI can offer these defaults as its options, and
-the query path and the commands that read no model (`status`, `search`, `tune`, `advise`, `--help`) start without
-importing torch (~1.6 s). The loss weights w_s and w_t are losses.py's (the paper's score and key terms).
+the query path and the commands that read no model (`--help`, `ingest`, `search`, `status`) start without
+importing torch (~1.6 s); `tune` and `advise` import it for the exact answers (targets.py). The loss weights
+w_s and w_t are losses.py's (the paper's score and key terms).
 """
 from __future__ import annotations
 

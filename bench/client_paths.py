@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load_dataset(args.dataset)
     queries, truth = data.test_queries[: args.queries], data.test_argmax[: args.queries].astype(np.int64)
-    client = AmipsClient(f"{args.store}")
+    client = AmipsClient(args.store)
     calls = tasks(client, args.collection, args.float32, queries, args.singles)
     recalls = {}
     for key, call in calls.items():  # the first call of each also warms it up; ids are row numbers (amips ingest)
