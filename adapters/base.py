@@ -192,21 +192,36 @@ def engine_search_params(params: SearchParams, api: Any) -> Any:
 
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
-    counts = [min(len(points), limit) for points in responses]
-    flat = [point for points in responses for point in points[:limit]]
-    ids = point_ids.as_id_array([point.id for point in flat])
+    flat = responses[0][:limit] if len(responses) == 1 else [point for points in responses for point in points[:limit]]
+    ids = _hit_ids([point.id for point in flat])
     scores = np.array([point.score for point in flat], dtype=np.float32)
-    versions = np.array([point.version or 0 for point in flat], dtype=np.int64)
-    if all(count == limit for count in counts):  # the common case: every row full, nothing to pad
+    versions = [point.version for point in flat]
+    try:
+        version_array = np.array(versions, dtype=np.int64)
+    except TypeError:  # a store that leaves some version unset
+        version_array = np.array([version or 0 for version in versions], dtype=np.int64)
+    if len(flat) == len(responses) * limit:  # the common case: every row full, nothing to pad
         shape = (len(responses), limit)
-        return SearchResult(ids.reshape(shape), scores.reshape(shape), versions.reshape(shape))
+        return SearchResult(ids.reshape(shape), scores.reshape(shape), version_array.reshape(shape))
     result = SearchResult.empty(len(responses), limit, text=point_ids.is_text(ids))
-    filled = np.arange(limit) < np.array(counts, dtype=np.int64)[:, None]
+    counts = np.array([min(len(points), limit) for points in responses], dtype=np.int64)
+    filled = np.arange(limit) < counts[:, None]
     result.ids[filled] = ids  # a boolean mask fills row by row, in the order of `flat`
     result.scores[filled] = scores
     assert result.versions is not None
-    result.versions[filled] = versions
+    result.versions[filled] = version_array
     return result
+
+
+def _hit_ids(ids: list[Any]) -> np.ndarray:
+    """The ids of search hits as an id array (`point_ids.as_id_array`). The engine's integer ids are unsigned, so
+    a list of ints is converted in one call (one overflowing int64 takes the general path)."""
+    if set(map(type, ids)) == {int}:
+        try:
+            return np.array(ids, dtype=np.int64)
+        except OverflowError:
+            pass
+    return point_ids.as_id_array(ids)
 
 
 VectorSpaces = tuple[dict[str, tuple[int, str]], dict[str, str]]

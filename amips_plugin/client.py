@@ -40,7 +40,7 @@ from amips_plugin.adapters.qdrant_client_store import QdrantClientStore
 from amips_plugin.adapters.vector_view import for_vector
 
 from .core.errors import InputError, InvalidRequestError
-from .core.gc_pause import gc_paused
+from .core.gc_pause import paused_for
 from .core.limits import MAX_LIMIT
 from .rewriting import QueryRewriter, SearchReport
 from .side_indexes import SIDE_INDEXES
@@ -111,7 +111,7 @@ class AmipsClient:
                 responses[index] = self._pass_through(collection_name, request, **kwargs)
         for indexes in groups.values():
             batch = [requests[i] for i in indexes]
-            with gc_paused():  # qdrant-client's objects of the answer too (core/gc_pause.py)
+            with paused_for(len(batch)):  # qdrant-client's objects of the answer too (core/gc_pause.py)
                 answers = self._rewritten(collection_name, batch, mode, candidates)
             for i, response in zip(indexes, answers):
                 responses[i] = response
@@ -142,19 +142,18 @@ class AmipsClient:
         result, report = self.rewriter(first.using).search(collection, queries, offset + limit, mode or self.mode,
                                                            candidates or self.candidates, params)
         self._local.report = report
-        keep = point_ids.present(result.ids)
-        if first.score_threshold is not None:
-            keep &= result.scores >= first.score_threshold
         versions = result.versions if result.versions is not None else np.zeros(result.ids.shape, dtype=np.int64)
-        if offset == 0 and keep.all():  # every row full and kept: no per-row selection
-            rows = list(zip(result.ids, result.scores, versions))
+        if offset == 0 and first.score_threshold is None and not point_ids.padding_in(result.ids[:, -1]):
+            rows = [result.ids, result.scores, versions]  # every row full (rows fill from the left): kept whole
         else:
-            rows = [(ids[mask][offset:], scores[mask][offset:], version[mask][offset:])
-                    for ids, scores, version, mask in zip(result.ids, result.scores, versions, keep)]
-        extras = self._extras(collection, [(ids, scores) for ids, scores, _ in rows], first.with_payload,
-                              first.with_vector)
+            keep = point_ids.present(result.ids)
+            if first.score_threshold is not None:
+                keep &= result.scores >= first.score_threshold
+            rows = [[part[mask][offset:] for part, mask in zip(array, keep)]
+                    for array in (result.ids, result.scores, versions)]
+        extras = self._extras(collection, list(rows[0]), first.with_payload, first.with_vector)
         return [_response(point_ids.to_qdrant_list(ids), scores.tolist(), version.tolist(), extras)
-                for ids, scores, version in rows]
+                for ids, scores, version in zip(*rows)]
 
     def rewriter(self, using: str | None = None) -> QueryRewriter:
         """The query path of one vector (the default one for None); each caches its model."""
@@ -172,12 +171,12 @@ class AmipsClient:
             return False
         return True
 
-    def _extras(self, collection: str, rows: list[tuple[np.ndarray, np.ndarray]], with_payload: Any,
+    def _extras(self, collection: str, rows: list[np.ndarray], with_payload: Any,
                 with_vectors: Any) -> dict[Any, tuple[Any, Any]]:
-        """Payloads and vectors of every returned point, in one store call."""
+        """Payloads and vectors of every returned point (`rows`: each response's ids), in one store call."""
         if not with_payload and not with_vectors:
             return {}
-        ids = point_ids.concatenate([ids for ids, _ in rows])
+        ids = point_ids.concatenate(rows)
         if not len(ids):
             return {}
         payload, exclude = _payload_selector(with_payload)

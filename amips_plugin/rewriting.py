@@ -44,7 +44,7 @@ from amips_plugin.adapters.base import SearchParams, SearchResult, VectorStore, 
 
 from . import model_registry, serving_policy
 from .core.errors import AmipsError, InputError, StoreError
-from .core.gc_pause import gc_paused
+from .core.gc_pause import paused_for
 from .core.manifest_schema import BlobManifestSchema, ModelManifestSchema, as_schema
 from .freshness import stale_reason
 from .query_bounds import check_queries, check_search_inputs
@@ -58,6 +58,7 @@ MODES = ("off", "replace", "hybrid", "auto")
 CANDIDATE_SOURCES = ("engine", *SIDE_INDEXES)
 RESCORE_BATCH = 256  # queries whose side-index candidates are fetched from the store in one call
 _Loaded = TypeVar("_Loaded")
+_NOT_READ = "not read"  # a manifest token the kept answer does not depend on (a model-free policy's model)
 
 
 @dataclass
@@ -185,10 +186,17 @@ class QueryRewriter:
             self._cache[(collection, "model")] = (stored.manifest.sha256, stored, None)
         return stored.loaded.model, stored.manifest, None
 
-    @gc_paused()  # the engine's many short-lived hits (core/gc_pause.py); every caller of the query path
     def search(self, collection: str, queries: np.ndarray, limit: int, mode: str = "hybrid",
                candidates: int | None = None, params: SearchParams = SearchParams(),
                candidate_source: str = "engine") -> tuple[SearchResult, SearchReport]:
+        """`queries` (M, d) answered in `mode` (see above), with Python's collector paused for a batch: the
+        engine's many short-lived hits (core/gc_pause.py), for every caller of the query path."""
+        queries = np.asarray(queries)
+        with paused_for(len(queries) if queries.ndim else 0):
+            return self._search(collection, queries, limit, mode, candidates, params, candidate_source)
+
+    def _search(self, collection: str, queries: np.ndarray, limit: int, mode: str, candidates: int | None,
+                params: SearchParams, candidate_source: str) -> tuple[SearchResult, SearchReport]:
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; expected one of {MODES}")
         if candidate_source not in CANDIDATE_SOURCES:
@@ -198,12 +206,14 @@ class QueryRewriter:
         if params.oversampling is not None and self.store.quantized(collection) is False:
             raise InputError(f"oversampling applies to a scalar-quantized collection; {collection!r} keeps no int8 "
                              "copies (create it with --scalar-quantization), so leave --oversampling out")
-        queries = check_queries(np.asarray(queries), info.dim)
-        report = SearchReport(mode=mode)
+        queries = check_queries(queries, info.dim)
         if mode == "auto":
             if candidate_source != "engine":
                 raise InputError("--mode auto searches the engine; it cannot take --candidates-from")
             return self._auto(collection, queries, limit, params, info.dim, info.count)
+        if mode == "off" and candidate_source == "engine":  # plain search: one store call, nothing to group
+            return self.store.search(collection, queries, limit, params), SearchReport(mode="off", plain=len(queries))
+        report = SearchReport(mode=mode)
         L = candidates or default_candidates(limit)
         side_index = None
         if candidate_source != "engine" and params.filter is not None:
@@ -251,11 +261,7 @@ class QueryRewriter:
               count: int) -> tuple[SearchResult, SearchReport]:
         """The stored serving policy, or plain search (with the reason) when it is missing or stale."""
         report = SearchReport(mode="auto", plain=len(queries))
-        tokens = (self._token(collection, serving_policy.SLOT), self._token(collection), dim, count,
-                  self._stamp(collection))
-        policy, model, reason = self._kept(
-            collection, serving_policy.SLOT, tokens,
-            lambda: serving_policy.stored_policy(self.store, collection, dim, count, self.model_for))
+        policy, model, reason = self._stored_policy(collection, dim, count)
         if policy is None:
             self._warn_once(f"amips: plain search for {collection!r}: {reason}")
             report.fallback_reason = reason
@@ -270,15 +276,17 @@ class QueryRewriter:
             report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
                                 "calibrated without filters)")
             return self.store.search(collection, queries, limit, plain.params(params)), report
-        two_pass = policy.two_pass_for(len(queries))  # serve decides alike: a smaller call is searched plainly
-        guard = self._shift_guard(collection, policy) if two_pass else None
+        if policy.kind == "plain":
+            report.notes.append(f"{policy.describe()}; 0 of {len(queries)} queries escalated")
+            return self.store.search(collection, queries, limit, policy.first.params(params)), report
+        if not policy.two_pass_for(len(queries)):  # serve decides alike: a smaller call is searched plainly
+            report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
+                                f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
+            return self.store.search(collection, queries, limit, plain.params(params)), report
+        guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)
         report.escalated = int(escalated.sum())
-        if policy.kind == "two-pass" and not two_pass:
-            report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
-                                f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
-            return result, report
         report.notes.append(f"{policy.describe()}; {report.escalated} of {len(queries)} queries escalated")
         if guard is not None and guard.answered_plain > guarded_before:
             report.notes.append(
@@ -289,6 +297,25 @@ class QueryRewriter:
                             "they are escalated more often than the tuned policy pays for (new topics?); "
                             "re-run `amips tune` on such queries")
         return result, report
+
+    def _stored_policy(self, collection: str, dim: int,
+                       count: int) -> tuple[serving_policy.Policy | None, MIPSModel | None, str | None]:
+        """`serving_policy.stored_policy`, kept between calls while the policy's manifest (and, for a policy that
+        reads the model, the model's), the collection's count and write stamp are the same."""
+        slot = (collection, serving_policy.SLOT)
+        policy_token, stamp = self._token(collection, serving_policy.SLOT), self._stamp(collection)
+        kept = self._usable.get(slot)
+        if kept is not None:
+            model_token = self._token(collection) if kept[1][0].uses_model else _NOT_READ
+            if kept[0] == (policy_token, model_token, dim, count, stamp):
+                return kept[1]
+        model_token = self._token(collection)
+        found = serving_policy.stored_policy(self.store, collection, dim, count, self.model_for)
+        if found[0] is not None:  # only a usable policy is kept: a failure is re-checked on the next call
+            tokens = (policy_token, model_token if found[0].uses_model else _NOT_READ, dim, count, stamp)
+            if None not in tokens:
+                self._usable[slot] = (tokens, found)
+        return found
 
     def _shift_guard(self, collection: str, policy: serving_policy.Policy) -> serving_policy.ShiftGuard | None:
         """One guard per collection and policy behaviour (kept across calls: it watches the query stream)."""

@@ -215,6 +215,10 @@ class Policy:
             self.certificate == "classifier" and self.classifier is not None and len(self.classifier.mean) == 4))
 
     def describe(self) -> str:
+        return self._description
+
+    @functools.cached_property  # the query path notes it on every call; the fields are frozen
+    def _description(self) -> str:
         if self.kind == "plain":
             return f"plain search at {self.first.describe()}"
         share = self.measured.get("escalated")

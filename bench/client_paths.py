@@ -1,9 +1,11 @@
 """What a query costs through each path an application can take on Qdrant Edge, batched and one per call.
 
 On an advised collection (its stored policy read under `auto`) and a float32 copy as ingested (see
-bench/advised_on_test.py for making both): the engine's own API (`EdgeShard.query_batch` / `query`, hit ids
-read) at plain hnsw_ef 64 on each, against `AmipsClient.query_arrays` (numpy in and out) and
-`query_batch_points` / `query_points` (qdrant-client's objects). Interleaved rounds, best of `--repeats`.
+bench/advised_on_test.py for making both): the engine's own API (`EdgeShard.query_batch` / `query`, each query's
+numpy vector turned into the list the engine takes, hit ids read) at plain hnsw_ef 64 on each, against
+`AmipsClient.query_arrays` (numpy in and out) and `query_batch_points` / `query_points` (qdrant-client's
+objects), under `auto` and under `off` at plain hnsw_ef 64 (plain search through the same client). Interleaved
+rounds, best of `--repeats`.
 
     python -m bench.client_paths --dataset squad-train --store edge:runs/advise --collection train --float32 train_f32
 """
@@ -26,17 +28,17 @@ from bench.datasets import load_dataset
 LIMIT, EF = 10, 64
 
 
-def engine_request(query: list[float], oversampling: float | None) -> edge.QueryRequest:
+def engine_request(query: np.ndarray, oversampling: float | None) -> edge.QueryRequest:
     quantization = None if oversampling is None else edge.QuantizationSearchParams(rescore=True,
                                                                                    oversampling=oversampling)
-    return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(query), with_payload=False, with_vector=False,
-                             params=edge.SearchParams(hnsw_ef=EF, quantization=quantization))
+    return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(query.tolist()), with_payload=False,
+                             with_vector=False, params=edge.SearchParams(hnsw_ef=EF, quantization=quantization))
 
 
 def tasks(client: AmipsClient, collection: str, float32: str, queries: np.ndarray,
           singles: int) -> dict[tuple[str, str], Callable[[], list[Any]]]:
     """(batch or single, path) -> a call answering the queries with the first hit's id per query."""
-    rows = [q.tolist() for q in queries]
+    rows = list(queries)  # float32 vectors, as an embedding model hands them over: every path converts its own
     shards = {"float32 as made": (client.store._shard(float32), None),  # the engine itself, no amips code
               "advised": (client.store._shard(collection), 1.0 if client.store.quantized(collection) else None)}
     out: dict[tuple[str, str], Callable[[], list[Any]]] = {}
@@ -48,11 +50,19 @@ def tasks(client: AmipsClient, collection: str, float32: str, queries: np.ndarra
             shard.query(engine_request(q, factor))[0].id for q in rows[:singles]]
     out[("batch", "query_arrays, auto")] = lambda: list(client.query_arrays(collection, queries, LIMIT)[0][:, 0])
     out[("batch", "query_batch_points, auto")] = lambda: [r.points[0].id for r in client.query_batch_points(
-        collection, [models.QueryRequest(query=q, limit=LIMIT, with_payload=False) for q in rows])]
+        collection, [models.QueryRequest(query=q.tolist(), limit=LIMIT, with_payload=False) for q in rows])]
     out[("single", "query_arrays, auto")] = lambda: [client.query_arrays(collection, q[None], LIMIT)[0][0, 0]
                                                      for q in queries[:singles]]
     out[("single", "query_points, auto")] = lambda: [client.query_points(
         collection, query=q, limit=LIMIT, with_payload=False).points[0].id for q in queries[:singles]]
+    plain = models.SearchParams(hnsw_ef=EF, quantization=models.QuantizationSearchParams(oversampling=1.0)
+                                if client.store.quantized(collection) else None)
+    out[("batch", f"query_batch_points, off, ef {EF}")] = lambda: [r.points[0].id for r in client.query_batch_points(
+        collection, [models.QueryRequest(query=q.tolist(), limit=LIMIT, with_payload=False, params=plain)
+                     for q in rows], mode="off")]
+    out[("single", f"query_points, off, ef {EF}")] = lambda: [client.query_points(
+        collection, query=q, limit=LIMIT, with_payload=False, search_params=plain, mode="off").points[0].id
+        for q in queries[:singles]]
     return out
 
 

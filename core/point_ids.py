@@ -90,6 +90,11 @@ def present(ids: np.ndarray) -> np.ndarray:
     return ids != padding(ids)
 
 
+def padding_in(ids: np.ndarray) -> bool:
+    """Whether any of `ids` is padding."""
+    return bool((ids == padding(ids)).any())
+
+
 def padded(shape: tuple[int, ...], text: bool = False) -> np.ndarray:
     return np.full(shape, TEXT_PAD, dtype=TEXT_DTYPE) if text else np.full(shape, INT_PAD, dtype=np.int64)
 

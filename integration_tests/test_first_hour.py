@@ -353,15 +353,19 @@ def test_edge_reads_no_manifest_per_query_once_the_policy_is_known(tmp_path, mon
         view = for_vector(client.store, using)
         tuning.publish_policy(view, "docs", sp.Policy("plain", 32), read_keys(view, "docs")[2], None)
         client.query_points("docs", query=queries[0], using=using, limit=5)
-        reads = Counter()
-        real = edge_store.EdgeStore._read_manifest_file
+        reads, tokens = Counter(), Counter()
+        real, real_token = edge_store.EdgeStore._read_manifest_file, edge_store.EdgeStore.manifest_token
         monkeypatch.setattr(edge_store.EdgeStore, "_read_manifest_file",
                             staticmethod(lambda *a: reads.update(["read"]) or real(*a)))
+        monkeypatch.setattr(edge_store.EdgeStore, "manifest_token", lambda self, c, slot="model": tokens.update(
+            [slot.split("@")[0]]) or real_token(self, c, slot))
         for query in queries:
             client.query_points("docs", query=query, using=using, limit=5)
         report = client.last_report
         assert report.fallback_reason is None and "plain search at hnsw_ef 32" in report.notes[0]
         assert reads["read"] == 0
+        # one file stat a query, the policy's: a policy that reads no model does not watch the model's manifest
+        assert tokens == {"policy": len(queries)}
     finally:
         client.close()
 

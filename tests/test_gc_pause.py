@@ -2,7 +2,7 @@
 import gc
 import threading
 
-from amips_plugin.core.gc_pause import gc_paused
+from amips_plugin.core.gc_pause import PAUSE_FROM, gc_paused, paused_for
 
 
 def test_the_collector_is_off_inside_and_back_on_after_even_when_the_call_raises():
@@ -43,3 +43,11 @@ def test_an_application_that_turned_the_collector_off_keeps_it_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_call_of_a_few_queries_is_not_paused_and_a_batch_is():
+    with paused_for(PAUSE_FROM - 1):
+        assert gc.isenabled()  # a single query's few objects trigger no collection; the pause would cost more
+    with paused_for(PAUSE_FROM):
+        assert not gc.isenabled()
+    assert gc.isenabled()
