@@ -123,10 +123,16 @@ class Effort:
 
     def params(self, base: SearchParams) -> SearchParams:
         """`base` (a filter, ...) with this pass's knobs (built directly: `dataclasses.replace` costs 4× as much, on
-        every call of the query path)."""
+        every call of the query path; with no knob of the caller's, built once)."""
+        if base.filter is None and base.oversampling is None and not base.exact and not base.ignore_quantization:
+            return self._own_params
         return SearchParams(hnsw_ef=self.ef, exact=base.exact, filter=base.filter,
                             oversampling=base.oversampling if self.oversampling is None else self.oversampling,
                             ignore_quantization=base.ignore_quantization)
+
+    @functools.cached_property
+    def _own_params(self) -> SearchParams:
+        return SearchParams(hnsw_ef=self.ef, oversampling=self.oversampling)
 
     def below(self, other: "Effort") -> bool:
         """Strictly less search effort: no knob higher than `other`'s, and not the same knobs."""
