@@ -28,6 +28,13 @@ SciFact trial). The exact answers are recomputed over those keys. Two stores:
 
 Timing: interleaved rounds, best of --repeats; recall@1 of the exact argmax on --test-queries unseen
 test questions. The numbers are this machine's; quote the ratios.
+
+Samples: the --tune-queries training questions and the --test-queries test questions are drawn at random
+(SAMPLE_SEED), as an application would sample its traffic. squad-train's query files are ordered by article, so
+their first rows are a few articles' questions: on a float32 HNSW shard of all its keys, plain ef 48 reaches
+recall@1 0.992 on the first 4,000 training questions against 0.987 on 20,000 drawn at random (0.9845 on the
+first 2,000 test questions, 0.988 on 2,000 drawn at random). Runs before 2026-12-03 19:30 UTC took the first
+rows, and `tune` certified on such a sample an hnsw_ef that missed 0.99 on the test questions.
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 OVERSAMPLING = (1.0, 2.0)  # plain search's rescoring on a quantized collection
 LIMIT = 10
 TRIAL_SAMPLE = 807  # the trial's tuning sample
+SAMPLE_SEED = 0  # tuning and test questions are drawn at random (module docstring, "Samples")
 
 
 def log(message: str) -> None:
@@ -254,11 +262,12 @@ def main() -> None:
     data = load_dataset("squad-train")
     keys = data.keys[:args.keys]
     ids, payloads = users_points(keys)
-    tune_queries = data.train_queries[:args.tune_queries]
-    test = data.test_queries[:args.test_queries]
+    rng = np.random.default_rng(SAMPLE_SEED)  # the files are ordered by article: their first rows are a few articles
+    tune_queries = data.train_queries[np.sort(rng.choice(len(data.train_queries), args.tune_queries, replace=False))]
+    test = data.test_queries[np.sort(rng.choice(len(data.test_queries), args.test_queries, replace=False))]
     truth = [ids[i] for i in exact_top1(keys, test).index]
     result = {"dataset": f"squad-train, first {args.keys:,} keys", "tune_queries": len(tune_queries),
-              "test_queries": len(test), "limit": LIMIT, "repeats": args.repeats,
+              "test_queries": len(test), "sample_seed": SAMPLE_SEED, "limit": LIMIT, "repeats": args.repeats,
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     with tempfile.TemporaryDirectory(prefix="amips-first-hour-") as root:
         if "local" in args.stores:
