@@ -33,7 +33,7 @@ Samples: the --tune-queries training questions and the --test-queries test quest
 (SAMPLE_SEED), as an application would sample its traffic. squad-train's query files are ordered by article, so
 their first rows are a few articles' questions: on a float32 HNSW shard of all its keys, plain ef 48 reaches
 recall@1 0.992 on the first 4,000 training questions against 0.987 on 20,000 drawn at random (0.9845 on the
-first 2,000 test questions, 0.988 on 2,000 drawn at random). Runs before 2026-12-03 19:30 UTC took the first
+first 2,000 test questions, 0.988 on 2,000 drawn at random). Runs before 2026-12-03 19:10 UTC took the first
 rows, and `tune` certified on such a sample an hnsw_ef that missed 0.99 on the test questions.
 """
 from __future__ import annotations
