@@ -143,15 +143,16 @@ class AmipsClient:
                                                            candidates or self.candidates, params)
         self._local.report = report
         versions = result.versions if result.versions is not None else np.zeros(result.ids.shape, dtype=np.int64)
+        rows: list[list[np.ndarray]]  # ids, scores and versions, one array per response
         if offset == 0 and first.score_threshold is None and not point_ids.padding_in(result.ids[:, -1]):
-            rows = [result.ids, result.scores, versions]  # every row full (rows fill from the left): kept whole
+            rows = [list(result.ids), list(result.scores), list(versions)]  # all full (rows fill from the left)
         else:
             keep = point_ids.present(result.ids)
             if first.score_threshold is not None:
                 keep &= result.scores >= first.score_threshold
             rows = [[part[mask][offset:] for part, mask in zip(array, keep)]
                     for array in (result.ids, result.scores, versions)]
-        extras = self._extras(collection, list(rows[0]), first.with_payload, first.with_vector)
+        extras = self._extras(collection, rows[0], first.with_payload, first.with_vector)
         return [_response(point_ids.to_qdrant_list(ids), scores.tolist(), version.tolist(), extras)
                 for ids, scores, version in zip(*rows)]
 
