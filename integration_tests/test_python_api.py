@@ -147,3 +147,29 @@ def test_a_model_is_refreshed_while_the_application_serves(tmp_path, mixture):
     trainer.join()
     assert versions == {first["version"], first["version"] + 1}
     client.close()
+
+
+def test_a_batch_is_grouped_by_equal_options_whichever_objects_carry_them(tmp_path, mixture):
+    """`query_batch_points` answers requests with equal options in one store call: equal filters given as distinct
+    objects share a call, different filters and limits do not, and every answer is its own request's."""
+    keys, _, test = mixture
+    store = open_store(f"edge:{tmp_path / 'edge'}")
+    collection_ops.ingest(store, "docs", keys, payloads=[{"group": n % 4} for n in range(len(keys))])
+    client = AmipsClient(store, mode="off")
+
+    def group(value: int) -> models.Filter:
+        return models.Filter(must=[models.FieldCondition(key="group", match=models.MatchValue(value=value))])
+
+    exact, one, same_as_one, two = models.SearchParams(exact=True), group(1), group(1), group(2)
+    options = [(one, 3), (same_as_one, 3), (two, 3), (one, 5)] * 6
+    calls = []
+    search = store.search
+    store.search = lambda *args, **kw: calls.append(len(args[1])) or search(*args, **kw)
+    responses = client.query_batch_points("docs", [models.QueryRequest(query=q.tolist(), limit=limit, filter=flt,
+                                                                       params=exact)
+                                                   for q, (flt, limit) in zip(test, options)])
+    assert sorted(calls) == [6, 6, 12]  # (group 1, limit 3) twice over, (group 2, 3), (group 1, 5)
+    for response, q, (flt, limit) in zip(responses, test, options):
+        allowed = np.flatnonzero(np.arange(len(keys)) % 4 == flt.must[0].match.value)
+        assert [p.id for p in response.points] == allowed[np.argsort(-(keys[allowed] @ q))[:limit]].tolist()
+    client.close()
