@@ -193,7 +193,7 @@ def engine_search_params(params: SearchParams, api: Any) -> Any:
 def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchResult:
     """Scored points (anything with .id, .score and .version), one list per query, as padded arrays."""
     flat = responses[0][:limit] if len(responses) == 1 else [point for points in responses for point in points[:limit]]
-    ids = _hit_ids([point.id for point in flat])
+    ids = point_ids.as_id_array([point.id for point in flat], unsigned=True)
     scores = np.array([point.score for point in flat], dtype=np.float32)
     versions = [point.version for point in flat]
     try:
@@ -211,17 +211,6 @@ def collect_results(responses: Sequence[Sequence[Any]], limit: int) -> SearchRes
     assert result.versions is not None
     result.versions[filled] = version_array
     return result
-
-
-def _hit_ids(ids: list[Any]) -> np.ndarray:
-    """The ids of search hits as an id array (`point_ids.as_id_array`). The engine's integer ids are unsigned, so
-    a list of ints is converted in one call (one overflowing int64 takes the general path)."""
-    if set(map(type, ids)) == {int}:
-        try:
-            return np.array(ids, dtype=np.int64)
-        except OverflowError:
-            pass
-    return point_ids.as_id_array(ids)
 
 
 VectorSpaces = tuple[dict[str, tuple[int, str]], dict[str, str]]

@@ -178,7 +178,7 @@ class EdgeStore(VectorStore):
         self._shards: dict[str, edge.EdgeShard] = {}
         self._configs: dict[str, dict[str, Any]] = {}  # collection -> its shard's edge_config.json
         self._spaces: dict[str, VectorSpaces] = {}
-        self._counts: dict[tuple[str, str | None], CollectionInfo] = {}  # (collection, using) -> its point count
+        self._infos: dict[tuple[str, str | None], CollectionInfo] = {}  # (collection, using) -> it, its count included
         self._manifest_writes = 0  # by this store object: part of every manifest token
         self._manifest_paths: dict[tuple[str, str], Path] = {}
         self._stamps: dict[str, WriteStamp | None] = {}  # the shard is this process's alone: only we change them
@@ -269,12 +269,12 @@ class EdgeStore(VectorStore):
         """The point count is counted once and then kept: the shard is this process's alone (its WAL
         lock keeps other processes out), so only this store's own writes change it, and `upsert`
         forgets it. (Counting costs ~1.5 ms at 19k points, more than an HNSW search.)"""
-        info = self._counts.get((collection, using))
+        info = self._infos.get((collection, using))
         if info is None:
             name, dim, distance = self.resolve_vector(collection, using)
             holds = None if not name else edge.Filter(must=[edge.HasVectorCondition(name)])
             count = self._shard(collection).count(edge.CountRequest(filter=holds))
-            info = self._counts[(collection, using)] = CollectionInfo(collection, dim, distance, count, name)
+            info = self._infos[(collection, using)] = CollectionInfo(collection, dim, distance, count, name)
         return info
 
     def exact_scan_reason(self, collection: str, using: str | None = None) -> str | None:
@@ -300,8 +300,8 @@ class EdgeStore(VectorStore):
         return None
 
     def _forget_counts(self, collection: str) -> None:
-        for key in [k for k in self._counts if k[0] == collection]:
-            del self._counts[key]
+        for key in [k for k in self._infos if k[0] == collection]:
+            del self._infos[key]
 
     def create(self, collection: str, dim: int, distance: str, shards: int | None = None,
                replication_factor: int | None = None, quantization: str = "none",

@@ -146,7 +146,7 @@ class AmipsClient:
         self._local.report = report
         versions = result.versions if result.versions is not None else np.zeros(result.ids.shape, dtype=np.int64)
         rows: list[list[np.ndarray]]  # ids, scores and versions, one array per response
-        if offset == 0 and first.score_threshold is None and not point_ids.padding_in(result.ids[:, -1]):
+        if offset == 0 and first.score_threshold is None and point_ids.present(result.ids[:, -1]).all():
             rows = [list(result.ids), list(result.scores), list(versions)]  # all full (rows fill from the left)
         else:
             keep = point_ids.present(result.ids)

@@ -276,13 +276,13 @@ class QueryRewriter:
             report.notes.append(f"filtered: plain search at {plain.describe()} (the tuned two-pass policy is "
                                 "calibrated without filters)")
             return self.store.search(collection, queries, limit, plain.params(params)), report
-        if policy.kind == "plain":
-            report.notes.append(f"{policy.describe()}; 0 of {len(queries)} queries escalated")
-            return self.store.search(collection, queries, limit, policy.first.params(params)), report
-        if not policy.two_pass_for(len(queries)):  # serve decides alike: a smaller call is searched plainly
-            report.notes.append(f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in "
-                                f"calls of at least {policy.min_batch} queries (this one has {len(queries)})")
-            return self.store.search(collection, queries, limit, plain.params(params)), report
+        plain_pass = policy.plain_pass_for(len(queries))  # as serve decides: one store call, no certificate
+        if plain_pass is not None:
+            report.notes.append(
+                f"{policy.describe()}; 0 of {len(queries)} queries escalated" if policy.kind == "plain" else
+                f"plain search at {plain.describe()}: the tuned two-pass policy costs less only in calls of at least "
+                f"{policy.min_batch} queries (this one has {len(queries)})")
+            return self.store.search(collection, queries, limit, plain_pass.params(params)), report
         guard = self._shift_guard(collection, policy)
         guarded_before = guard.answered_plain if guard else 0
         result, escalated = serving_policy.serve(self.store, collection, queries, limit, policy, model, params, guard)

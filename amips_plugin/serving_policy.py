@@ -215,6 +215,13 @@ class Policy:
         return self.kind == "two-pass" and (self.min_batch is None or self.fallback is None
                                             or queries >= self.min_batch)
 
+    def plain_pass_for(self, queries: int) -> Effort | None:
+        """The one plain search a call of `queries` queries gets — a plain policy's pass, or a two-pass policy's
+        fallback below its `min_batch` (`two_pass_for`) — or None when the call is served two-pass."""
+        if self.kind == "plain":
+            return self.first
+        return None if self.two_pass_for(queries) else self.fallback
+
     @property
     def uses_model(self) -> bool:
         return self.kind == "two-pass" and (self.certificate == "margin" or (
@@ -424,16 +431,17 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
           guard: ShiftGuard | None = None) -> tuple[SearchResult, np.ndarray]:
     """Answer `queries` with `policy`; returns the results and which queries were escalated.
     `params` supplies the engine knobs other than hnsw_ef (oversampling, a filter); a policy that reads σ̂
-    needs `model`. A call of fewer queries than the policy's `min_batch` is searched plainly at its fallback
-    (`Policy.two_pass_for`), escalating none. With a `guard` (and a policy that names its fallback_ef), the
+    needs `model`. A plain policy, and a call of fewer queries than a two-pass policy's `min_batch`, get one plain
+    search (`Policy.plain_pass_for`), escalating none. With a `guard` (and a policy that names its fallback_ef), the
     first GUARD_CHUNK queries and then the rest are each served two-pass or — while the guard sees the
     escalated share above break-even — by plain search at fallback_ef (two pieces at most, so that a large
     batch of unusual queries is noticed after its head, and a usual one costs one more store call, not one
     per chunk)."""
+    plain_pass = policy.plain_pass_for(len(queries))
+    if plain_pass is not None:
+        return store.search(collection, queries, limit, plain_pass.params(params)), np.zeros(len(queries), dtype=bool)
     fallback = policy.fallback
-    if policy.kind == "two-pass" and fallback is not None and not policy.two_pass_for(len(queries)):
-        return store.search(collection, queries, limit, fallback.params(params)), np.zeros(len(queries), dtype=bool)
-    if guard is None or policy.kind == "plain" or fallback is None:
+    if guard is None or fallback is None:
         return _serve(store, collection, queries, limit, policy, model, params)
     plain_params = fallback.params(params)
 
@@ -455,8 +463,7 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
 
 def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, policy: Policy,
            model: MIPSModel | None, params: SearchParams) -> tuple[SearchResult, np.ndarray]:
-    if policy.kind == "plain":
-        return store.search(collection, queries, limit, policy.first.params(params)), np.zeros(len(queries), dtype=bool)
+    """Two passes: the first for every query, the second for those the certificate flags."""
     depth = max(limit, DEPTH)
     first = store.search(collection, queries, depth, policy.first.params(params))
     sigma = support_values(model, queries) if policy.uses_model and model is not None else None

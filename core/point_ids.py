@@ -45,8 +45,9 @@ def canonical(value: Any) -> int | str:
         raise ValueError(f"invalid point id {value!r}: Qdrant ids are unsigned integers or UUIDs") from None
 
 
-def as_id_array(values: Iterable[Any]) -> np.ndarray:
-    """Ids as int64 when all are integers (< 2**63), else as canonical text."""
+def as_id_array(values: Iterable[Any], unsigned: bool = False) -> np.ndarray:
+    """Ids as int64 when all are integers (< 2**63), else as canonical text. `unsigned`: the ids are known not to
+    be negative (an engine's search hits), so integers are not checked for it (a reduction per call)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
         if values.size and (values.min() < 0 or (values.dtype.kind == "u" and values.max() >= 2**63)):
             raise ValueError("point ids must be non-negative integers below 2**63 or UUIDs")
@@ -54,8 +55,11 @@ def as_id_array(values: Iterable[Any]) -> np.ndarray:
     values = list(values)
     kinds = set(map(type, values))
     if kinds == {int}:  # the common case, without a call per id
-        array = np.array(values)  # int64 when every id fits, else uint64 or object: the general path below
-        if array.dtype == np.int64 and array.min() >= 0:
+        try:
+            array = np.array(values, dtype=np.int64)
+        except OverflowError:  # an id ≥ 2**63: the general path below
+            array = None
+        if array is not None and (unsigned or array.min() >= 0):
             return array
     if kinds == {uuid.UUID}:  # a UUID collection's search hits
         return uuid_texts(values)
@@ -88,11 +92,6 @@ def padding(ids: np.ndarray) -> Any:
 def present(ids: np.ndarray) -> np.ndarray:
     """Mask of real ids (not padding)."""
     return ids != padding(ids)
-
-
-def padding_in(ids: np.ndarray) -> bool:
-    """Whether any of `ids` is padding."""
-    return bool((ids == padding(ids)).any())
 
 
 def padded(shape: tuple[int, ...], text: bool = False) -> np.ndarray:
