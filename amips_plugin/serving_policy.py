@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ SLOT = "policy"
 KINDS = ("plain", "two-pass")
 CERTIFICATES = ("s1", "margin", "classifier")
 DEPTH = 10  # the first pass returns at least this many hits: s_k is its last score
+FEW_QUERIES = 8  # a call of at most this many queries gets its certificate on Python floats (Policy.flag)
 _NORM_FLOOR = 1e-12
 GUARD_WINDOW = 256  # queries the shift guard's escalation share averages over (its weight per chunk)
 GUARD_CHUNK = 256  # a batch's head: served and observed before the guard decides on the rest
@@ -69,15 +70,28 @@ def support_values(model: MIPSModel, queries: np.ndarray) -> np.ndarray:
     return forward_in_chunks(model, queries, lambda x: (model.head_scores(x)[:, 0],))[0]
 
 
+def _squared_norms(queries: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
+
+
+def query_norms(queries: np.ndarray) -> np.ndarray:
+    """‖x‖ per query in float64, floored (a zero query scores 0 everywhere: its features are then 0)."""
+    return np.maximum(np.sqrt(_squared_norms(queries)), _NORM_FLOOR)
+
+
 def features(queries: np.ndarray, scores: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
-    """Per query (s₁, s₁ − s₂, s₁ − s_k[, σ̂ − s₁]) / ‖x‖ from the first pass's scores (n, k), best first.
-    Rows with fewer than k hits get NaN where a score is missing, which the guard escalates."""
-    norm = np.maximum(np.linalg.norm(queries, axis=1), _NORM_FLOOR)
-    s = np.where(np.isfinite(scores), scores, np.nan) / norm[:, None]
-    columns = [s[:, 0], s[:, 0] - s[:, min(1, s.shape[1] - 1)], s[:, 0] - s[:, -1]]
+    """Per query (s₁, s₁ − s₂, s₁ − s_k[, σ̂ − s₁]) / ‖x‖ from the first pass's scores (n, k), best first, in
+    float64. Rows with fewer than k hits get NaN where a score is missing, which the guard escalates."""
+    norm = query_norms(queries)
+    s = scores.astype(np.float64) / norm[:, None]
+    s[~np.isfinite(s)] = np.nan
+    z = np.empty((len(s), 3 if sigma is None else 4))
+    z[:, 0] = s[:, 0]
+    np.subtract(s[:, 0], s[:, min(1, s.shape[1] - 1)], out=z[:, 1])
+    np.subtract(s[:, 0], s[:, -1], out=z[:, 2])
     if sigma is not None:
-        columns.append(sigma / norm - s[:, 0])
-    return np.stack(columns, axis=1).astype(np.float64)
+        z[:, 3] = np.asarray(sigma, dtype=np.float64) / norm - s[:, 0]
+    return z
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,27 @@ class Classifier:
     weights: tuple[float, ...]  # (b, w₁, …, w_F)
 
     def logits(self, z: np.ndarray) -> np.ndarray:
-        w = np.asarray(self.weights)
-        return w[0] + ((z - np.asarray(self.mean)) / np.asarray(self.scale)) @ w[1:]
+        return self._bias + z @ self._slopes - self._offset
+
+    @functools.cached_property  # c = b + w·(z − mean)/scale = (b − Σ w·mean/scale) + z·(w/scale): folded once
+    def _slopes(self) -> np.ndarray:
+        return np.asarray(self.weights[1:]) / np.asarray(self.scale)
+
+    @functools.cached_property
+    def _offset(self) -> float:
+        return float(np.asarray(self.mean) @ self._slopes)
+
+    @property
+    def _bias(self) -> float:
+        return self.weights[0]
+
+    def logit(self, z: Sequence[float]) -> float:
+        """`logits` of one row, on Python floats."""
+        return self._bias + sum(v * w for v, w in zip(z, self._slope_list)) - self._offset
+
+    @functools.cached_property
+    def _slope_list(self) -> list[float]:
+        return self._slopes.tolist()
 
 
 def used_columns(certificate: str, with_model: bool) -> list[int]:
@@ -246,16 +279,60 @@ class Policy:
                 f"{self.certificate} certificate flags{share_text}{guard_text}{small_text}")
 
     def escalate(self, z: np.ndarray) -> np.ndarray:
-        """Queries to search again: suspicious, or outside the calibrated feature range (or NaN)."""
-        columns = used_columns(self.certificate or "s1", self.uses_model)
-        used = z[:, columns]
-        unusual = ~np.all(np.isfinite(used), axis=1)
-        if self.guard_low is not None and self.guard_high is not None:
-            with np.errstate(invalid="ignore"):
-                unusual |= np.any((used < np.asarray(self.guard_low)) | (used > np.asarray(self.guard_high)), axis=1)
-        with np.errstate(invalid="ignore"):
-            flagged = suspicion(self.certificate or "s1", z, self.classifier) > self.threshold
-        return flagged | unusual
+        """Queries to search again: suspicious, or outside the calibrated feature range (or NaN; a comparison
+        with NaN is false, so a NaN feature is never "in range" and never "not suspicious")."""
+        used = z[:, self._used_columns]
+        unusual = ~np.isfinite(used).all(axis=1)
+        if self._guard_box is not None:
+            low, high = self._guard_box
+            unusual |= ((used < low) | (used > high)).any(axis=1)
+        return (suspicion(self.certificate or "s1", z, self.classifier) > self.threshold) | unusual
+
+    def flag(self, queries: np.ndarray, scores: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
+        """`escalate(features(queries, scores, sigma))`: for a call of at most FEW_QUERIES queries worked out on
+        Python floats, row by row — numpy's fixed cost per operation (~1 µs, two dozen of them) is most of a
+        one-query call's certificate, and the arithmetic is the same float64 (tests/test_serving_policy_math.py
+        checks that both ways agree)."""
+        if len(queries) > FEW_QUERIES:
+            return self.escalate(features(queries, scores, sigma))
+        norms = [max(math.sqrt(v), _NORM_FLOOR) for v in _squared_norms(queries).tolist()]
+        sigmas = [None] * len(norms) if sigma is None else np.asarray(sigma, dtype=np.float64).tolist()
+        return np.array([self._flag_one(row, norm, value)
+                         for row, norm, value in zip(scores.tolist(), norms, sigmas)], dtype=bool)
+
+    def _flag_one(self, scores: list[float], norm: float, sigma: float | None) -> bool:
+        """One query's `escalate` row on Python floats (see `flag`). A missing score (−inf) makes its feature
+        ±inf or NaN here where `features` writes NaN: either way not finite, so escalated alike."""
+        top = scores[0] / norm
+        z = (top, top - scores[min(1, len(scores) - 1)] / norm, top - scores[-1] / norm,
+             math.nan if sigma is None else sigma / norm - top)
+        for column, low, high in self._checked_columns:
+            value = z[column]
+            if not (math.isfinite(value) and low <= value <= high):
+                return True
+        assert self.threshold is not None  # a two-pass policy's (_shape_problem)
+        if self.certificate == "classifier":
+            assert self.classifier is not None
+            return self.classifier.logit(z) > self.threshold
+        return (z[3] if self.certificate == "margin" else -z[0]) > self.threshold
+
+    @functools.cached_property
+    def _checked_columns(self) -> list[tuple[int, float, float]]:
+        """(column, low, high) of each used feature column: its calibrated range, or all reals without one."""
+        columns = self._used_columns
+        low, high = ((self.guard_low, self.guard_high) if self.guard_low is not None and self.guard_high is not None
+                     else ((-math.inf,) * len(columns), (math.inf,) * len(columns)))
+        return list(zip(columns, low, high))
+
+    @functools.cached_property  # the query path asks on every two-pass call; the fields are frozen
+    def _used_columns(self) -> list[int]:
+        return used_columns(self.certificate or "s1", self.uses_model)
+
+    @functools.cached_property
+    def _guard_box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.guard_low is None or self.guard_high is None:
+            return None
+        return np.asarray(self.guard_low), np.asarray(self.guard_high)
 
     def problem(self) -> str | None:
         """Why `amips tune` could not have written this policy, in a few words (None: it could)."""
@@ -422,7 +499,7 @@ class ShiftGuard:
 
     def observe(self, escalated: np.ndarray) -> None:
         weight = min(1.0, len(escalated) / GUARD_WINDOW)
-        share = float(np.mean(escalated)) if len(escalated) else 0.0
+        share = np.count_nonzero(escalated) / len(escalated) if len(escalated) else 0.0
         self.share = share if self.share is None else (1 - weight) * self.share + weight * share
 
 
@@ -443,12 +520,11 @@ def serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int, 
     fallback = policy.fallback
     if guard is None or fallback is None:
         return _serve(store, collection, queries, limit, policy, model, params)
-    plain_params = fallback.params(params)
 
     def piece(part: np.ndarray, head: bool) -> tuple[SearchResult, np.ndarray]:
         if guard.plain_now(may_probe=head):
             guard.answered_plain += len(part)
-            return store.search(collection, part, limit, plain_params), np.zeros(len(part), dtype=bool)
+            return store.search(collection, part, limit, fallback.params(params)), np.zeros(len(part), dtype=bool)
         answer, escalated = _serve(store, collection, part, limit, policy, model, params)
         guard.observe(escalated)
         return answer, escalated
@@ -469,8 +545,8 @@ def _serve(store: VectorStore, collection: str, queries: np.ndarray, limit: int,
     sigma = support_values(model, queries) if policy.uses_model and model is not None else None
     if policy.uses_model and sigma is None:
         raise ValueError("this policy's certificate reads σ̂: pass the collection's model")
-    escalated = policy.escalate(features(queries, first.scores, sigma))
-    rows = np.flatnonzero(escalated)
+    escalated = policy.flag(queries, first.scores, sigma)
+    rows = escalated.nonzero()[0]
     if not len(rows):
         return first.head(limit), escalated
     second = store.search(collection, queries[rows], limit, policy.second.params(params))

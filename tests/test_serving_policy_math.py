@@ -195,5 +195,42 @@ def test_a_pass_keeps_every_knob_of_the_callers_params_but_its_own():
     base = SearchParams(hnsw_ef=7, exact=True, oversampling=3.0, filter={"must": []}, ignore_quantization=True)
     assert {f.name for f in dataclasses.fields(SearchParams)} == {"hnsw_ef", "exact", "oversampling", "filter",
                                                                   "ignore_quantization"}
-    assert sp.Effort(64, 2.0).params(base) == dataclasses.replace(base, hnsw_ef=64, oversampling=2.0)
-    assert sp.Effort(64).params(base) == dataclasses.replace(base, hnsw_ef=64)
+    assert sp.Effort(64, 2.0).params(base) == replace(base, hnsw_ef=64, oversampling=2.0)
+    assert sp.Effort(64).params(base) == replace(base, hnsw_ef=64)
+
+
+@pytest.mark.parametrize("certificate", sp.CERTIFICATES)
+def test_a_few_queries_are_flagged_on_python_floats_exactly_as_a_batch_is(certificate):
+    """Policy.flag works out a call of at most FEW_QUERIES queries row by row on Python floats, a larger call
+    with numpy: the same queries must be escalated either way — suspicious ones, ones outside the calibrated
+    range, and ones whose first pass came back short (−inf scores)."""
+    rng = np.random.default_rng(7)
+    n, k = 400, 10
+    queries = rng.normal(size=(n, 16)).astype(np.float32)
+    queries[0] = 0.0  # a zero query: its norm is floored
+    scores = -np.sort(-rng.normal(3.0, 1.0, size=(n, k)), axis=1).astype(np.float32)
+    scores[1, 5:] = -np.inf  # a short first pass: s_k missing
+    scores[2, :] = -np.inf  # no hit at all
+    scores[3, 1:] = -np.inf  # one hit: s₂ and s_k missing
+    sigma = scores[:, 0] + rng.exponential(0.5, size=n).astype(np.float32)
+    with_model = certificate != "s1"
+    z = sp.features(queries, scores, sigma if with_model else None)
+    columns = sp.used_columns(certificate, with_model)
+    finite = z[np.isfinite(z[:, columns]).all(axis=1)][:, columns]
+    low, high = np.quantile(finite, 0.05, axis=0), np.quantile(finite, 0.95, axis=0)
+    classifier = (sp.Classifier(tuple(finite.mean(axis=0)), tuple(finite.std(axis=0)),
+                                tuple(rng.normal(size=len(columns) + 1))) if certificate == "classifier" else None)
+    policy = sp.Policy("two-pass", 16, 128, certificate, 0.0, classifier, tuple(low), tuple(high))
+    c = sp.suspicion(certificate, z, classifier)
+    in_range = c[np.isfinite(c)]
+    policy = replace(policy, threshold=float(np.median(in_range)))
+    batch = policy.flag(queries, scores, sigma if with_model else None)
+    assert len(queries) > sp.FEW_QUERIES and 0.2 < batch.mean() < 0.95  # both kinds of answer occur
+    assert batch[2] and (certificate != "classifier" or batch[1:4].all())  # no hit; a short pass where s₂, s_k count
+    few = np.concatenate([policy.flag(queries[i:i + sp.FEW_QUERIES], scores[i:i + sp.FEW_QUERIES],
+                                      sigma[i:i + sp.FEW_QUERIES] if with_model else None)
+                          for i in range(0, n, sp.FEW_QUERIES)])
+    assert few.tolist() == batch.tolist()
+    no_box = replace(policy, guard_low=None, guard_high=None)
+    assert [no_box.flag(queries[i:i + 1], scores[i:i + 1], sigma[i:i + 1] if with_model else None)[0]
+            for i in range(40)] == no_box.flag(queries, scores, sigma if with_model else None)[:40].tolist()
