@@ -1,11 +1,11 @@
 """What a query costs through each path an application can take on Qdrant Edge, batched and one per call.
 
 On an advised collection (its stored policy read under `auto`) and a float32 copy as ingested (see
-bench/advised_on_test.py for making both): the engine's own API (`EdgeShard.query_batch` / `query`, each query's
-numpy vector turned into the list the engine takes, hit ids read) at plain hnsw_ef 64 on each, against
-`AmipsClient.query_arrays` (numpy in and out) and `query_batch_points` / `query_points` (qdrant-client's
-objects), under `auto` and under `off` at plain hnsw_ef 64 (plain search through the same client). Interleaved
-rounds, best of `--repeats`.
+bench/advised_on_test.py for making both): the engine's own API (`EdgeShard.query_batch` / `query`, each
+query's numpy vector handed over as a float32 memoryview, as amips' Edge adapter does, hit ids read) at plain
+hnsw_ef 64 on each, against `AmipsClient.query_arrays` (numpy in and out) and `query_batch_points` /
+`query_points` (qdrant-client's objects), under `auto` and under `off` at plain hnsw_ef 64 (plain search
+through the same client). Interleaved rounds, best of `--repeats`.
 
     python -m bench.client_paths --dataset squad-train --store edge:runs/advise --collection train --float32 train_f32
 """
@@ -31,7 +31,9 @@ LIMIT, EF = 10, 64
 def engine_request(query: np.ndarray, oversampling: float | None) -> edge.QueryRequest:
     quantization = None if oversampling is None else edge.QuantizationSearchParams(rescore=True,
                                                                                    oversampling=oversampling)
-    return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(query.tolist()), with_payload=False,
+    # a float32 memoryview, as amips' Edge adapter hands queries over (cheaper than a list of floats): the
+    # comparison isolates amips' own layer
+    return edge.QueryRequest(limit=LIMIT, query=edge.Query.Nearest(memoryview(query)), with_payload=False,
                              with_vector=False, params=edge.SearchParams(hnsw_ef=EF, quantization=quantization))
 
 

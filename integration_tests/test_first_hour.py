@@ -219,8 +219,11 @@ def test_query_arrays_answers_as_query_points_does_without_its_objects(tmp_path)
             hits = client.query_batch_points("c", [models.QueryRequest(query=q.tolist(), limit=5, filter=flt,
                                                                        with_payload=False) for q in queries[rows]])
             assert client.last_report.notes == notes and found.dtype.kind == "U" and found.shape == (len(hits), 5)
-            assert found.tolist() == [[p.id for p in r.points] for r in hits]
-            np.testing.assert_allclose(scores, [[p.score for p in r.points] for r in hits], rtol=1e-6)
+            # a row the engine answers short (a filtered HNSW search can) is padded ("", −inf) here, cut there
+            assert [[i for i in row if i] for row in found.tolist()] == [[p.id for p in r.points] for r in hits]
+            assert ((found == "") == ~np.isfinite(scores)).all()
+            for row, r in zip(scores, hits):
+                np.testing.assert_allclose(row[np.isfinite(row)], [p.score for p in r.points], rtol=1e-6)
         assert "filtered" in notes[-1] and set(found.ravel().tolist()) <= {ids[i] for i in range(0, 3000, 3)}
         found, _ = client.query_arrays("c", queries[:3], 5)
         assert "only in calls of at least 4 queries" in client.last_report.notes[-1]
