@@ -80,22 +80,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     data = load_dataset(args.dataset)
-    queries, truth = data.test_queries[: args.queries], data.test_argmax[: args.queries].astype(np.int64)
+    # at random: the query files are ordered by article, and a file's first rows are a few articles' questions
+    rows = np.sort(np.random.default_rng(0).choice(len(data.test_queries), args.queries, replace=False))
+    queries, truth = data.test_queries[rows], data.test_argmax[rows].astype(np.int64)
     client = AmipsClient(args.store)
     calls = tasks(client, args.collection, args.float32, queries, args.singles)
     recalls = {}
     for key, call in calls.items():  # the first call of each also warms it up; ids are row numbers (amips ingest)
         first_hits = np.array(call(), dtype=np.int64)
         recalls[key] = float(np.mean(first_hits == truth[: len(first_hits)]))
-    rows = {}
+    measured = {}
     for (kind, path), seconds in best_times(calls, args.repeats).items():
         count = args.singles if kind == "single" else len(queries)
-        rows[f"{kind} | {path}"] = {"us_per_query": seconds / count * 1e6, "qps": count / seconds,
+        measured[f"{kind} | {path}"] = {"us_per_query": seconds / count * 1e6, "qps": count / seconds,
                                     "recall@1": recalls[(kind, path)]}
         print(f"{kind:6s} {path:36s} {seconds / count * 1e6:7.1f} µs {count / seconds:9,.0f} q/s  "
               f"recall@1 {recalls[(kind, path)]:.4f}")
     if args.out:
-        args.out.write_text(json.dumps({"dataset": args.dataset, "repeats": args.repeats, "rows": rows}, indent=1)
+        args.out.write_text(json.dumps({"dataset": args.dataset, "repeats": args.repeats, "rows": measured}, indent=1)
                             + "\n")
 
 
